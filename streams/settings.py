@@ -1,0 +1,154 @@
+"""One settings object for every process: environment variables prefixed ``PRICING_``.
+
+Built once (``load_settings()``) and handed to whatever needs it; no module reads the
+environment on its own. Unknown ``PRICING_*`` variables are refused, so a typo such as
+``PRICING_KAFKA_BOOTSTRAPS`` fails loudly instead of silently using the default.
+
+>>> s = Settings(kafka_bootstrap="127.0.0.1:19092")
+>>> s.topic_clickstream, s.max_deviation
+('clickstream', 0.2)
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "PRICING_"
+
+
+class SettingsError(ValueError):
+    """The environment does not describe a valid configuration."""
+
+
+class Settings(BaseSettings):
+    """Every knob of the pipeline, validated; secrets are ``SecretStr``."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", frozen=True)
+
+    # --- broker and security
+    kafka_bootstrap: str = Field("127.0.0.1:19092", description="Kafka bootstrap servers, comma separated")
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: Path | None = None
+
+    # --- topics
+    topic_clickstream: str = "clickstream"
+    topic_catalog: str = "catalog"
+    topic_prices: str = "prices"
+    topic_dead_letter: str = "clickstream-dlq"
+    partitions: int = Field(4, ge=1, le=1024, description="partitions of clickstream and prices")
+    replication_factor: int = Field(1, ge=1, le=16)
+    dead_letter_retention_ms: int = Field(30 * 24 * 3600 * 1000, ge=3600 * 1000)
+
+    # --- worker
+    app_id: str = "pricing"
+    store: str = Field("rocksdb://", description="Faust table store: rocksdb:// or memory://")
+    data_dir: Path = Path("var/worker")
+    model_dir: Path = Field(Path("var/models"), description="directory of model bundles; newest wins")
+    model_reload_s: float = Field(10.0, gt=0, description="how often to look for a newer bundle")
+    batch_size: int = Field(64, ge=1, le=10_000)
+    batch_within_s: float = Field(0.02, gt=0, le=5, description="longest wait to fill a scoring batch")
+    onnx_threads: int = Field(1, ge=1, le=64)
+    triggers: tuple[str, ...] = ("view", "click", "add_to_cart")
+    top_k: int = Field(3, ge=0, le=50, description="recommended items priced besides the event's item")
+    max_event_bytes: int = Field(16_384, ge=256)
+    max_future_skew_s: float = Field(300.0, ge=0, description="reject events this far ahead of wall time")
+
+    # --- features
+    feature_windows_s: tuple[float, ...] = (3600.0, 86400.0)
+    session_gap_s: float = Field(1800.0, gt=0)
+    max_lateness_s: float = Field(86400.0, ge=0, description="older events are dead-lettered as late")
+
+    # --- guardrails
+    max_deviation: float = Field(0.2, ge=0, le=1, description="largest |price/base - 1|")
+    margin_floor: float = Field(0.05, ge=0, le=10, description="price >= unit_cost * (1 + margin_floor)")
+    max_step: float = Field(0.1, ge=0, le=1, description="largest relative move of one user's price per item")
+    max_step_window_s: float = Field(3600.0, ge=0)
+
+    # --- experiment and privacy
+    treatment_share: float = Field(0.5, ge=0, le=1)
+    experiment_salt: str = "exp-1"
+    user_hash_key: SecretStr = SecretStr("change-me-in-production")
+
+    @field_validator("triggers", mode="before")
+    @classmethod
+    def _split_csv(cls, v: object) -> object:
+        return tuple(s.strip() for s in v.split(",") if s.strip()) if isinstance(v, str) else v
+
+    @field_validator("feature_windows_s", mode="before")
+    @classmethod
+    def _split_floats(cls, v: object) -> object:
+        return tuple(float(s) for s in v.split(",") if s.strip()) if isinstance(v, str) else v
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        allowed = {"view", "click", "add_to_cart", "purchase", "review"}
+        if bad := set(self.triggers) - allowed:
+            raise ValueError(f"unknown trigger event types {sorted(bad)}; allowed: {sorted(allowed)}")
+        if self.kafka_security_protocol.startswith("SASL") and not self.kafka_sasl_mechanism:
+            raise ValueError("SASL security protocol needs PRICING_KAFKA_SASL_MECHANISM")
+        return self
+
+    def masked(self) -> dict[str, object]:
+        """The effective settings as plain values, secrets shown as ``**********``."""
+        out: dict[str, object] = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if isinstance(value, SecretStr):
+                value = "**********"
+            elif isinstance(value, Path):
+                value = str(value)
+            out[name] = value
+        return out
+
+
+def load_settings(environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+    """Build the settings from ``environ`` (default ``os.environ``), refusing unknown keys."""
+    env = os.environ if environ is None else environ
+    known = {ENV_PREFIX + name.upper() for name in Settings.model_fields}
+    unknown = sorted(k for k in env if k.upper().startswith(ENV_PREFIX) and k.upper() not in known)
+    if unknown:
+        raise SettingsError(f"unknown settings {unknown}; known: {sorted(known)}")
+    values: dict[str, object] = {k[len(ENV_PREFIX):].lower(): v for k, v in env.items() if k.upper() in known}
+    values.update(overrides)
+    try:
+        return Settings.model_validate(values)  # type: ignore[no-any-return]
+    except ValidationError as exc:
+        raise SettingsError(str(exc)) from exc
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``pricing-settings``: print the effective settings, secrets masked."""
+    import argparse
+
+    import orjson
+
+    parser = argparse.ArgumentParser(prog="pricing-settings", description=main.__doc__)
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    args = parser.parse_args(argv)
+    try:
+        s = load_settings()
+    except SettingsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    values = s.masked()
+    if args.json:
+        print(orjson.dumps(values, option=orjson.OPT_INDENT_2).decode())
+    else:
+        width = max(len(k) for k in values)
+        for k, v in values.items():
+            print(f"{ENV_PREFIX}{k.upper():<{width}}  {v}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
