@@ -1,0 +1,214 @@
+"""Rolling per-user behaviour features: one code path for training rows and serving rows.
+
+Windows are **exponentially decayed counters** in event time, not windowed tables: a counter
+with time constant ``tau`` holds ``sum_i exp(-(T - t_i) / tau)`` over the user's events. That
+costs a few floats per user whatever the traffic (bounded memory), needs no window-close
+timers, and is *order independent*: folding an out-of-order event in with weight
+``exp(-(T - t) / tau)`` gives exactly the state an in-order stream would have given.
+
+Late and out-of-order events: an event up to ``max_lateness_s`` behind the newest event seen
+for the user is folded in at its own event time (exact for every counter; recency and
+session depth follow the newest event only). An older event raises :class:`LateEvent`; the
+stream dead-letters it with that reason and leaves the state untouched.
+
+The ordered name list returned by :func:`feature_names` is the contract between ``models/``,
+``export/`` and ``streams/``: the bundle manifest records it and the scorer refuses a bundle
+whose names differ.
+
+>>> spec = FeatureSpec()
+>>> s = new_state(spec)
+>>> ev = ClickEvent("e1", 1000.0, "u", "s1", "view", "i1", 8.0)
+>>> s = update(s, ev, spec, base_price=10.0, category="shoes")
+>>> round(user_features(s, spec, now=1000.0)[FEATURE_NAMES.index("view_price_ratio")], 3)
+0.9
+>>> len(FEATURE_NAMES), ITEM_FEATURE_NAMES
+(27, ('log_base_price', 'cat_affinity', 'cost_ratio'))
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from dataclasses import dataclass, field
+
+import orjson
+
+from .schemas import EVENT_TYPES, ClickEvent
+
+STATE_VERSION = 1
+_TYPE_INDEX = {t: i for i, t in enumerate(EVENT_TYPES)}
+
+
+class LateEvent(ValueError):
+    """An event older than the lateness bound; the state is left as it was."""
+
+    code = "LATE_EVENT"
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureSpec:
+    """The parameters the feature names derive from; part of the model contract."""
+
+    windows_s: tuple[float, ...] = (3600.0, 86400.0)
+    n_buckets: int = 8
+    session_gap_s: float = 1800.0
+    max_lateness_s: float = 86400.0
+
+    @classmethod
+    def from_settings(cls, s: object) -> FeatureSpec:
+        """Build from any object with ``feature_windows_s``, ``session_gap_s``, ``max_lateness_s``."""
+        return cls(tuple(s.feature_windows_s), 8, s.session_gap_s, s.max_lateness_s)  # type: ignore[attr-defined]
+
+
+def _window_label(seconds: float) -> str:
+    """3600 -> '1h', 86400 -> '24h', 900 -> '15m', 45 -> '45s'."""
+    for unit, size in (("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s"
+
+
+def feature_names(spec: FeatureSpec = FeatureSpec()) -> tuple[str, ...]:
+    """The ordered user-feature names for ``spec`` (the model contract)."""
+    names = [f"{t}_decay_{_window_label(w)}" for w in spec.windows_s for t in EVENT_TYPES]
+    long = _window_label(max(spec.windows_s))
+    names += [f"click_rate_{long}", f"cart_rate_{long}", f"purchase_rate_{long}"]
+    names += ["gap_log_s", "session_depth_log", "view_price_ratio", "discount_response",
+              "log_price_level", "review_mean"]
+    names += [f"cat_share_{k}" for k in range(spec.n_buckets)]
+    return tuple(names)
+
+
+FEATURE_NAMES: tuple[str, ...] = feature_names()
+ITEM_FEATURE_NAMES: tuple[str, ...] = ("log_base_price", "cat_affinity", "cost_ratio")
+
+
+def category_bucket(category: str, n_buckets: int = 8) -> int:
+    """Stable bucket of a category name (crc32, identical across processes and runs)."""
+    return zlib.crc32(category.encode("utf-8")) % n_buckets
+
+
+@dataclass(slots=True)
+class UserState:
+    """Everything one user's features need; a few dozen floats whatever the traffic."""
+
+    t: float = -math.inf          # newest event time seen; counters are decayed to it
+    prev_t: float = -math.inf     # event time of the event before the newest
+    counts: list[float] = field(default_factory=list)   # len(windows) x len(EVENT_TYPES)
+    # decayed sums over the longest window: views with a known base price, their price/base,
+    # buys (cart or purchase) with a known base, their price/base, log price of views, reviews
+    sums: list[float] = field(default_factory=lambda: [0.0] * 8)
+    buckets: list[float] = field(default_factory=list)  # decayed views per category bucket
+    session: str = ""
+    depth: int = 0
+
+
+def new_state(spec: FeatureSpec) -> UserState:
+    """An empty state sized for ``spec``."""
+    return UserState(counts=[0.0] * (len(spec.windows_s) * len(EVENT_TYPES)),
+                     buckets=[0.0] * spec.n_buckets)
+
+
+def _decay(values: list[float], factor: float, start: int = 0, stop: int | None = None) -> None:
+    for i in range(start, len(values) if stop is None else stop):
+        values[i] *= factor
+
+
+def update(state: UserState, ev: ClickEvent, spec: FeatureSpec, *, base_price: float | None = None,
+           category: str | None = None) -> UserState:
+    """Fold one event into ``state`` (in place, and returned for re-assignment into a table).
+
+    ``base_price`` and ``category`` come from the catalog; unknown items update the counters
+    but not the price-ratio or category features.
+    """
+    if ev.ts < state.t - spec.max_lateness_s:
+        raise LateEvent(f"event at {ev.ts:.0f} is {state.t - ev.ts:.0f} s behind the user's newest event")
+    n_types = len(EVENT_TYPES)
+    long_tau = max(spec.windows_s)
+    if ev.ts >= state.t:  # in order: decay everything forward to the event, add weight 1
+        if state.t > -math.inf:
+            for w, tau in enumerate(spec.windows_s):
+                _decay(state.counts, math.exp(-(ev.ts - state.t) / tau), w * n_types, (w + 1) * n_types)
+            f = math.exp(-(ev.ts - state.t) / long_tau)
+            _decay(state.sums, f)
+            _decay(state.buckets, f)
+        if ev.session_id != state.session:
+            state.session, state.depth = ev.session_id, 0
+        state.prev_t, state.t = state.t, ev.ts
+        state.depth += 1
+        weights = [1.0] * len(spec.windows_s)
+        wl = 1.0
+    else:  # out of order: add with the weight it would have had by now
+        weights = [math.exp(-(state.t - ev.ts) / tau) for tau in spec.windows_s]
+        wl = math.exp(-(state.t - ev.ts) / long_tau)
+    k = _TYPE_INDEX[ev.type]
+    for w, weight in enumerate(weights):
+        state.counts[w * n_types + k] += weight
+    s = state.sums
+    ratio = ev.price / base_price if base_price and base_price > 0 else None
+    if ev.type == "view":
+        if ev.price > 0:
+            s[4] += wl * math.log(ev.price)
+            s[5] += wl
+        if ratio is not None:
+            s[0] += wl
+            s[1] += wl * ratio
+        if category is not None:
+            state.buckets[category_bucket(category, spec.n_buckets)] += wl
+    elif ev.type in ("add_to_cart", "purchase") and ratio is not None:
+        s[2] += wl
+        s[3] += wl * ratio
+    elif ev.type == "review" and ev.rating is not None:
+        s[6] += wl * ev.rating
+        s[7] += wl
+    return state
+
+
+def user_features(state: UserState, spec: FeatureSpec, now: float) -> list[float]:
+    """The feature vector in ``feature_names(spec)`` order, decayed to event time ``now``.
+
+    Ratios are shrunk toward neutral values with a pseudo-count of one so that a user with a
+    single event does not look extreme.
+    """
+    n_types = len(EVENT_TYPES)
+    dt = max(0.0, now - state.t) if state.t > -math.inf else 0.0
+    out = []
+    for w, tau in enumerate(spec.windows_s):
+        f = math.exp(-dt / tau)
+        out += [math.log1p(c * f) for c in state.counts[w * n_types:(w + 1) * n_types]]
+    lw = len(spec.windows_s) - 1  # rates over the longest window (decay cancels in ratios)
+    views, clicks, carts, buys = (state.counts[lw * n_types + i] for i in range(4))
+    out += [clicks / (views + 1.0), carts / (views + 1.0), buys / (views + 1.0)]
+    gap = state.t - state.prev_t if state.prev_t > -math.inf else 0.0
+    out += [math.log1p(min(gap, 30 * 86400.0)), math.log1p(state.depth)]
+    s = state.sums
+    view_ratio = (s[1] + 1.0) / (s[0] + 1.0)
+    buy_ratio = (s[3] + view_ratio) / (s[2] + 1.0)
+    out += [view_ratio, buy_ratio - view_ratio, s[4] / (s[5] + 1.0), (s[6] + 3.0) / (s[7] + 1.0)]
+    total = sum(state.buckets)
+    out += [b / (total + 1.0) for b in state.buckets]
+    return out
+
+
+def item_features(state: UserState, spec: FeatureSpec, *, base_price: float, unit_cost: float,
+                  category: str) -> list[float]:
+    """Per (user, item) features in ``ITEM_FEATURE_NAMES`` order."""
+    total = sum(state.buckets)
+    affinity = state.buckets[category_bucket(category, spec.n_buckets)] / (total + 1.0)
+    return [math.log(base_price), affinity, unit_cost / base_price]
+
+
+def encode_state(state: UserState) -> bytes:
+    """Compact bytes for a table value / changelog record (versioned)."""
+    return orjson.dumps([STATE_VERSION, state.t, state.prev_t, state.counts, state.sums,
+                         state.buckets, state.session, state.depth],
+                        option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def decode_state(data: bytes) -> UserState:
+    """Inverse of :func:`encode_state`; -inf round-trips through JSON null."""
+    v, t, prev_t, counts, sums, buckets, session, depth = orjson.loads(data)
+    if v != STATE_VERSION:
+        raise ValueError(f"user state version {v} is not {STATE_VERSION}")
+    return UserState(-math.inf if t is None else t, -math.inf if prev_t is None else prev_t,
+                     counts, sums, buckets, session, depth)

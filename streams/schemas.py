@@ -1,0 +1,234 @@
+"""Wire schemas: the only place bytes become domain objects, and back.
+
+Every topic carries UTF-8 JSON objects (parsed with orjson). Parsing either returns a
+validated frozen object or raises :class:`SchemaError` with a machine-readable ``code``;
+nothing else escapes, whatever the bytes. Policy on unknown fields: **rejected**
+(``UNKNOWN_FIELD``), so a producer's typo or schema drift is caught at the boundary
+instead of silently dropping data.
+
+>>> ev = parse_click(b'{"event_id":"e1","ts":1700000000.0,"user_id":"u1","session_id":"s1",'
+...                  b'"type":"view","item_id":"i1","price":9.99}', now=1700000000.0)
+>>> ev.type, ev.price, ev.quantity
+('view', 9.99, 1)
+>>> parse_click(b'{"oops"', now=0.0)
+Traceback (most recent call last):
+...
+streams.schemas.SchemaError: NOT_JSON: payload is not valid JSON
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any, Final, Literal
+
+import orjson
+
+EventType = Literal["view", "click", "add_to_cart", "purchase", "review"]
+EVENT_TYPES: Final[tuple[str, ...]] = ("view", "click", "add_to_cart", "purchase", "review")
+Arm = Literal["control", "treatment"]
+
+MAX_PAYLOAD_BYTES: Final = 16_384
+MAX_FUTURE_SKEW_S: Final = 300.0
+MAX_ID_LEN: Final = 128
+
+
+class SchemaError(ValueError):
+    """A payload that is not a valid record; ``code`` is stable, ``reason`` is for humans."""
+
+    CODES: Final = (
+        "NOT_JSON", "NOT_OBJECT", "OVERSIZE", "MISSING_FIELD", "UNKNOWN_FIELD", "WRONG_TYPE",
+        "BAD_VALUE", "UNKNOWN_EVENT_TYPE", "BAD_PRICE", "FUTURE_TIMESTAMP",
+    )
+
+    def __init__(self, code: str, reason: str) -> None:
+        super().__init__(f"{code}: {reason}")
+        self.code = code
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class ClickEvent:
+    """One clickstream event; ``ts`` is event time in epoch seconds; ``price`` the price shown."""
+
+    event_id: str
+    ts: float
+    user_id: str
+    session_id: str
+    type: str
+    item_id: str
+    price: float
+    quantity: int = 1
+    rating: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogItem:
+    """An item's pricing terms, keyed by ``item_id`` on the compacted catalog topic."""
+
+    item_id: str
+    category: str
+    base_price: float
+    unit_cost: float
+    min_price: float
+    max_price: float
+    currency: str = "EUR"
+
+
+@dataclass(frozen=True, slots=True)
+class PriceEvent:
+    """A personalized price for one user and item; ``decision_id`` makes applying it idempotent."""
+
+    decision_id: str
+    ts: float
+    user_id: str
+    item_id: str
+    price: float
+    base_price: float
+    arm: str
+    expected_conversion: float
+    expected_profit: float
+    model_version: str
+    reasons: tuple[str, ...]
+    currency: str = "EUR"
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A rejected record: the original bytes (base64 on the wire), where it came from, and why."""
+
+    original: bytes
+    topic: str
+    partition: int
+    offset: int
+    error_code: str
+    message: str
+    ts: float
+
+
+# field name -> (accepted python types, required)
+_STR = (str,)
+_NUM = (int, float)
+_CLICK: Final[dict[str, tuple[tuple[type, ...], bool]]] = {
+    "event_id": (_STR, True), "ts": (_NUM, True), "user_id": (_STR, True),
+    "session_id": (_STR, True), "type": (_STR, True), "item_id": (_STR, True),
+    "price": (_NUM, True), "quantity": ((int,), False), "rating": (_NUM + (type(None),), False),
+}
+_CATALOG: Final[dict[str, tuple[tuple[type, ...], bool]]] = {
+    "item_id": (_STR, True), "category": (_STR, True), "base_price": (_NUM, True),
+    "unit_cost": (_NUM, True), "min_price": (_NUM, True), "max_price": (_NUM, True),
+    "currency": (_STR, False),
+}
+_PRICE: Final[dict[str, tuple[tuple[type, ...], bool]]] = {
+    "decision_id": (_STR, True), "ts": (_NUM, True), "user_id": (_STR, True), "item_id": (_STR, True),
+    "price": (_NUM, True), "base_price": (_NUM, True), "arm": (_STR, True),
+    "expected_conversion": (_NUM, True), "expected_profit": (_NUM, True),
+    "model_version": (_STR, True), "reasons": ((list,), True), "currency": (_STR, False),
+}
+
+
+def _load_object(data: bytes, spec: dict[str, tuple[tuple[type, ...], bool]], max_bytes: int) -> dict[str, Any]:
+    """Bytes -> dict whose keys and value types match ``spec``; raises SchemaError only."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise SchemaError("WRONG_TYPE", f"payload must be bytes, got {type(data).__name__}")
+    if len(data) > max_bytes:
+        raise SchemaError("OVERSIZE", f"payload is {len(data)} bytes, limit {max_bytes}")
+    try:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        raise SchemaError("NOT_JSON", "payload is not valid JSON") from None
+    if not isinstance(obj, dict):
+        raise SchemaError("NOT_OBJECT", f"payload is a JSON {type(obj).__name__}, not an object")
+    if unknown := sorted(set(obj) - set(spec)):
+        raise SchemaError("UNKNOWN_FIELD", f"unknown fields {unknown[:5]}")
+    for name, (types, required) in spec.items():
+        if name not in obj:
+            if required:
+                raise SchemaError("MISSING_FIELD", f"missing field {name!r}")
+            continue
+        value = obj[name]
+        # bool is an int subclass in Python; a JSON true is never a valid number here
+        if isinstance(value, bool) or not isinstance(value, types):
+            raise SchemaError("WRONG_TYPE", f"field {name!r} has type {type(value).__name__}")
+        if isinstance(value, str) and name.endswith("_id") and not 0 < len(value) <= MAX_ID_LEN:
+            raise SchemaError("BAD_VALUE", f"field {name!r} must be 1..{MAX_ID_LEN} characters")
+    return obj
+
+
+def _finite(name: str, value: float, *, code: str = "BAD_VALUE", positive: bool = False) -> float:
+    v = float(value)
+    if not math.isfinite(v) or v < 0 or (positive and v == 0):
+        raise SchemaError(code, f"field {name!r} must be a finite {'positive' if positive else 'non-negative'} number, got {value!r}")
+    return v
+
+
+def parse_click(data: bytes, *, now: float, max_bytes: int = MAX_PAYLOAD_BYTES,
+                max_future_skew_s: float = MAX_FUTURE_SKEW_S) -> ClickEvent:
+    """Validate one clickstream payload; ``now`` (wall time) bounds how far ahead ``ts`` may be."""
+    obj = _load_object(data, _CLICK, max_bytes)
+    if obj["type"] not in EVENT_TYPES:
+        raise SchemaError("UNKNOWN_EVENT_TYPE", f"event type {obj['type'][:40]!r} not in {EVENT_TYPES}")
+    ts = _finite("ts", obj["ts"])
+    if ts > now + max_future_skew_s:
+        raise SchemaError("FUTURE_TIMESTAMP", f"ts {ts:.0f} is {ts - now:.0f} s ahead of now")
+    price = _finite("price", obj["price"], code="BAD_PRICE")
+    quantity = obj.get("quantity", 1)
+    if not 1 <= quantity <= 10_000:
+        raise SchemaError("BAD_VALUE", f"quantity must be 1..10000, got {quantity}")
+    rating = obj.get("rating")
+    if rating is not None and not (math.isfinite(rating) and 0 <= rating <= 5):
+        raise SchemaError("BAD_VALUE", f"rating must be within 0..5, got {rating!r}")
+    return ClickEvent(obj["event_id"], ts, obj["user_id"], obj["session_id"], obj["type"],
+                      obj["item_id"], price, quantity, None if rating is None else float(rating))
+
+
+def parse_catalog(data: bytes, *, max_bytes: int = MAX_PAYLOAD_BYTES) -> CatalogItem:
+    """Validate one catalog record; bounds must be ordered min <= base <= max and cost >= 0."""
+    obj = _load_object(data, _CATALOG, max_bytes)
+    base = _finite("base_price", obj["base_price"], code="BAD_PRICE", positive=True)
+    cost = _finite("unit_cost", obj["unit_cost"], code="BAD_PRICE")
+    lo = _finite("min_price", obj["min_price"], code="BAD_PRICE", positive=True)
+    hi = _finite("max_price", obj["max_price"], code="BAD_PRICE", positive=True)
+    if not lo <= base <= hi:
+        raise SchemaError("BAD_PRICE", f"need min_price <= base_price <= max_price, got {lo}, {base}, {hi}")
+    return CatalogItem(obj["item_id"], obj["category"], base, cost, lo, hi, obj.get("currency", "EUR"))
+
+
+def parse_price(data: bytes, *, max_bytes: int = MAX_PAYLOAD_BYTES) -> PriceEvent:
+    """Validate one PriceEvent payload (the catalog-side consumer uses this)."""
+    obj = _load_object(data, _PRICE, max_bytes)
+    if obj["arm"] not in ("control", "treatment"):
+        raise SchemaError("BAD_VALUE", f"arm must be control or treatment, got {obj['arm'][:40]!r}")
+    if not all(isinstance(r, str) for r in obj["reasons"]):
+        raise SchemaError("WRONG_TYPE", "reasons must be a list of strings")
+    return PriceEvent(obj["decision_id"], _finite("ts", obj["ts"]), obj["user_id"], obj["item_id"],
+                      _finite("price", obj["price"], code="BAD_PRICE", positive=True),
+                      _finite("base_price", obj["base_price"], code="BAD_PRICE", positive=True),
+                      obj["arm"], _finite("expected_conversion", obj["expected_conversion"]),
+                      float(obj["expected_profit"]), obj["model_version"], tuple(obj["reasons"]),
+                      obj.get("currency", "EUR"))
+
+
+def dumps(record: ClickEvent | CatalogItem | PriceEvent) -> bytes:
+    """Serialize a record to its wire bytes (optional fields at their default are kept)."""
+    return orjson.dumps(asdict(record))
+
+
+def dead_letter_bytes(letter: DeadLetter) -> bytes:
+    """Serialize a dead letter; the original bytes travel base64-encoded (``original_b64``)."""
+    import base64
+
+    return orjson.dumps({
+        "original_b64": base64.b64encode(bytes(letter.original)).decode("ascii"),
+        "topic": letter.topic, "partition": letter.partition, "offset": letter.offset,
+        "error_code": letter.error_code, "message": letter.message, "ts": letter.ts,
+    })
+
+
+def parse_dead_letter(data: bytes) -> DeadLetter:
+    """Inverse of :func:`dead_letter_bytes` (for tools and tests reading the dead-letter topic)."""
+    import base64
+
+    obj = orjson.loads(data)
+    return DeadLetter(base64.b64decode(obj["original_b64"]), obj["topic"], obj["partition"],
+                      obj["offset"], obj["error_code"], obj["message"], obj["ts"])
