@@ -1,0 +1,94 @@
+"""Rolling features: order independence, lateness rule, bounded state, serialisation."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+
+from streams.features import (
+    FEATURE_NAMES, FeatureSpec, LateEvent, decode_state, encode_state, feature_names, item_features,
+    new_state, update, user_features,
+)
+from streams.schemas import EVENT_TYPES, ClickEvent
+
+SPEC = FeatureSpec()
+
+
+def events(n: int, seed: int = 0) -> list[ClickEvent]:
+    rng = random.Random(seed)
+    t = 1_000_000.0
+    out = []
+    for i in range(n):
+        t += rng.expovariate(1 / 120)
+        typ = rng.choice(EVENT_TYPES)
+        out.append(ClickEvent(f"e{i}", t, "u", f"s{i // 7}", typ, f"i{rng.randrange(5)}",
+                              rng.uniform(5, 15), 1, 4.0 if typ == "review" else None))
+    return out
+
+
+def fold(evs: list[ClickEvent]) -> list[float]:
+    s = new_state(SPEC)
+    for ev in evs:
+        s = update(s, ev, SPEC, base_price=10.0, category=ev.item_id)
+    return user_features(s, SPEC, now=max(e.ts for e in evs))
+
+
+def test_names_derive_from_parameters() -> None:
+    names = feature_names(FeatureSpec(windows_s=(900.0, 7200.0), n_buckets=4))
+    assert "view_decay_15m" in names and "purchase_decay_2h" in names and "cart_rate_2h" in names
+    assert len(names) == len(set(names))
+    assert len(fold(events(3))) == len(FEATURE_NAMES)
+
+
+def test_counters_are_order_independent_within_lateness() -> None:
+    evs = events(200)
+    shuffled = evs[:]
+    random.Random(1).shuffle(shuffled)
+    # shuffle only within blocks of 10 so every event is within the 24h lateness bound
+    local = [e for k in range(0, 200, 10) for e in sorted(evs[k:k + 10], key=lambda e: -e.ts)]
+    a, b = fold(evs), fold(local)
+    n_counts = len(SPEC.windows_s) * len(EVENT_TYPES)
+    assert a[:n_counts] == pytest.approx(b[:n_counts], rel=1e-9)
+    # price and category sums are exact too
+    tail = slice(FEATURE_NAMES.index("view_price_ratio"), None)
+    skip = FEATURE_NAMES.index("review_mean")
+    assert [x for i, x in enumerate(a) if i != skip][tail] == pytest.approx([x for i, x in enumerate(b) if i != skip][tail])
+
+
+def test_too_late_event_raises_and_leaves_state() -> None:
+    s = new_state(SPEC)
+    s = update(s, ClickEvent("a", 200_000.0, "u", "s", "view", "i", 10.0), SPEC)
+    before = encode_state(s)
+    with pytest.raises(LateEvent):
+        update(s, ClickEvent("b", 200_000.0 - SPEC.max_lateness_s - 1, "u", "s", "view", "i", 10.0), SPEC)
+    assert encode_state(s) == before
+
+
+def test_decay_halves_nothing_magic() -> None:
+    s = update(new_state(SPEC), ClickEvent("a", 0.0, "u", "s", "view", "i", 10.0), SPEC)
+    f_now = user_features(s, SPEC, now=0.0)[FEATURE_NAMES.index("view_decay_1h")]
+    f_later = user_features(s, SPEC, now=3600.0)[FEATURE_NAMES.index("view_decay_1h")]
+    assert f_now == pytest.approx(math.log1p(1.0))
+    assert f_later == pytest.approx(math.log1p(math.exp(-1.0)))
+
+
+def test_state_is_bounded_and_round_trips() -> None:
+    s = new_state(SPEC)
+    sizes = []
+    for i, ev in enumerate(events(5000)):
+        s = update(s, ev, SPEC, base_price=10.0, category=f"c{i % 50}")
+        if i % 1000 == 999:
+            sizes.append(len(encode_state(s)))
+    assert max(sizes) < 600 and max(sizes) - min(sizes) < 40  # does not grow with traffic
+    assert decode_state(encode_state(s)) == s
+
+
+def test_session_depth_and_item_features() -> None:
+    s = new_state(SPEC)
+    for i, sess in enumerate(["a", "a", "a", "b"]):
+        s = update(s, ClickEvent(str(i), float(i), "u", sess, "view", "i", 10.0), SPEC, category="shoes")
+    assert s.depth == 1
+    f = item_features(s, SPEC, base_price=20.0, unit_cost=5.0, category="shoes")
+    assert f[0] == pytest.approx(math.log(20.0)) and f[1] == pytest.approx(4 / 5, rel=1e-4) and f[2] == 0.25
