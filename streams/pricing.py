@@ -1,0 +1,304 @@
+"""Profit-optimal personalized prices under guardrails: pure numpy, no Faust.
+
+Demand is logistic in the price ratio: ``P(buy | p) = sigmoid(a - b * p / base)`` with ``b > 0``.
+Profit ``(p - c) * P(buy | p)`` is log-concave for ``p > c`` and rising for ``p < c``, so its
+optimum over an interval is the unconstrained optimum clipped into the interval, and that
+optimum is exact via Lambert W: with ``b' = b / base``, ``p* = c + (1 + W(exp(a - b'c - 1))) / b'``.
+
+Band rule (``band``/``band_batch``): guards are intersected in priority order, and a guard that
+would empty the band is skipped (reason ``BAND_EMPTY``); the band keeps the guards before it.
+
+1. item bounds ``[min_price, max_price]`` - always hold;
+2. deviation ``base * (1 +- max_deviation)`` - holds whenever it meets the item bounds;
+3. margin floor ``p >= unit_cost * (1 + margin_floor)`` - holds whenever it meets band 1-2;
+4. step limit ``previous * (1 +- max_step)``, only if the previous price for this user and item
+   is at most ``max_step_window_s`` old (or stamped in the future) - holds whenever it meets 1-3.
+
+The price is the clipped optimum (base price if the model output is invalid), rounded to whole
+cents inside the band (ceil at the lower edge, floor at the upper); if the band holds no whole
+cent, the nearest band edge. It is always finite and always inside the band.
+
+>>> item = ItemTerms("sku-1", base_price=10.0, unit_cost=6.0, min_price=5.0, max_price=20.0)
+>>> d = decide(2.0, 3.0, item, Guardrails())
+>>> d.price, d.reasons
+(10.42, ('OPTIMAL',))
+>>> decide(float("nan"), 3.0, item, Guardrails()).reasons
+('MODEL_INVALID',)
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+F = NDArray[np.float64]
+
+
+def lambertw_exp(z: ArrayLike) -> F:
+    """``W(exp(z))`` on the principal branch for any real ``z``, without forming ``exp(z)``.
+
+    Solves ``w + ln w = z`` with Fritsch's iteration (fourth order) from Winitzki's start.
+
+    >>> [round(float(v), 12) for v in lambertw_exp([1.0, 1000.0])]
+    [1.0, 993.099169472389]
+    """
+    z = np.asarray(z, dtype=np.float64)
+    with np.errstate(all="ignore"):
+        soft = np.logaddexp(0.0, z)  # ln(1 + x), stable for huge z
+        w = soft * (1.0 - np.log1p(soft) / (2.0 + soft))
+        for _ in range(3):
+            r = z - np.log(w) - w  # residual of w + ln w = z
+            q = 2.0 * (1.0 + w) * (1.0 + w + 2.0 / 3.0 * r)
+            w = w * (1.0 + r / (1.0 + w) * (q - r) / (q - 2.0 * r))
+        # W(x) = x to double precision for x < 1e-17; +inf maps to +inf.
+        w = np.where(z < -40.0, np.exp(z), w)
+        w = np.where(z > 1e100, z - np.log(z), w)  # where the iteration would overflow
+        w = np.where(z == np.inf, np.inf, w)
+    return np.asarray(w, dtype=np.float64)
+
+
+def lambertw0(x: ArrayLike) -> F:
+    """Principal branch ``W(x)`` for ``x >= 0`` (``nan`` below zero).
+
+    >>> float(lambertw0(0.0)), round(float(lambertw0(math.e)), 12)
+    (0.0, 1.0)
+    """
+    x = np.asarray(x, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        w = lambertw_exp(np.log(x))
+    w = np.where((x >= 0.0) & (x < 1e-17), x, w)  # W(x) = x - x^2 + ...
+    return np.asarray(np.where(x < 0.0, np.nan, w), dtype=np.float64)
+
+
+def conversion(a: ArrayLike, b: ArrayLike, base: ArrayLike, price: ArrayLike) -> F:
+    """Expected conversion ``sigmoid(a - b * price / base)``, overflow-safe, broadcasting."""
+    with np.errstate(all="ignore"):
+        logit = np.asarray(a) - np.asarray(b) * np.asarray(price) / np.asarray(base)
+        return np.asarray(np.exp(-np.logaddexp(0.0, -logit)), dtype=np.float64)
+
+
+def optimal_price(a: ArrayLike, b: ArrayLike, base: ArrayLike, cost: ArrayLike) -> F:
+    """Unconstrained profit-optimal price under logit demand (``nan``/``inf`` where b <= 0).
+
+    >>> round(float(optimal_price(2.0, 3.0, 10.0, 6.0)), 4)
+    10.4158
+    """
+    with np.errstate(all="ignore"):
+        bp = np.asarray(b, dtype=np.float64) / np.asarray(base, dtype=np.float64)
+        c = np.asarray(cost, dtype=np.float64)
+        w = lambertw_exp(np.asarray(a) - bp * c - 1.0)
+        return np.asarray(c + (1.0 + w) / bp, dtype=np.float64)
+
+
+def price_grid(lo: ArrayLike, hi: ArrayLike, points: int = 21) -> F:
+    """``points`` evenly spaced candidate prices per row over ``[lo, hi]``, shape ``(n, points)``."""
+    lo2, hi2 = np.atleast_1d(np.asarray(lo, np.float64)), np.atleast_1d(np.asarray(hi, np.float64))
+    grid = lo2[:, None] + (hi2 - lo2)[:, None] * np.linspace(0.0, 1.0, points)
+    return np.asarray(np.minimum(grid, hi2[:, None]), dtype=np.float64)
+
+
+def grid_price(
+    lo: ArrayLike, hi: ArrayLike, cost: ArrayLike, demand: Callable[[F], F], points: int = 21
+) -> tuple[F, F, F]:
+    """Grid fallback for demand curves of any shape: argmax of expected profit on a price grid.
+
+    ``demand`` maps an ``(n, points)`` price grid to conversion probabilities of the same shape;
+    non-finite probabilities never win. Returns ``(price, conversion, profit)``, prices in band.
+    """
+    grid = price_grid(lo, hi, points)
+    probs = np.asarray(demand(grid), dtype=np.float64)
+    profit = (grid - np.atleast_1d(np.asarray(cost, np.float64))[:, None]) * probs
+    profit = np.where(np.isfinite(profit), profit, -np.inf)
+    rows, idx = np.arange(grid.shape[0]), np.argmax(profit, axis=1)
+    return grid[rows, idx], probs[rows, idx], profit[rows, idx]
+
+
+class Reason(enum.IntFlag):
+    """Why a price is what it is; a decision carries one or more."""
+
+    OPTIMAL = 1
+    CLIP_MIN_PRICE = 2
+    CLIP_MAX_PRICE = 4
+    CLIP_MAX_DEVIATION = 8
+    CLIP_MARGIN_FLOOR = 16
+    CLIP_STEP_LIMIT = 32
+    MODEL_INVALID = 64
+    BAND_EMPTY = 128
+
+
+def reason_names(flags: int) -> tuple[str, ...]:
+    """Reason flags as names in declaration order.
+
+    >>> reason_names(Reason.CLIP_MAX_PRICE | Reason.BAND_EMPTY)
+    ('CLIP_MAX_PRICE', 'BAND_EMPTY')
+    """
+    return tuple(r.name for r in Reason if r & flags and r.name is not None)
+
+
+@dataclass(frozen=True, slots=True)
+class Guardrails:
+    """Limits every price obeys; see the module docstring for how they combine."""
+
+    max_deviation: float = 0.2
+    margin_floor: float = 0.05
+    max_step: float = 0.1
+    max_step_window_s: float = 3600.0
+
+    def __post_init__(self) -> None:
+        ok = (0 <= self.max_deviation <= 1, 0 <= self.margin_floor <= 10, 0 <= self.max_step <= 1)
+        if not all(ok) or not 0 <= self.max_step_window_s < math.inf:
+            raise ValueError(f"guardrails out of range: {self}")
+
+    @classmethod
+    def from_settings(cls, s: object) -> Guardrails:
+        """Take the four knobs from any object that has them (e.g. ``streams.settings.Settings``)."""
+        names = ("max_deviation", "margin_floor", "max_step", "max_step_window_s")
+        return cls(*(float(getattr(s, f)) for f in names))
+
+
+@dataclass(frozen=True, slots=True)
+class ItemTerms:
+    """One item's catalog terms: base price, unit cost and hard price bounds."""
+
+    item_id: str
+    base_price: float
+    unit_cost: float
+    min_price: float
+    max_price: float
+
+    def __post_init__(self) -> None:
+        if not (0 < self.base_price < math.inf and 0 <= self.unit_cost < math.inf
+                and 0 <= self.min_price <= self.max_price < math.inf):
+            raise ValueError(f"invalid item terms: {self}")
+
+
+@dataclass(frozen=True, slots=True)
+class ItemBatch:
+    """Column arrays of many items' terms, for ``decide_batch``."""
+
+    base_price: F
+    unit_cost: F
+    min_price: F
+    max_price: F
+
+    @classmethod
+    def of(cls, items: Sequence[ItemTerms]) -> ItemBatch:
+        """Columns from already validated ``ItemTerms``."""
+        cols = np.array([(i.base_price, i.unit_cost, i.min_price, i.max_price) for i in items], np.float64)
+        return cls(*cols.reshape(-1, 4).T)
+
+
+@dataclass(frozen=True, slots=True)
+class PriceDecision:
+    """The price for one user and item, with what the model expects at that price."""
+
+    price: float
+    base_price: float
+    expected_conversion: float  # nan when the model output was invalid
+    expected_profit: float  # per impression, (price - cost) * conversion
+    reasons: tuple[str, ...]
+
+
+class Band(NamedTuple):
+    """Allowed price interval and the reasons it carries (``BAND_EMPTY`` if a guard was skipped)."""
+
+    lo: float
+    hi: float
+    reasons: tuple[str, ...]
+
+
+class BandBatch(NamedTuple):
+    """Vectorised bands: edges, the reason a clip at each edge reports, and band flags."""
+
+    lo: F
+    hi: F
+    lo_reason: NDArray[np.int64]
+    hi_reason: NDArray[np.int64]
+    flags: NDArray[np.int64]
+
+
+class BatchDecision(NamedTuple):
+    """Vectorised decisions; ``reasons`` are ``Reason`` flag ints."""
+
+    price: F
+    expected_conversion: F
+    expected_profit: F
+    reasons: NDArray[np.int64]
+
+
+def band_batch(items: ItemBatch, g: Guardrails, now_ts: float = 0.0,
+               prev_price: F | None = None, prev_ts: F | None = None) -> BandBatch:
+    """Allowed price bands per row (``prev_price`` nan = no previous price)."""
+    n = items.base_price.shape[0]
+    lo, hi = items.min_price.copy(), items.max_price.copy()
+    lo_r = np.full(n, int(Reason.CLIP_MIN_PRICE), np.int64)
+    hi_r = np.full(n, int(Reason.CLIP_MAX_PRICE), np.int64)
+    flags = np.zeros(n, np.int64)
+    inf = np.full(n, np.inf)
+    guards = [(items.base_price * (1 - g.max_deviation), items.base_price * (1 + g.max_deviation),
+               Reason.CLIP_MAX_DEVIATION, np.ones(n, bool)),
+              (items.unit_cost * (1 + g.margin_floor), inf, Reason.CLIP_MARGIN_FLOOR, np.ones(n, bool))]
+    if prev_price is not None and prev_ts is not None:
+        with np.errstate(invalid="ignore"):
+            fresh = (now_ts - prev_ts <= g.max_step_window_s) & np.isfinite(prev_price) & (prev_price > 0)
+        step = (prev_price * (1 - g.max_step), prev_price * (1 + g.max_step))
+        guards.append((*step, Reason.CLIP_STEP_LIMIT, fresh))
+    for glo, ghi, reason, on in guards:
+        nlo, nhi = np.maximum(lo, glo), np.minimum(hi, ghi)
+        ok = on & (nlo <= nhi)
+        flags |= np.where(on & ~ok, int(Reason.BAND_EMPTY), 0)
+        lo_r = np.where(ok & (glo > lo), int(reason), lo_r)
+        hi_r = np.where(ok & (ghi < hi), int(reason), hi_r)
+        lo, hi = np.where(ok, nlo, lo), np.where(ok, nhi, hi)
+    return BandBatch(lo, hi, lo_r, hi_r, flags)
+
+
+def round_into(price: F, lo: F, hi: F) -> F:
+    """Round to whole cents without leaving ``[lo, hi]`` (the nearest edge if no cent fits)."""
+    cents = np.clip(np.round(price * 100.0), np.ceil(lo * 100.0), np.floor(hi * 100.0)) / 100.0
+    return np.asarray(np.clip(cents, lo, hi), dtype=np.float64)
+
+
+def decide_batch(a: ArrayLike, b: ArrayLike, items: ItemBatch, g: Guardrails, now_ts: float = 0.0,
+                 prev_price: F | None = None, prev_ts: F | None = None) -> BatchDecision:
+    """Guarded profit-optimal prices for a batch of model outputs ``(a, b)``, one row per item."""
+    a_, b_ = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    bd = band_batch(items, g, now_ts, prev_price, prev_ts)
+    with np.errstate(all="ignore"):
+        target = optimal_price(a_, b_, items.base_price, items.unit_cost)
+        invalid = ~(np.isfinite(a_) & np.isfinite(b_) & (b_ > 0) & np.isfinite(b_ / items.base_price)
+                    & ~np.isnan(target))
+        target = np.where(invalid, items.base_price, target)
+        reasons = bd.flags | np.where(invalid, int(Reason.MODEL_INVALID), 0)
+        reasons |= np.where(target < bd.lo, bd.lo_reason, 0) | np.where(target > bd.hi, bd.hi_reason, 0)
+        reasons |= np.where(reasons & ~int(Reason.BAND_EMPTY), 0, int(Reason.OPTIMAL))
+        price = round_into(np.clip(target, bd.lo, bd.hi), bd.lo, bd.hi)
+        conv = np.where(invalid, np.nan, conversion(a_, b_, items.base_price, price))
+    return BatchDecision(price, conv, (price - items.unit_cost) * conv, reasons)
+
+
+def _prev(previous: tuple[float, float] | None) -> tuple[F | None, F | None]:
+    if previous is None:
+        return None, None
+    return np.array([previous[0]], np.float64), np.array([previous[1]], np.float64)
+
+
+def band(item: ItemTerms, g: Guardrails, previous: tuple[float, float] | None = None,
+         now_ts: float = 0.0) -> Band:
+    """Allowed price interval for one item; ``previous`` is ``(price, ts)`` shown to this user."""
+    bd = band_batch(ItemBatch.of([item]), g, now_ts, *_prev(previous))
+    return Band(float(bd.lo[0]), float(bd.hi[0]), reason_names(int(bd.flags[0])))
+
+
+def decide(a: float, b: float, item: ItemTerms, g: Guardrails,
+           previous: tuple[float, float] | None = None, now_ts: float = 0.0) -> PriceDecision:
+    """Guarded profit-optimal price for one model output ``(a, b)`` and item."""
+    d = decide_batch([a], [b], ItemBatch.of([item]), g, now_ts, *_prev(previous))
+    return PriceDecision(float(d.price[0]), item.base_price, float(d.expected_conversion[0]),
+                         float(d.expected_profit[0]), reason_names(int(d.reasons[0])))
