@@ -1,0 +1,119 @@
+"""Recommend model: a Keras softmax over a choice set of candidate items at their prices.
+
+Inputs (all float32, the ONNX contract; ``K`` is dynamic)::
+
+    user         [B, n_user]      user features (``streams.features.FEATURE_NAMES`` order)
+    items        [B, K, n_item]   per (user, item) features (``ITEM_FEATURE_NAMES`` order)
+    price_ratio  [B, K]           offered price / base price of each candidate
+    mask         [B, K]           1 = real candidate, 0 = padding (gets probability 0)
+
+Output ``probs [B, K]``: the probability that each candidate is the one chosen.
+
+*Nonlinear* mode: ``u_k = MLP(user, items_k) - softplus(a + b . user) * price_ratio_k``. The
+price sensitivity is positive by construction, so each candidate's probability falls as its
+own price rises; it depends on the user (the point of personalized pricing) but not on the
+price, which keeps that monotonicity exact (``b = 0`` is the plain ``softplus(w)`` term). The
+first MLP layer is ``Dense(user) + Dense(items_k)`` added by broadcasting, which equals a
+Dense over the concatenation ``[user, items_k]`` without tiling the user across ``K``.
+
+*Linear* mode is exactly a conditional logit, ``softmax_k(theta . items_k + theta_p *
+price_ratio_k)``. It has no user part and no intercept: a term shared by every candidate of
+an occasion (user effects, a constant) cancels in the softmax, and alternative-specific
+constants need an alternative identity stable across occasions, which candidates lack.
+It is fitted by exact Newton maximum likelihood (:func:`fit_conditional_logit`) and the
+MLE is copied into the Keras weights. The ``user`` input is still an input (multiplied by
+zero) so both modes share one serving signature.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+from keras import layers, ops
+
+from .choice import (ChoiceTableError, ClogitResult, choice_probs, fit_conditional_logit,
+                     read_choice_table)
+
+__all__ = ["ChoiceTableError", "ClogitResult", "build_recommend_model", "choice_probs",
+           "fit_conditional_logit", "fit_recommend", "linear_model_from_clogit", "read_choice_table"]
+
+PAD_UTILITY = -1e9  # added to padded candidates' utility: exp() underflows to 0 in float32
+
+
+def build_recommend_model(n_user: int, n_item: int, linear: bool, hidden: int = 32) -> keras.Model:
+    """The functional (ONNX-exportable) recommend model; see the module docstring for shapes."""
+    user = keras.Input((n_user,), name="user", dtype="float32")
+    items = keras.Input((None, n_item), name="items", dtype="float32")
+    price = keras.Input((None,), name="price_ratio", dtype="float32")
+    mask = keras.Input((None,), name="mask", dtype="float32")
+    if linear:
+        # [B, K, n_item + 1] -> theta . x: the Dense kernel is the clogit coefficient vector
+        x = layers.Concatenate(axis=-1)([items, ops.expand_dims(price, -1)])
+        utility = ops.squeeze(layers.Dense(1, use_bias=False, name="clogit")(x), -1)
+        utility = utility + 0.0 * ops.sum(user, axis=-1, keepdims=True)  # keep `user` in the graph
+    else:
+        # [B, 1, H] + [B, K, H] -> [B, K, H]: Dense over concat(user, item) without a tile
+        h = ops.expand_dims(layers.Dense(hidden, name="user_in")(user), 1)
+        h = layers.Activation("relu")(h + layers.Dense(hidden, use_bias=False, name="item_in")(items))
+        h = layers.Dense(hidden, activation="relu", name="hidden")(h)
+        # per-user sensitivity softplus(a + b . user) > 0, [B, 1]: utility falls in own price
+        sens = ops.softplus(layers.Dense(1, kernel_initializer="zeros",
+                                         bias_initializer=keras.initializers.Constant(0.5),
+                                         name="price_sensitivity")(user))
+        utility = ops.squeeze(layers.Dense(1, name="utility")(h), -1) - sens * price
+    # [B, K] utilities; padding pushed to -1e9 so it gets probability exactly 0
+    probs = layers.Softmax(axis=-1, name="probs")(utility + (1.0 - mask) * PAD_UTILITY)
+    # a list, not a dict: tf2onnx calls the model positionally (a dict of inputs still works
+    # in Keras, matched by input name)
+    return keras.Model([user, items, price, mask], probs,
+                       name="recommend_linear" if linear else "recommend")
+
+
+def _inputs(user: np.ndarray, items: np.ndarray, price_ratio: np.ndarray,
+            mask: np.ndarray | None) -> dict[str, np.ndarray]:
+    m = np.ones(price_ratio.shape) if mask is None else mask
+    return {"user": np.asarray(user, np.float32), "items": np.asarray(items, np.float32),
+            "price_ratio": np.asarray(price_ratio, np.float32), "mask": np.asarray(m, np.float32)}
+
+
+def linear_model_from_clogit(result: ClogitResult, n_user: int) -> keras.Model:
+    """The Keras linear model carrying ``result``'s coefficients (items first, price last)."""
+    model = build_recommend_model(n_user, len(result.coef) - 1, linear=True)
+    model.get_layer("clogit").set_weights([np.asarray(result.coef, np.float32)[:, None]])
+    return model
+
+
+def fit_recommend(user: np.ndarray, items: np.ndarray, price_ratio: np.ndarray, chosen: np.ndarray,
+                  mask: np.ndarray | None = None, linear: bool = False, epochs: int = 30,
+                  batch_size: int = 256, hidden: int = 32, learning_rate: float = 3e-3,
+                  seed: int = 0, verbose: int = 0) -> keras.Model:
+    """Fit on choice sets: ``chosen [N]`` is the index of the chosen candidate per occasion.
+
+    Linear mode is exact maximum likelihood (``epochs`` etc. are unused); the fit is kept
+    on the model as ``model.clogit`` (a :class:`ClogitResult`). Nonlinear mode minimises
+    the cross-entropy of the chosen candidate with Adam.
+    """
+    if linear:
+        X = np.concatenate([items, np.asarray(price_ratio)[..., None]], axis=-1)
+        names = tuple(f"item_{i}" for i in range(items.shape[-1])) + ("price_ratio",)
+        result = fit_conditional_logit(X, chosen, mask, names)
+        model = linear_model_from_clogit(result, user.shape[-1])
+        model.clogit = result
+        return model
+    keras.utils.set_random_seed(seed)
+    model = build_recommend_model(user.shape[-1], items.shape[-1], linear=False, hidden=hidden)
+    model.compile(keras.optimizers.Adam(learning_rate), "sparse_categorical_crossentropy")
+    model.fit(_inputs(user, items, price_ratio, mask), np.asarray(chosen, np.int64),
+              epochs=epochs, batch_size=batch_size, verbose=verbose, shuffle=True)
+    return model
+
+
+def predict_probs(model: keras.Model, user: np.ndarray, items: np.ndarray, price_ratio: np.ndarray,
+                  mask: np.ndarray | None = None) -> np.ndarray:
+    """``probs [N, K]`` from a recommend model (float64 for downstream arithmetic)."""
+    return np.asarray(model(_inputs(user, items, price_ratio, mask)), np.float64)
+
+
+def choice_loglik(probs: np.ndarray, chosen: np.ndarray) -> float:
+    """Log-likelihood of the observed choices under ``probs [N, K]``."""
+    return float(np.sum(np.log(np.clip(probs[np.arange(len(chosen)), chosen], 1e-300, None))))
