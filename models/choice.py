@@ -67,10 +67,12 @@ class ClogitResult:
 
     def table(self, truth: np.ndarray | None = None) -> str:
         """The coefficient table as text (with a ``truth`` column when one is given)."""
-        head = f"{'name':<16}{'coef':>10}{'se':>10}{'z':>9}{'p':>10}" + (f"{'truth':>9}" if truth is not None else "")
+        head = f"{'name':<16}{'coef':>10}{'se':>10}{'z':>9}{'p':>10}"
+        head += f"{'truth':>9}" if truth is not None else ""
         lines = [head, "-" * len(head)]
         for i, name in enumerate(self.names):
-            row = f"{name:<16}{self.coef[i]:>10.4f}{self.se[i]:>10.4f}{self.z[i]:>9.2f}{self.p_values[i]:>10.2g}"
+            row = f"{name:<16}{self.coef[i]:>10.4f}{self.se[i]:>10.4f}"
+            row += f"{self.z[i]:>9.2f}{self.p_values[i]:>10.2g}"
             lines.append(row + (f"{truth[i]:>9.3f}" if truth is not None else ""))
         lines += [f"log-likelihood {self.loglik:.3f}  (null {self.loglik_null:.3f})",
                   f"n occasions {self.n_occasions}  McFadden pseudo-R2 {self.pseudo_r2:.4f}  "
@@ -83,7 +85,12 @@ def _full_mask(X: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
 
 
 def choice_probs(coef: np.ndarray, X: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
-    """Conditional-logit probabilities ``softmax_k(coef . X[n, k])`` over the real alternatives."""
+    """Conditional-logit probabilities ``softmax_k(coef . X[n, k])`` over the real alternatives.
+
+    >>> X = np.array([[[0.0], [np.log(3.0)], [5.0]]])  # one occasion, third slot is padding
+    >>> choice_probs(np.array([1.0]), X, np.array([[1.0, 1.0, 0.0]])).round(3).tolist()
+    [[0.25, 0.75, 0.0]]
+    """
     u = np.where(_full_mask(X, mask) > 0, np.asarray(X, np.float64) @ coef, _NEG)
     u -= u.max(axis=1, keepdims=True)
     e = np.exp(u)
@@ -125,7 +132,7 @@ def fit_conditional_logit(X: np.ndarray, chosen: np.ndarray, mask: np.ndarray | 
 
     beta, ll = np.zeros(f), loglik(np.zeros(f))
     ll_null = ll
-    for it in range(1, max_iter + 1):
+    for it in range(1, max_iter + 1):  # noqa: B007 (`it` is reported after the loop)
         p = choice_probs(beta, X, m)
         xbar = np.einsum("nk,nkf->nf", p, X)
         grad = (x_chosen - xbar).sum(axis=0)

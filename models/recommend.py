@@ -31,11 +31,11 @@ import keras
 import numpy as np
 from keras import layers, ops
 
-from .choice import (ChoiceTableError, ClogitResult, choice_probs, fit_conditional_logit,
-                     read_choice_table)
+from .choice import ChoiceTableError, ClogitResult, choice_probs, fit_conditional_logit, read_choice_table
 
 __all__ = ["ChoiceTableError", "ClogitResult", "build_recommend_model", "choice_probs",
-           "fit_conditional_logit", "fit_recommend", "linear_model_from_clogit", "read_choice_table"]
+           "choice_loglik", "fit_conditional_logit", "fit_recommend", "linear_model_from_clogit",
+           "predict_probs", "read_choice_table"]
 
 PAD_UTILITY = -1e9  # added to padded candidates' utility: exp() underflows to 0 in float32
 
