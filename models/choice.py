@@ -139,8 +139,11 @@ def fit_conditional_logit(X: np.ndarray, chosen: np.ndarray, mask: np.ndarray | 
         d = X - xbar[:, None, :]
         info = np.einsum("nk,nkf,nkg->fg", p, d, d)  # minus the Hessian
         if np.linalg.cond(info) > 1e12:
-            raise ChoiceTableError("singular information matrix: a coefficient is not identifiable "
-                                   "(constant within every choice set, or collinear features)")
+            if it == 1:  # singular at coef = 0: the design itself is degenerate
+                raise ChoiceTableError("singular information matrix: a coefficient is not identifiable "
+                                       "(constant within every choice set, or collinear features)")
+            raise ChoiceTableError(f"no finite maximum: probabilities hit 0/1 after {it - 1} Newton steps "
+                                   "(perfect separation; too few occasions for these features?)")
         step = np.linalg.solve(info, grad)
         t = 1.0
         while (new := loglik(beta + t * step)) < ll - 1e-12 and t > 1e-8:

@@ -71,9 +71,9 @@ def test_padding_gets_zero_probability_and_changes_nothing() -> None:
 def test_read_choice_table_pads_varying_sets() -> None:
     X, chosen, mask, names = read_choice_table(DATA, "occ", "alt", "chosen", "price")
     assert names == ("quality", "promo", "price")  # non-numeric `brand` left out, price last
-    assert X.shape == (3, 4, 3)
-    np.testing.assert_array_equal(mask.sum(axis=1), [3, 3, 4])  # s2's rows need not be adjacent
-    np.testing.assert_array_equal(chosen, [1, 0, 2])
+    assert X.shape == (5, 4, 3)
+    np.testing.assert_array_equal(mask.sum(axis=1), [3, 3, 4, 2, 3])  # s2's rows need not be adjacent
+    np.testing.assert_array_equal(chosen, [1, 0, 2, 0, 0])
     np.testing.assert_allclose(X[1, 2], [-0.8, 1.0, 0.70])
     _, _, _, only = read_choice_table(DATA, "occ", "alt", "chosen", "price", ["promo"])
     assert only == ("promo", "price")
@@ -98,6 +98,12 @@ def test_unidentifiable_coefficient_is_refused() -> None:
     X[..., 1] = 1.0  # constant within every choice set: cancels in the softmax
     with pytest.raises(ChoiceTableError, match="not identifiable"):
         fit_conditional_logit(X, chosen, mask)
+
+
+def test_perfect_separation_is_reported() -> None:
+    X, chosen, mask, _ = read_choice_table(DATA, "occ", "alt", "chosen", "price")
+    with pytest.raises(ChoiceTableError, match="perfect separation"):
+        fit_conditional_logit(X[:3], chosen[:3], mask[:3])  # the first three occasions separate
 
 
 def test_cli_round_trip(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
