@@ -1,0 +1,142 @@
+"""``python -m export``: convert a training run to a verified ONNX bundle, or verify a bundle.
+
+    python -m export --train-dir runs/2024-06-01 --model-dir models/bundles
+    python -m export verify models/bundles            # the CURRENT bundle
+    python -m export verify models/bundles/3f2a9c0d1e4b
+
+Exit codes: 0 ok, 2 parity failure, 3 bundle/contract error, 4 missing or unreadable input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from streams.features import FeatureSpec, feature_names
+
+from .bundle import MODEL_FILES, Bundle, BundleError, load_bundle, write_bundle
+
+# Holdout keys in holdout_sample.npz for each model's inputs.
+HOLDOUT_KEYS = {
+    "user": {"X": "user"},
+    "price": {"user": "user", "item": "item", "price_ratio": "price_ratio"},
+    "recommend": {"user": "rec_user", "items": "rec_items", "price_ratio": "rec_price_ratio",
+                  "mask": "rec_mask"},
+}
+
+
+def _spec(summary: dict[str, Any]) -> FeatureSpec:
+    """The FeatureSpec recorded by the trainer (``feature_spec`` in the summary), else default."""
+    raw = summary.get("feature_spec") or {}
+    return FeatureSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
+
+
+def export_train_dir(train_dir: Path, model_dir: Path, *, tol: float, rows: int,
+                     progress: bool = True) -> tuple[Bundle, dict[str, Any]]:
+    """Load the three trained models, convert, check parity, write the bundle.
+
+    Returns the bundle and parity figures per model; raises ``ParityError`` or ``BundleError``.
+    """
+    from . import convert  # heavy imports only on this path: `verify` stays TensorFlow-free
+
+    import joblib
+    import keras
+
+    summary = json.loads((train_dir / "training_summary.json").read_text())
+    spec = _spec(summary)
+    npz = train_dir / "holdout_sample.npz"
+    sample = dict(np.load(npz)) if npz.exists() else {}
+    steps = tqdm(list(MODEL_FILES), desc="export", unit="model", disable=not progress)
+    data: dict[str, bytes] = {}
+    parity: dict[str, Any] = {}
+    for name in steps:
+        steps.set_postfix_str(name)
+        if name == "user":
+            est = joblib.load(train_dir / "user_model.joblib")
+            shapes: dict[str, tuple[int | None, ...]] = {"X": (None, len(feature_names(spec)))}
+            proto = convert.sklearn_to_onnx(est, len(feature_names(spec)))
+            inputs = convert.parity_inputs(shapes, _holdout(sample, name), rows)
+            ref = convert.sklearn_outputs(est, inputs["X"])
+        else:
+            model = keras.saving.load_model(train_dir / f"{name}_model.keras", compile=False)
+            shapes = {t.name: tuple(t.shape) for t in model.inputs}
+            proto = convert.keras_to_onnx(model, name)
+            inputs = convert.parity_inputs(shapes, _holdout(sample, name), rows)
+            ref = convert.keras_outputs(model, inputs)
+        data[name] = proto.SerializeToString()
+        parity[name] = convert.check_parity(name, data[name], inputs, ref, tol).as_dict()
+    bundle = write_bundle(model_dir, data, spec=spec, training=summary, parity=parity)
+    return bundle, parity
+
+
+def _holdout(sample: dict[str, np.ndarray], model: str) -> dict[str, np.ndarray]:
+    return {inp: sample[key] for inp, key in HOLDOUT_KEYS[model].items() if key in sample}
+
+
+def parity_table(parity: dict[str, Any]) -> str:
+    """Fixed-width table: model, output, rows, max abs diff, tolerance."""
+    lines = [f"{'model':<10} {'output':<14} {'rows':>7} {'max_abs_diff':>13} {'tol':>7}"]
+    for model, p in parity.items():
+        for out, diff in p["max_abs_diff"].items():
+            lines.append(f"{model:<10} {out:<14} {p['rows']:>7} {diff:>13.3e} {p['tol']:>7.0e}")
+    return "\n".join(lines)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m export", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command")
+    e = sub.add_parser("export", help="convert a training dir to a bundle (default command)")
+    e.add_argument("--train-dir", type=Path, required=True, help="trainer output directory")
+    e.add_argument("--model-dir", type=Path, required=True, help="bundle root (holds CURRENT)")
+    e.add_argument("--tol", type=float, default=1e-5, help="max abs diff allowed (default 1e-5)")
+    e.add_argument("--rows", type=int, default=10_000, help="min parity rows (default 10000)")
+    e.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
+    v = sub.add_parser("verify", help="verify a bundle dir, or the CURRENT one under a model dir")
+    v.add_argument("bundle", type=Path)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the process exit code."""
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list and args_list[0] not in ("export", "verify", "-h", "--help"):
+        args_list.insert(0, "export")  # `python -m export --train-dir ...` is the default
+    args = _parser().parse_args(args_list)
+    if args.command is None:
+        _parser().print_help()
+        return 0
+    try:
+        if args.command == "verify":
+            bundle = load_bundle(args.bundle)
+            print(f"ok: bundle {bundle.version} at {bundle.path}")
+            print(parity_table(bundle.manifest.get("parity", {})))
+            return 0
+        from .convert import ParityError
+
+        try:
+            bundle, parity = export_train_dir(args.train_dir, args.model_dir, tol=args.tol,
+                                              rows=args.rows, progress=not args.no_progress)
+        except ParityError as exc:
+            print(f"error: {exc}; no bundle written", file=sys.stderr)
+            return 2
+        print(parity_table(parity))
+        print(f"bundle {bundle.version} at {bundle.path} (CURRENT -> {bundle.version})")
+        return 0
+    except BundleError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
+    except (OSError, ValueError) as exc:
+        print(f"error: cannot read input: {exc}", file=sys.stderr)
+        return 4
+
+
+if __name__ == "__main__":
+    sys.exit(main())

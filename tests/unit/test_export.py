@@ -1,0 +1,195 @@
+"""Export: Keras/sklearn -> ONNX parity, the bundle on disk, the loader's refusals, the CLI,
+and that serving never imports TensorFlow. Stand-in models have the trainers' exact I/O."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from export.bundle import CURRENT, MANIFEST, MODEL_FILES, BundleError, load_bundle, write_bundle
+from streams.features import FEATURE_NAMES, ITEM_FEATURE_NAMES, FeatureSpec
+
+convert = pytest.importorskip("export.convert")  # needs the `train` extra (TensorFlow)
+keras = pytest.importorskip("keras")
+
+U, I, K = len(FEATURE_NAMES), len(ITEM_FEATURE_NAMES), 5
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _price_model() -> Any:
+    u, it, pr = (keras.Input(s, name=n) for s, n in (((U,), "user"), ((I,), "item"), ((1,), "price_ratio")))
+    h = keras.layers.Dense(16, activation="relu")(keras.layers.Concatenate()([u, it]))
+    a = keras.layers.Dense(1, name="a")(h)
+    b = keras.layers.Dense(1, activation="softplus", name="b")(h)
+    logit = keras.layers.Subtract()([a, keras.layers.Multiply()([b, pr])])
+    p = keras.layers.Activation("sigmoid", name="p_buy")(logit)
+    return keras.Model({"user": u, "item": it, "price_ratio": pr}, {"p_buy": p, "a": a, "b": b})
+
+
+def _recommend_model() -> Any:
+    u, its = keras.Input((U,), name="user"), keras.Input((K, I), name="items")
+    pr, mask = keras.Input((K,), name="price_ratio"), keras.Input((K,), name="mask")
+    util = keras.layers.Dot(axes=(2, 1))([its, keras.layers.Dense(I)(u)])
+    logit = util - 2.0 * pr + (mask - 1.0) * 1e9
+    probs = keras.layers.Activation("softmax", name="probs")(logit)
+    return keras.Model([u, its, pr, mask], probs)
+
+
+@pytest.fixture(scope="module")
+def train_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A trainer output directory with tiny stand-ins and a 3,000-row holdout (topped up)."""
+    import joblib
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    d = tmp_path_factory.mktemp("train")
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(400, U))
+    clf = make_pipeline(StandardScaler(), LogisticRegression()).fit(X, X[:, 0] + X[:, 3] > 0)
+    joblib.dump(clf, d / "user_model.joblib")
+    _price_model().save(d / "price_model.keras")
+    _recommend_model().save(d / "recommend_model.keras")
+    n = 3000
+    mask = (rng.random((n, K)) < 0.7).astype(np.float32)
+    mask[:, 0] = 1
+    np.savez(d / "holdout_sample.npz", user=rng.normal(size=(n, U)), item=rng.normal(size=(n, I)),
+             price_ratio=rng.uniform(0.7, 1.3, n), rec_user=rng.normal(size=(n, U)),
+             rec_items=rng.normal(size=(n, K, I)), rec_price_ratio=rng.uniform(0.7, 1.3, (n, K)),
+             rec_mask=mask)
+    (d / "training_summary.json").write_text(json.dumps(
+        {"rows": 400, "users": 40, "date_range": ["2024-01-01", "2024-01-31"], "metrics": {"auc": 0.9}}))
+    return d
+
+
+@pytest.fixture(scope="module")
+def exported(train_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any, dict]:
+    from export.__main__ import export_train_dir
+
+    model_dir = tmp_path_factory.mktemp("bundles")
+    bundle, parity = export_train_dir(train_dir, model_dir, tol=1e-5, rows=10_000, progress=False)
+    return model_dir, bundle, parity
+
+
+def test_parity_within_tolerance_on_10k_rows(exported: tuple[Path, Any, dict]) -> None:
+    _, _, parity = exported
+    assert set(parity) == {"user", "price", "recommend"}
+    for model, p in parity.items():
+        assert p["rows"] >= 10_000
+        assert max(p["max_abs_diff"].values()) < 1e-5, model
+    assert set(parity["price"]["max_abs_diff"]) == {"p_buy", "a", "b"}
+
+
+def test_parity_error_when_a_weight_is_tampered(train_dir: Path) -> None:
+    model = keras.saving.load_model(train_dir / "price_model.keras")
+    proto = convert.keras_to_onnx(model, "price")
+    init = next(t for t in proto.graph.initializer if len(t.dims) == 2)
+    w = np.frombuffer(init.raw_data, np.float32).copy()
+    init.raw_data = (w * 1.01).tobytes()
+    inputs = convert.parity_inputs({t.name: tuple(t.shape) for t in model.inputs}, {})
+    with pytest.raises(convert.ParityError, match=r"model 'price', output '(p_buy|a|b)'.*max abs diff"):
+        convert.check_parity("price", proto, inputs, convert.keras_outputs(model, inputs))
+
+
+def test_conversion_is_deterministic_in_process(train_dir: Path, exported: tuple[Path, Any, dict]) -> None:
+    model = keras.saving.load_model(train_dir / "recommend_model.keras")
+    assert convert.keras_to_onnx(model, "recommend").SerializeToString() == exported[1].data["recommend"]
+
+
+def test_manifest_round_trip(exported: tuple[Path, Any, dict]) -> None:
+    model_dir, bundle, parity = exported
+    again = load_bundle(model_dir)  # through CURRENT
+    m = again.manifest
+    assert again.version == bundle.version == again.path.name and len(again.version) == 12
+    assert m["feature_names"] == list(FEATURE_NAMES) and m["item_feature_names"] == list(ITEM_FEATURE_NAMES)
+    assert m["feature_spec"]["windows_s"] == [3600.0, 86400.0] and m["parity"] == parity
+    assert m["holdout_metrics"] == {"auc": 0.9} and m["training"]["users"] == 40
+    assert m["created_at"].endswith("+00:00")
+    rec = m["models"]["recommend"]
+    assert [t["name"] for t in rec["inputs"]] == ["user", "items", "price_ratio", "mask"]
+    assert rec["inputs"][1] == {"name": "items", "dtype": "float32", "shape": [None, K, I]}
+    assert rec["outputs"] == [{"name": "probs", "dtype": "float32", "shape": [None, K]}]
+
+
+def test_bundle_is_complete_and_reexport_is_a_noop(exported: tuple[Path, Any, dict]) -> None:
+    model_dir, bundle, _ = exported
+    version = (model_dir / CURRENT).read_text().strip()
+    assert version == bundle.version
+    assert sorted(p.name for p in (model_dir / version).iterdir()) == sorted([MANIFEST, *MODEL_FILES.values()])
+    assert [p.name for p in model_dir.iterdir() if p.name.startswith(".")] == []  # no temp leftovers
+    before = (model_dir / version / MANIFEST).read_bytes()
+    again = write_bundle(model_dir, bundle.data, training={"rows": 1})
+    assert again.version == version and (model_dir / version / MANIFEST).read_bytes() == before
+    assert sorted(p.name for p in model_dir.iterdir()) == sorted([CURRENT, version])
+
+
+def test_loader_refuses_mismatched_feature_names(exported: tuple[Path, Any, dict]) -> None:
+    model_dir = exported[0]
+    with pytest.raises(BundleError, match="feature_names do not match.*position 0"):
+        load_bundle(model_dir, names=tuple(reversed(FEATURE_NAMES)))
+    with pytest.raises(BundleError, match="feature_names do not match"):
+        load_bundle(model_dir, spec=FeatureSpec(windows_s=(900.0, 86400.0)))
+    with pytest.raises(BundleError, match=r"model 'user'.*shape \[None, 27\].*U=22"):
+        write_bundle(model_dir / "other", exported[1].data, spec=FeatureSpec(windows_s=(86400.0,)))
+
+
+def test_loader_refuses_a_tampered_file(exported: tuple[Path, Any, dict], tmp_path: Path) -> None:
+    copy = tmp_path / exported[1].version
+    shutil.copytree(exported[1].path, copy)
+    raw = bytearray((copy / "price.onnx").read_bytes())
+    raw[-1] ^= 0xFF
+    (copy / "price.onnx").write_bytes(bytes(raw))
+    with pytest.raises(BundleError, match=r"price.onnx: sha256 .* does not match"):
+        load_bundle(copy)
+
+
+def test_serving_imports_no_tensorflow(exported: tuple[Path, Any, dict]) -> None:
+    code = f"""
+import sys, numpy as np
+from export.bundle import load_bundle
+from streams.scoring import OnnxScorer
+s = OnnxScorer(load_bundle({str(exported[0])!r}))
+a, b, p = s.price(np.zeros((4, {U})), np.zeros((4, {I})), np.ones(4))
+assert p.shape == (4,) and s.recommend(np.zeros((2, {U})), np.zeros((2, 3, {I})), np.ones((2, 3)),
+                                       np.ones((2, 3))).shape == (2, 3)
+heavy = [m for m in ("tensorflow", "keras", "tf2onnx", "skl2onnx", "sklearn") if m in sys.modules]
+assert not heavy, heavy
+print("ok", s.version)
+"""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["ok", exported[1].version]
+
+
+def test_onnx_scorer_matches_keras(train_dir: Path, exported: tuple[Path, Any, dict]) -> None:
+    from streams.scoring import OnnxScorer
+
+    model = keras.saving.load_model(train_dir / "price_model.keras")
+    rng = np.random.default_rng(5)
+    user, item, pr = rng.normal(size=(64, U)), rng.normal(size=(64, I)), rng.uniform(0.8, 1.2, 64)
+    a, b, p = OnnxScorer(exported[1]).price(user, item, pr)
+    ref = convert.keras_outputs(model, {"user": user, "item": item, "price_ratio": pr[:, None]})
+    for got, key in ((a, "a"), (b, "b"), (p, "p_buy")):
+        np.testing.assert_allclose(got, ref[key].ravel(), atol=1e-5)
+
+
+def test_cli_verify_and_parity_failure(exported: tuple[Path, Any, dict], train_dir: Path,
+                                       tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from export.__main__ import main
+
+    assert main(["verify", str(exported[0])]) == 0
+    assert exported[1].version in capsys.readouterr().out
+    code = main(["--train-dir", str(train_dir), "--model-dir", str(tmp_path / "m"), "--tol", "-1",
+                 "--no-progress"])
+    assert code == 2 and "parity failed for model 'user'" in capsys.readouterr().err
+    assert not (tmp_path / "m" / CURRENT).exists()
+    assert main(["--train-dir", str(tmp_path / "nope"), "--model-dir", str(tmp_path / "m")]) == 4
