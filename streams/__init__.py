@@ -1,0 +1,1 @@
+"""Live pipeline: settings, wire schemas, features, pricing, scoring, the Faust app."""

@@ -86,8 +86,8 @@ class PriceEvent:
     price: float
     base_price: float
     arm: str
-    expected_conversion: float
-    expected_profit: float
+    expected_conversion: float | None  # None when the model output was invalid (MODEL_INVALID)
+    expected_profit: float | None
     model_version: str
     reasons: tuple[str, ...]
     currency: str = "EUR"
@@ -122,7 +122,7 @@ _CATALOG: Final[dict[str, tuple[tuple[type, ...], bool]]] = {
 _PRICE: Final[dict[str, tuple[tuple[type, ...], bool]]] = {
     "decision_id": (_STR, True), "ts": (_NUM, True), "user_id": (_STR, True), "item_id": (_STR, True),
     "price": (_NUM, True), "base_price": (_NUM, True), "arm": (_STR, True),
-    "expected_conversion": (_NUM, True), "expected_profit": (_NUM, True),
+    "expected_conversion": (_NUM + (type(None),), True), "expected_profit": (_NUM + (type(None),), True),
     "model_version": (_STR, True), "reasons": ((list,), True), "currency": (_STR, False),
 }
 
@@ -160,6 +160,10 @@ def _finite(name: str, value: float, *, code: str = "BAD_VALUE", positive: bool 
     if not math.isfinite(v) or v < 0 or (positive and v == 0):
         raise SchemaError(code, f"field {name!r} must be a finite {'positive' if positive else 'non-negative'} number, got {value!r}")
     return v
+
+
+def _optional_float(value: float | None) -> float | None:
+    return None if value is None else float(value)
 
 
 def parse_click(data: bytes, *, now: float, max_bytes: int = MAX_PAYLOAD_BYTES,
@@ -204,8 +208,8 @@ def parse_price(data: bytes, *, max_bytes: int = MAX_PAYLOAD_BYTES) -> PriceEven
     return PriceEvent(obj["decision_id"], _finite("ts", obj["ts"]), obj["user_id"], obj["item_id"],
                       _finite("price", obj["price"], code="BAD_PRICE", positive=True),
                       _finite("base_price", obj["base_price"], code="BAD_PRICE", positive=True),
-                      obj["arm"], _finite("expected_conversion", obj["expected_conversion"]),
-                      float(obj["expected_profit"]), obj["model_version"], tuple(obj["reasons"]),
+                      obj["arm"], _optional_float(obj["expected_conversion"]),
+                      _optional_float(obj["expected_profit"]), obj["model_version"], tuple(obj["reasons"]),
                       obj.get("currency", "EUR"))
 
 

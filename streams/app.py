@@ -1,0 +1,198 @@
+"""The Faust worker: thin glue that reads, calls the pipeline, writes and sends.
+
+``create_app(settings)`` builds the app; ``pricing-worker`` (``python -m streams.app``) runs it.
+Topics are raw bytes end to end: validation happens in :mod:`streams.schemas`, so a bad
+record becomes a dead letter with its reason instead of a deserialisation crash.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import time
+import weakref
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import faust
+from faust.streams import _current_event
+
+from .catalog import Catalog
+from .pipeline import Pipeline, RawRecord
+from .schemas import DeadLetter, SchemaError, dead_letter_bytes, parse_catalog
+from .scoring import BundleWatcher, DeterministicScorer, Scorer
+from .settings import Settings, SettingsError, load_settings
+from .topics import kafka_client_config
+
+log = logging.getLogger("pricing.worker")
+
+
+def _credentials(s: Settings) -> Any:
+    if s.kafka_sasl_mechanism:
+        return faust.SASLCredentials(username=s.kafka_sasl_username,
+                                     password=s.kafka_sasl_password.get_secret_value()
+                                     if s.kafka_sasl_password else None, mechanism=s.kafka_sasl_mechanism)
+    if s.kafka_security_protocol == "SSL":
+        import ssl
+
+        return faust.SSLCredentials(ssl.create_default_context(cafile=s.kafka_ssl_cafile))
+    return None
+
+
+def _scorer_source(s: Settings, deterministic: bool) -> tuple[Callable[[], Scorer], BundleWatcher | None]:
+    if deterministic:
+        fixed = DeterministicScorer()
+        return (lambda: fixed), None
+    from .features import FeatureSpec, feature_names
+
+    watcher = BundleWatcher(s.model_dir, s.model_reload_s, feature_names(FeatureSpec.from_settings(s)),
+                            threads=s.onnx_threads)
+    return (lambda: watcher.scorer), watcher
+
+
+Sender = Callable[[str, bytes, bytes], Awaitable[None]]
+
+
+def create_app(s: Settings, *, deterministic_scorer: bool = False,
+               clock: Callable[[], float] = time.time, sender: Sender | None = None) -> faust.App:
+    """Build the Faust app: clickstream agent, catalog loader, model reload and stats timers.
+
+    ``sender(topic, key, value)`` replaces the Kafka producer in agent tests.
+    """
+    app = faust.App(
+        s.app_id, broker=[f"kafka://{h}" for h in s.kafka_bootstrap.split(",")],
+        broker_credentials=_credentials(s), store=s.store, datadir=str(s.data_dir),
+        topic_partitions=s.partitions, topic_replication_factor=s.replication_factor,
+        consumer_auto_offset_reset="earliest", web_enabled=False, broker_commit_every=1000,
+        broker_commit_interval=1.0, producer_linger_ms=1,
+    )
+    raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
+    clicks = app.topic(s.topic_clickstream, partitions=s.partitions, **raw)
+    users = app.Table("users", default=None, partitions=s.partitions,
+                      key_type=bytes, value_type=bytes)  # bytes types -> raw serializers
+    catalog = Catalog()
+    catalog_ready = asyncio.Event()
+    scorer, watcher = _scorer_source(s, deterministic_scorer)
+    pipeline = Pipeline(s, catalog, scorer, clock)
+    stats: Counter[str] = Counter()
+
+    async def send(topic: str, key: bytes, value: bytes) -> None:
+        # enqueue only: Faust flushes the producer before it commits source offsets (at-least-once)
+        if sender is not None:
+            await sender(topic, key, value)
+        else:
+            await app.producer.send(topic, key, value, None, None, None)
+
+    @app.agent(clicks, name="clickstream")
+    async def price_clickstream(stream: faust.StreamT) -> None:
+        await catalog_ready.wait()
+        async for events in stream.take_events(s.batch_size, within=s.batch_within_s):
+            # events: raw clickstream records of one batch, from any partitions we own
+            out = pipeline.process([RawRecord(e.message.key, e.message.value, e.message.topic,
+                                              e.message.partition, e.message.offset) for e in events],
+                                   lambda k: users.get(k.encode()))
+            # one table write per user per batch, routed by the partition of its last event
+            for ukey, (blob, i) in out.records.items():
+                token = _current_event.set(weakref.ref(events[i]))
+                try:
+                    users[ukey.encode()] = blob
+                finally:
+                    _current_event.reset(token)
+            for key, value in out.dead_letters:
+                await send(s.topic_dead_letter, key, value)
+            for key, value in out.prices:
+                await send(s.topic_prices, key, value)
+            stats.update(out.counts)
+
+    @app.task
+    async def load_catalog() -> None:
+        await _follow_catalog(app, s, catalog, catalog_ready, send, clock)
+
+    if watcher is not None:
+        @app.timer(s.model_reload_s)
+        async def reload_models() -> None:
+            # load and verify in a thread, then swap: scoring never sees a half-loaded bundle
+            await asyncio.get_running_loop().run_in_executor(None, watcher.maybe_reload, time.monotonic())
+
+    @app.timer(30.0)
+    async def report() -> None:
+        if stats:
+            log.info("last 30 s: %s; catalog items %d; model %s", dict(sorted(stats.items())),
+                     len(catalog), scorer().version)
+            stats.clear()
+
+    # handles for tests and tools
+    app.pricing, app.catalog_ready, app.users = pipeline, catalog_ready, users  # type: ignore[attr-defined]
+    return app
+
+
+async def _follow_catalog(app: faust.App, s: Settings, catalog: Catalog, ready: asyncio.Event,
+                          send: Callable[[str, bytes, bytes], Any], clock: Callable[[], float]) -> None:
+    """Read the whole compacted catalog topic (outside the group) forever; set ``ready`` when caught up."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    cfg = kafka_client_config(s)
+    consumer = AIOKafkaConsumer(bootstrap_servers=cfg.pop("bootstrap_servers"), group_id=None,
+                                enable_auto_commit=False, auto_offset_reset="earliest",
+                                **{k: v for k, v in cfg.items() if k != "ssl_cafile"})
+    await consumer.start()
+    try:
+        parts = None
+        while not parts:
+            await consumer.topics()  # refreshes metadata
+            parts = consumer.partitions_for_topic(s.topic_catalog)
+            if not parts:
+                log.warning("catalog topic %r not found yet; waiting", s.topic_catalog)
+                await asyncio.sleep(2.0)
+        tps = [TopicPartition(s.topic_catalog, p) for p in sorted(parts)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        end = await consumer.end_offsets(tps)
+        while True:
+            if not ready.is_set() and all(await consumer.position(tp) >= end[tp] for tp in tps):
+                log.info("catalog loaded: %d items", len(catalog))
+                ready.set()
+            batch = await consumer.getmany(timeout_ms=500)
+            for tp, msgs in batch.items():
+                for m in msgs:
+                    if m.value is None:  # tombstone: the item is withdrawn
+                        catalog.remove(m.key.decode() if m.key else "")
+                        continue
+                    try:
+                        catalog.put(parse_catalog(m.value))
+                    except SchemaError as exc:
+                        log.warning("catalog record %s:%d rejected: %s", tp.partition, m.offset, exc)
+                        letter = DeadLetter(m.value, tp.topic, tp.partition, m.offset, exc.code, exc.reason, clock())
+                        await send(s.topic_dead_letter, m.key or b"", dead_letter_bytes(letter))
+    finally:
+        await consumer.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``pricing-worker``: run one pricing worker (add more for more partitions' worth of load)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="pricing-worker", description=main.__doc__,
+                                     epilog="Configuration: PRICING_* environment variables "
+                                            "(see `pricing-settings`).")
+    parser.add_argument("--deterministic-scorer", action="store_true",
+                        help="closed-form test scorer instead of the ONNX bundle (smoke tests only)")
+    parser.add_argument("--loglevel", default="info", choices=["debug", "info", "warning", "error"])
+    args = parser.parse_args(argv)
+    try:
+        s = load_settings()
+    except SettingsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    Path(s.data_dir).mkdir(parents=True, exist_ok=True)
+    app = create_app(s, deterministic_scorer=args.deterministic_scorer)
+    sys.argv = [sys.argv[0], "worker", "--loglevel", args.loglevel]
+    app.main()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

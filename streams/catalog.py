@@ -1,0 +1,73 @@
+"""The in-process catalog: every worker holds all items, read from the compacted catalog topic.
+
+Each worker reads the whole (small, compacted) catalog topic with its own consumer outside the
+consumer group, so every worker knows every item whichever clickstream partitions it owns.
+Column arrays over all items are rebuilt lazily after a change, for vectorised candidate
+scoring.
+
+>>> cat = Catalog()
+>>> cat.put(CatalogItem("i1", "shoes", 10.0, 4.0, 8.0, 12.0))
+>>> cat.get("i1").base_price, cat.get("nope"), len(cat)
+(10.0, None, 1)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+from .features import category_bucket
+from .schemas import CatalogItem
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogColumns:
+    """All items as columns: ids, terms, and the category bucket of each."""
+
+    ids: tuple[str, ...]
+    index: dict[str, int]
+    base_price: NDArray[np.float64]
+    unit_cost: NDArray[np.float64]
+    min_price: NDArray[np.float64]
+    max_price: NDArray[np.float64]
+    bucket: NDArray[np.int64]
+
+
+class Catalog:
+    """Items by id; ``columns()`` gives cached column arrays for the current contents."""
+
+    def __init__(self, n_buckets: int = 8) -> None:
+        self._items: dict[str, CatalogItem] = {}
+        self._columns: CatalogColumns | None = None
+        self._n_buckets = n_buckets
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def put(self, item: CatalogItem) -> None:
+        """Insert or replace an item."""
+        if self._items.get(item.item_id) != item:
+            self._items[item.item_id] = item
+            self._columns = None
+
+    def remove(self, item_id: str) -> None:
+        """Forget an item (a tombstone on the compacted topic)."""
+        if self._items.pop(item_id, None) is not None:
+            self._columns = None
+
+    def get(self, item_id: str) -> CatalogItem | None:
+        """The item, or None when unknown."""
+        return self._items.get(item_id)
+
+    def columns(self) -> CatalogColumns:
+        """Column arrays over all items (rebuilt only after a change)."""
+        if self._columns is None:
+            items = list(self._items.values())
+            terms = np.array([(i.base_price, i.unit_cost, i.min_price, i.max_price) for i in items],
+                             np.float64).reshape(-1, 4)
+            self._columns = CatalogColumns(
+                tuple(i.item_id for i in items), {i.item_id: k for k, i in enumerate(items)},
+                *terms.T, np.array([category_bucket(i.category, self._n_buckets) for i in items], np.int64))
+        return self._columns

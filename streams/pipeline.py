@@ -1,0 +1,195 @@
+"""One batch of clickstream records in, table writes, dead letters and price events out.
+
+The whole per-batch logic of the worker, with no Faust import: the agent hands raw records
+and a table reader in, and writes back what comes out. A batch goes through these steps:
+
+1. parse and validate every record -> dead letters for the bad ones (nothing dropped);
+2. fold each event into its user's record (keyed hash of the user id; replays are no-ops);
+3. for trigger events, snapshot the user's features at that event's time;
+4. score all triggers at once: the recommend model over the catalog picks the top-K items,
+   the price model gives each candidate its demand curve (one onnxruntime call each);
+5. decide guarded prices (treatment) or keep the base price (control) -> price events.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .catalog import Catalog
+from .experiment import assign_arm
+from .features import ITEM_FEATURE_NAMES, FeatureSpec, LateEvent, feature_names, update, user_features
+from .pricing import Guardrails, ItemBatch, conversion, decide_batch, reason_names
+from .privacy import UserHasher
+from .schemas import ClickEvent, DeadLetter, PriceEvent, SchemaError, dead_letter_bytes, dumps, parse_click
+from .scoring import Scorer
+from .settings import Settings
+from .state import UserRecord, decode_record, encode_record, new_record
+
+log = logging.getLogger("pricing.pipeline")
+
+
+@dataclass(frozen=True, slots=True)
+class RawRecord:
+    """A clickstream record as consumed: key, value bytes and its position."""
+
+    key: bytes | None
+    value: bytes
+    topic: str
+    partition: int
+    offset: int
+
+
+@dataclass(slots=True)
+class BatchOutput:
+    """What one batch produces; ``records`` maps user key -> (bytes, index of its last record)."""
+
+    records: dict[str, tuple[bytes, int]] = field(default_factory=dict)
+    dead_letters: list[tuple[bytes, bytes]] = field(default_factory=list)
+    prices: list[tuple[bytes, bytes]] = field(default_factory=list)
+    counts: Counter[str] = field(default_factory=Counter)
+
+
+@dataclass(slots=True)
+class _Trigger:
+    ev: ClickEvent
+    user_key: str
+    record: UserRecord
+    features: list[float]
+    replay: bool  # already applied before a crash: re-send its prices, change no state
+
+
+def decision_id(event_id: str, item_id: str) -> str:
+    """Stable id of the decision for (event, item): a replayed event yields the same id."""
+    return hashlib.blake2b(f"{event_id}\x1f{item_id}".encode(), digest_size=12).hexdigest()
+
+
+class Pipeline:
+    """Turns batches of raw clickstream records into table writes, dead letters and prices."""
+
+    def __init__(self, settings: Settings, catalog: Catalog, scorer: Callable[[], Scorer],
+                 clock: Callable[[], float]) -> None:
+        self.s, self.catalog, self.scorer, self.clock = settings, catalog, scorer, clock
+        self.spec = FeatureSpec.from_settings(settings)
+        self.names = feature_names(self.spec)
+        self._share0 = self.names.index("cat_share_0")
+        self.guardrails = Guardrails.from_settings(settings)
+        self.hasher = UserHasher(settings.user_hash_key.get_secret_value())
+        self.triggers = frozenset(settings.triggers)
+
+    def process(self, batch: list[RawRecord], load: Callable[[str], bytes | None]) -> BatchOutput:
+        """Run one batch; ``load(user_key)`` reads a user's record from the table."""
+        out, triggers = BatchOutput(), []
+        records: dict[str, UserRecord] = {}
+        now = self.clock()
+        for i, raw in enumerate(batch):
+            # raw bytes -> a validated event, or a dead letter with the reason
+            try:
+                ev = parse_click(raw.value, now=now, max_bytes=self.s.max_event_bytes,
+                                 max_future_skew_s=self.s.max_future_skew_s)
+                if raw.key is not None and raw.key != ev.user_id.encode():
+                    raise SchemaError("KEY_MISMATCH", "record key must be the user_id (per-user state is "
+                                      "partitioned by it)")
+            except SchemaError as exc:
+                self._dead_letter(out, raw, exc.code, exc.reason, now)
+                continue
+            # event -> the user's record, updated once per offset (replays are no-ops)
+            ukey = self.hasher.hash(ev.user_id)
+            rec = records.get(ukey)
+            if rec is None:
+                blob = load(ukey)
+                rec = records[ukey] = new_record(self.spec) if blob is None else decode_record(blob)
+            replay = raw.offset <= rec.offset
+            if not replay:
+                item = self.catalog.get(ev.item_id)
+                try:
+                    update(rec.features, ev, self.spec, base_price=item.base_price if item else None,
+                           category=item.category if item else None)
+                except LateEvent as exc:
+                    self._dead_letter(out, raw, LateEvent.code, str(exc), now)
+                    rec.offset = raw.offset
+                    out.records[ukey] = (b"", i)
+                    continue
+                rec.offset = raw.offset
+            else:
+                out.counts["replayed"] += 1
+            out.records[ukey] = (b"", i)
+            out.counts["events"] += 1
+            if ev.type in self.triggers:
+                triggers.append(_Trigger(ev, ukey, rec, user_features(rec.features, self.spec, ev.ts), replay))
+        if triggers:
+            self._price(triggers, out)
+        for ukey, (_, i) in out.records.items():
+            out.records[ukey] = (encode_record(records[ukey]), i)
+        return out
+
+    def _dead_letter(self, out: BatchOutput, raw: RawRecord, code: str, reason: str, now: float) -> None:
+        out.counts[f"dead_letter.{code}"] += 1
+        letter = DeadLetter(raw.value, raw.topic, raw.partition, raw.offset, code, reason, now)
+        out.dead_letters.append((raw.key or b"", dead_letter_bytes(letter)))
+
+    def _candidates(self, scorer: Scorer, trig: list[_Trigger], users: np.ndarray) -> list[list[int]]:
+        """Catalog row indices to price per trigger: the event's item, then the top-K recommended."""
+        cols = self.catalog.columns()
+        cands: list[list[int]] = [[cols.index[t.ev.item_id]] if t.ev.item_id in cols.index else []
+                                  for t in trig]
+        n_items = len(cols.ids)
+        if self.s.top_k == 0 or n_items == 0:
+            return cands
+        shares = users[:, self._share0:self._share0 + self.spec.n_buckets]
+        items = np.stack([np.broadcast_to(np.log(cols.base_price), (len(trig), n_items)),
+                          shares[:, cols.bucket], np.broadcast_to(cols.unit_cost / cols.base_price,
+                                                                  (len(trig), n_items))], axis=-1)
+        ones = np.ones((len(trig), n_items), np.float32)
+        probs = scorer.recommend(users, items.astype(np.float32), ones, ones)
+        top = np.argsort(-probs, axis=1)[:, :self.s.top_k + 1]
+        for c, row in zip(cands, top, strict=True):
+            c.extend([int(j) for j in row if int(j) not in c][:self.s.top_k])
+        return cands
+
+    def _price(self, trig: list[_Trigger], out: BatchOutput) -> None:
+        scorer = self.scorer()
+        for t in trig:
+            if self.catalog.get(t.ev.item_id) is None:
+                out.counts["skipped.UNKNOWN_ITEM"] += 1  # no guess: the item has no terms
+        users = np.asarray([t.features for t in trig], np.float32)
+        cands = self._candidates(scorer, trig, users)
+        rows = [(k, j) for k, c in enumerate(cands) for j in c]
+        if not rows:
+            return
+        cols = self.catalog.columns()
+        tk, ij = np.array([r[0] for r in rows]), np.array([r[1] for r in rows])
+        base, cost = cols.base_price[ij], cols.unit_cost[ij]
+        shares = users[tk, self._share0:self._share0 + self.spec.n_buckets]
+        item_x = np.stack([np.log(base), shares[np.arange(len(rows)), cols.bucket[ij]], cost / base], axis=1)
+        assert item_x.shape[1] == len(ITEM_FEATURE_NAMES)
+        a, b, _ = scorer.price(users[tk], item_x.astype(np.float32), np.ones(len(rows), np.float32))
+        prev = [trig[k].record.prices.get(cols.ids[j]) for k, j in rows]
+        # rows have different event times: pass the age of each previous price as -prev_ts, now 0
+        dec = decide_batch(a, b, ItemBatch(base, cost, cols.min_price[ij], cols.max_price[ij]), self.guardrails,
+                           now_ts=0.0, prev_price=np.array([p[0] if p else math.nan for p in prev]),
+                           prev_ts=np.array([(p[1] - trig[k].ev.ts) if p else -math.inf
+                                             for (k, _), p in zip(rows, prev, strict=True)]))
+        base_conv = conversion(a, b, base, base)
+        for r, (k, j) in enumerate(rows):
+            t, item_id = trig[k], cols.ids[j]
+            arm = assign_arm(t.user_key, self.s.experiment_salt, self.s.treatment_share)
+            if arm == "treatment":
+                price, conv, reasons = float(dec.price[r]), float(dec.expected_conversion[r]), \
+                    reason_names(int(dec.reasons[r]))
+            else:  # control shows the base price: the comparison the experiment needs
+                price, conv, reasons = float(base[r]), float(base_conv[r]), ("CONTROL",)
+            ok = math.isfinite(conv)
+            event = PriceEvent(decision_id(t.ev.event_id, item_id), t.ev.ts, t.ev.user_id, item_id, price,
+                               float(base[r]), arm, conv if ok else None,
+                               (price - float(cost[r])) * conv if ok else None, scorer.version, reasons)
+            if not t.replay:
+                t.record.remember_price(item_id, price, t.ev.ts)
+            out.prices.append((t.ev.user_id.encode(), dumps(event)))
+            out.counts[f"price.{arm}"] += 1

@@ -1,0 +1,107 @@
+"""Create the project's topics, idempotently, with kafka-python's admin client.
+
+``pricing-topics`` (or ``python -m streams.topics``) creates what is missing, leaves what
+exists alone (and warns when an existing topic has fewer partitions than configured), then
+lists the topics. Faust creates its own changelog and repartition topics itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from dataclasses import dataclass
+
+from .settings import Settings, SettingsError, load_settings
+
+log = logging.getLogger("pricing.topics")
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    """One topic: name, partitions and its configs."""
+
+    name: str
+    partitions: int
+    configs: dict[str, str]
+
+
+def topic_specs(s: Settings) -> list[TopicSpec]:
+    """The topics this project needs, from the settings."""
+    week = str(7 * 24 * 3600 * 1000)
+    return [
+        TopicSpec(s.topic_clickstream, s.partitions, {"cleanup.policy": "delete", "retention.ms": week}),
+        # catalog is keyed by item: compaction keeps the latest terms of every item forever
+        TopicSpec(s.topic_catalog, 1, {"cleanup.policy": "compact", "min.compaction.lag.ms": "0"}),
+        TopicSpec(s.topic_prices, s.partitions, {"cleanup.policy": "delete", "retention.ms": week}),
+        TopicSpec(s.topic_dead_letter, 1,
+                  {"cleanup.policy": "delete", "retention.ms": str(s.dead_letter_retention_ms)}),
+    ]
+
+
+def kafka_client_config(s: Settings) -> dict[str, object]:
+    """kafka-python connection settings (bootstrap and security) from the settings."""
+    cfg: dict[str, object] = {"bootstrap_servers": s.kafka_bootstrap.split(","),
+                              "security_protocol": s.kafka_security_protocol}
+    if s.kafka_sasl_mechanism:
+        cfg["sasl_mechanism"] = s.kafka_sasl_mechanism
+        cfg["sasl_plain_username"] = s.kafka_sasl_username
+        if s.kafka_sasl_password is not None:
+            cfg["sasl_plain_password"] = s.kafka_sasl_password.get_secret_value()
+    if s.kafka_ssl_cafile:
+        cfg["ssl_cafile"] = str(s.kafka_ssl_cafile)
+    return cfg
+
+
+def ensure_topics(s: Settings, specs: list[TopicSpec] | None = None) -> dict[str, str]:
+    """Create missing topics; returns ``{name: "created" | "exists"}``."""
+    from kafka.admin import KafkaAdminClient, NewTopic
+    from kafka.errors import TopicAlreadyExistsError
+
+    specs = topic_specs(s) if specs is None else specs
+    admin = KafkaAdminClient(client_id="pricing-topics", request_timeout_ms=30_000, **kafka_client_config(s))
+    try:
+        existing = set(admin.list_topics())
+        result: dict[str, str] = {}
+        for spec in specs:
+            if spec.name in existing:
+                result[spec.name] = "exists"
+                continue
+            try:
+                admin.create_topics([NewTopic(spec.name, spec.partitions, s.replication_factor,
+                                              topic_configs=spec.configs)])
+                result[spec.name] = "created"
+            except TopicAlreadyExistsError:  # another process won the race: fine
+                result[spec.name] = "exists"
+        for meta in admin.describe_topics([sp.name for sp in specs]):
+            want = next(sp.partitions for sp in specs if sp.name == meta["topic"])
+            if len(meta["partitions"]) < want:
+                log.warning("topic %s has %d partitions, settings ask for %d (not changed)",
+                            meta["topic"], len(meta["partitions"]), want)
+        return result
+    finally:
+        admin.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``pricing-topics``: create the project's topics if missing, then list them."""
+    parser = argparse.ArgumentParser(prog="pricing-topics", description=main.__doc__)
+    parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        s = load_settings()
+    except SettingsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        result = ensure_topics(s)
+    except Exception as exc:  # noqa: BLE001 - a CLI reports any broker failure plainly
+        print(f"error: could not set up topics on {s.kafka_bootstrap}: {exc!r}", file=sys.stderr)
+        return 1
+    for spec in topic_specs(s):
+        print(f"{spec.name:<24} {result[spec.name]:<8} partitions={spec.partitions} {spec.configs}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
