@@ -40,8 +40,16 @@ __all__ = ["ChoiceTableError", "ClogitResult", "build_recommend_model", "choice_
 PAD_UTILITY = -1e9  # added to padded candidates' utility: exp() underflows to 0 in float32
 
 
-def build_recommend_model(n_user: int, n_item: int, linear: bool, hidden: int = 32) -> keras.Model:
-    """The functional (ONNX-exportable) recommend model; see the module docstring for shapes."""
+Stats = tuple[np.ndarray, np.ndarray]  # (mean, variance) of a feature block
+
+
+def build_recommend_model(n_user: int, n_item: int, linear: bool, hidden: int = 32,
+                          user_stats: Stats | None = None, item_stats: Stats | None = None) -> keras.Model:
+    """The functional (ONNX-exportable) recommend model; see the module docstring for shapes.
+
+    Nonlinear mode standardises ``user`` and ``items`` inside the graph with the given
+    ``(mean, variance)`` (identity when omitted), so serving feeds raw features.
+    """
     user = keras.Input((n_user,), name="user", dtype="float32")
     items = keras.Input((None, n_item), name="items", dtype="float32")
     price = keras.Input((None,), name="price_ratio", dtype="float32")
@@ -52,14 +60,16 @@ def build_recommend_model(n_user: int, n_item: int, linear: bool, hidden: int = 
         utility = ops.squeeze(layers.Dense(1, use_bias=False, name="clogit")(x), -1)
         utility = utility + 0.0 * ops.sum(user, axis=-1, keepdims=True)  # keep `user` in the graph
     else:
+        u = _normalizer(n_user, user_stats, "user_norm")(user)     # [B, n_user] standardised
+        x = _normalizer(n_item, item_stats, "item_norm")(items)    # [B, K, n_item] standardised
         # [B, 1, H] + [B, K, H] -> [B, K, H]: Dense over concat(user, item) without a tile
-        h = ops.expand_dims(layers.Dense(hidden, name="user_in")(user), 1)
-        h = layers.Activation("relu")(h + layers.Dense(hidden, use_bias=False, name="item_in")(items))
+        h = ops.expand_dims(layers.Dense(hidden, name="user_in")(u), 1)
+        h = layers.Activation("relu")(h + layers.Dense(hidden, use_bias=False, name="item_in")(x))
         h = layers.Dense(hidden, activation="relu", name="hidden")(h)
         # per-user sensitivity softplus(a + b . user) > 0, [B, 1]: utility falls in own price
         sens = ops.softplus(layers.Dense(1, kernel_initializer="zeros",
                                          bias_initializer=keras.initializers.Constant(0.5),
-                                         name="price_sensitivity")(user))
+                                         name="price_sensitivity")(u))
         utility = ops.squeeze(layers.Dense(1, name="utility")(h), -1) - sens * price
     # [B, K] utilities; padding pushed to -1e9 so it gets probability exactly 0
     probs = layers.Softmax(axis=-1, name="probs")(utility + (1.0 - mask) * PAD_UTILITY)
@@ -67,6 +77,19 @@ def build_recommend_model(n_user: int, n_item: int, linear: bool, hidden: int = 
     # in Keras, matched by input name)
     return keras.Model([user, items, price, mask], probs,
                        name="recommend_linear" if linear else "recommend")
+
+
+def _normalizer(n: int, stats: Stats | None, name: str) -> layers.Normalization:
+    mean, var = stats if stats is not None else (np.zeros(n), np.ones(n))
+    # constants in the config (saved with the model, folded into the ONNX graph)
+    return layers.Normalization(axis=-1, mean=np.asarray(mean, np.float64).tolist(),
+                                variance=np.asarray(var, np.float64).tolist(), name=name)
+
+
+def _stats(x: np.ndarray) -> Stats:
+    """Mean and variance per column; constant columns get variance 1 (no division by 0)."""
+    var = x.var(axis=0)
+    return x.mean(axis=0), np.where(var > 1e-12, var, 1.0)
 
 
 def _inputs(user: np.ndarray, items: np.ndarray, price_ratio: np.ndarray,
@@ -101,7 +124,10 @@ def fit_recommend(user: np.ndarray, items: np.ndarray, price_ratio: np.ndarray, 
         model.clogit = result
         return model
     keras.utils.set_random_seed(seed)
-    model = build_recommend_model(user.shape[-1], items.shape[-1], linear=False, hidden=hidden)
+    m = np.ones(np.shape(price_ratio)) if mask is None else np.asarray(mask)
+    model = build_recommend_model(user.shape[-1], items.shape[-1], linear=False, hidden=hidden,
+                                  user_stats=_stats(np.asarray(user, np.float64)),
+                                  item_stats=_stats(np.asarray(items, np.float64)[m > 0]))
     model.compile(keras.optimizers.Adam(learning_rate), "sparse_categorical_crossentropy")
     model.fit(_inputs(user, items, price_ratio, mask), np.asarray(chosen, np.int64),
               epochs=epochs, batch_size=batch_size, verbose=verbose, shuffle=True)

@@ -153,7 +153,10 @@ def test_tf2onnx_conversion_parity(linear: bool) -> None:
     tf = pytest.importorskip("tensorflow")
     tf2onnx = pytest.importorskip("tf2onnx")
     ort = pytest.importorskip("onnxruntime")
-    model = build_recommend_model(27, 3, linear=linear)
+    rng = np.random.default_rng(8)
+    model = build_recommend_model(27, 3, linear=linear,
+                                  user_stats=(rng.normal(size=27), rng.uniform(1, 4, 27)),
+                                  item_stats=(rng.normal(size=3), rng.uniform(1, 4, 3)))
     spec = [tf.TensorSpec([None, 27], tf.float32, name="user"),
             tf.TensorSpec([None, None, 3], tf.float32, name="items"),
             tf.TensorSpec([None, None], tf.float32, name="price_ratio"),
@@ -162,7 +165,6 @@ def test_tf2onnx_conversion_parity(linear: bool) -> None:
     assert [i.name for i in proto.graph.input] == ["user", "items", "price_ratio", "mask"]
     assert [o.name for o in proto.graph.output] == ["probs"]
     sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
-    rng = np.random.default_rng(8)
     for k in (3, 7):  # K is dynamic
         feed = {"user": rng.normal(size=(5, 27)), "items": rng.normal(size=(5, k, 3)),
                 "price_ratio": rng.uniform(0.5, 1.5, (5, k)), "mask": np.ones((5, k))}
