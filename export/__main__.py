@@ -35,7 +35,8 @@ HOLDOUT_KEYS = {
 def _spec(summary: dict[str, Any]) -> FeatureSpec:
     """The FeatureSpec recorded by the trainer (``feature_spec`` in the summary), else default."""
     raw = summary.get("feature_spec") or {}
-    return FeatureSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
+    kwargs: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()}
+    return FeatureSpec(**kwargs)
 
 
 def export_train_dir(train_dir: Path, model_dir: Path, *, tol: float, rows: int,
@@ -44,10 +45,10 @@ def export_train_dir(train_dir: Path, model_dir: Path, *, tol: float, rows: int,
 
     Returns the bundle and parity figures per model; raises ``ParityError`` or ``BundleError``.
     """
-    from . import convert  # heavy imports only on this path: `verify` stays TensorFlow-free
-
     import joblib
     import keras
+
+    from . import convert  # heavy imports only on this path: `verify` stays TensorFlow-free
 
     summary = json.loads((train_dir / "training_summary.json").read_text())
     spec = _spec(summary)

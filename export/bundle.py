@@ -22,7 +22,7 @@ import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -92,7 +92,7 @@ def check_contract(name: str, sig: Mapping[str, list[dict[str, Any]]], n_user: i
         if t["dtype"] != "float32" or len(t["shape"]) != len(dims):
             raise BundleError(f"model {name!r}: {tname} is {t['dtype']}{t['shape']}, contract "
                               f"wants float32 with dims {list(dims)}")
-        for got, want in zip(t["shape"], dims):
+        for got, want in zip(t["shape"], dims, strict=True):
             expect = sizes.setdefault(want, got) if isinstance(want, str) else want
             if got != expect:
                 raise BundleError(f"model {name!r}: {tname} has shape {t['shape']}, contract "
@@ -194,11 +194,11 @@ def _fsync_dir(path: Path) -> None:
 
 
 def write_bundle(model_dir: str | os.PathLike[str], data: Mapping[str, bytes], *,
-                 spec: FeatureSpec = FeatureSpec(), training: Mapping[str, Any] | None = None,
+                 spec: FeatureSpec | None = None, training: Mapping[str, Any] | None = None,
                  parity: Mapping[str, Any] | None = None, now: datetime | None = None) -> Bundle:
     """Verify ``data`` (model -> ONNX bytes), write ``<model_dir>/<version>/`` atomically and
     point CURRENT at it. An existing, valid bundle of the same version is reused as is."""
-    root = Path(model_dir)
+    root, spec = Path(model_dir), spec or FeatureSpec()
     root.mkdir(parents=True, exist_ok=True)
     names = feature_names(spec)
     sigs, _ = _verify(data, len(names), len(ITEM_FEATURE_NAMES))
@@ -207,7 +207,7 @@ def write_bundle(model_dir: str | os.PathLike[str], data: Mapping[str, bytes], *
         training = dict(training or {})
         manifest = {
             "format": FORMAT, "version": version,
-            "created_at": (now or datetime.now(timezone.utc)).isoformat(timespec="seconds"),
+            "created_at": (now or datetime.now(UTC)).isoformat(timespec="seconds"),
             "feature_names": list(names), "item_feature_names": list(ITEM_FEATURE_NAMES),
             "feature_spec": asdict(spec), "onnxruntime": ort.__version__,
             "models": {m: {"file": f, "sha256": hashlib.sha256(data[m]).hexdigest(), **sigs[m]}
@@ -242,7 +242,7 @@ def _resolve(path: Path) -> Path:
 
 
 def _names_error(kind: str, got: Sequence[str], want: Sequence[str]) -> BundleError:
-    i = next((k for k, (g, w) in enumerate(zip(got, want)) if g != w), min(len(got), len(want)))
+    i = next((k for k, (g, w) in enumerate(zip(got, want, strict=False)) if g != w), min(len(got), len(want)))
     return BundleError(f"bundle {kind} do not match the serving contract: bundle has {len(got)}, "
                        f"expected {len(want)}; first difference at position {i}: "
                        f"{got[i] if i < len(got) else None!r} vs {want[i] if i < len(want) else None!r}")

@@ -102,7 +102,7 @@ def keras_to_onnx(model: Any, name: str, opset: int = OPSET) -> onnx.ModelProto:
 
     @tf.function(input_signature=sig)
     def serve(*args: Any) -> dict[str, Any]:
-        return _named(model, model(dict(zip(names, args)), training=False))
+        return _named(model, model(dict(zip(names, args, strict=True)), training=False))
 
     proto, _ = tf2onnx.convert.from_function(serve, input_signature=sig, opset=opset)
     return canonicalize(proto, name)
@@ -127,7 +127,7 @@ def _named(model: Any, out: Any) -> dict[str, Any]:
     if isinstance(out, Mapping):
         return dict(out)
     seq = out if isinstance(out, (list, tuple)) else [out]
-    return dict(zip(model.output_names, seq))
+    return dict(zip(model.output_names, seq, strict=True))
 
 
 def keras_outputs(model: Any, inputs: Mapping[str, np.ndarray]) -> Arrays:
@@ -153,7 +153,7 @@ def check_parity(name: str, model: onnx.ModelProto | bytes, inputs: Mapping[str,
     sess = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
     feed = {i.name: np.asarray(inputs[i.name], np.float32) for i in sess.get_inputs()}
     outs = list(reference)
-    got = dict(zip(outs, sess.run(outs, feed)))
+    got = dict(zip(outs, sess.run(outs, feed), strict=True))
     rows = len(next(iter(feed.values())))
     diffs: dict[str, float] = {}
     for out in outs:

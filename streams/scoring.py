@@ -55,7 +55,7 @@ class Scorer(Protocol):
 def _f32(x: ArrayLike, ndim: int, what: str, tail: tuple[int | None, ...]) -> NDArray[np.float32]:
     """As a C-contiguous float32 array, checking rank and the fixed trailing dims."""
     a = np.ascontiguousarray(x, dtype=np.float32)
-    if a.ndim != ndim or any(w is not None and g != w for g, w in zip(a.shape[1:], tail)):
+    if a.ndim != ndim or any(w is not None and g != w for g, w in zip(a.shape[1:], tail, strict=True)):
         raise ValueError(f"{what} has shape {a.shape}, expected [N, {', '.join(map(str, tail))}]")
     return a
 

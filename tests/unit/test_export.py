@@ -20,12 +20,12 @@ from streams.features import FEATURE_NAMES, ITEM_FEATURE_NAMES, FeatureSpec
 convert = pytest.importorskip("export.convert")  # needs the `train` extra (TensorFlow)
 keras = pytest.importorskip("keras")
 
-U, I, K = len(FEATURE_NAMES), len(ITEM_FEATURE_NAMES), 5
+NU, NI, K = len(FEATURE_NAMES), len(ITEM_FEATURE_NAMES), 5
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def _price_model() -> Any:
-    u, it, pr = (keras.Input(s, name=n) for s, n in (((U,), "user"), ((I,), "item"), ((1,), "price_ratio")))
+    u, it, pr = (keras.Input(s, name=n) for s, n in (((NU,), "user"), ((NI,), "item"), ((1,), "price_ratio")))
     h = keras.layers.Dense(16, activation="relu")(keras.layers.Concatenate()([u, it]))
     a = keras.layers.Dense(1, name="a")(h)
     b = keras.layers.Dense(1, activation="softplus", name="b")(h)
@@ -35,9 +35,9 @@ def _price_model() -> Any:
 
 
 def _recommend_model() -> Any:
-    u, its = keras.Input((U,), name="user"), keras.Input((K, I), name="items")
+    u, its = keras.Input((NU,), name="user"), keras.Input((K, NI), name="items")
     pr, mask = keras.Input((K,), name="price_ratio"), keras.Input((K,), name="mask")
-    util = keras.layers.Dot(axes=(2, 1))([its, keras.layers.Dense(I)(u)])
+    util = keras.layers.Dot(axes=(2, 1))([its, keras.layers.Dense(NI)(u)])
     logit = util - 2.0 * pr + (mask - 1.0) * 1e9
     probs = keras.layers.Activation("softmax", name="probs")(logit)
     return keras.Model([u, its, pr, mask], probs)
@@ -53,7 +53,7 @@ def train_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     d = tmp_path_factory.mktemp("train")
     rng = np.random.default_rng(1)
-    X = rng.normal(size=(400, U))
+    X = rng.normal(size=(400, NU))
     clf = make_pipeline(StandardScaler(), LogisticRegression()).fit(X, X[:, 0] + X[:, 3] > 0)
     joblib.dump(clf, d / "user_model.joblib")
     _price_model().save(d / "price_model.keras")
@@ -61,9 +61,9 @@ def train_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     n = 3000
     mask = (rng.random((n, K)) < 0.7).astype(np.float32)
     mask[:, 0] = 1
-    np.savez(d / "holdout_sample.npz", user=rng.normal(size=(n, U)), item=rng.normal(size=(n, I)),
-             price_ratio=rng.uniform(0.7, 1.3, n), rec_user=rng.normal(size=(n, U)),
-             rec_items=rng.normal(size=(n, K, I)), rec_price_ratio=rng.uniform(0.7, 1.3, (n, K)),
+    np.savez(d / "holdout_sample.npz", user=rng.normal(size=(n, NU)), item=rng.normal(size=(n, NI)),
+             price_ratio=rng.uniform(0.7, 1.3, n), rec_user=rng.normal(size=(n, NU)),
+             rec_items=rng.normal(size=(n, K, NI)), rec_price_ratio=rng.uniform(0.7, 1.3, (n, K)),
              rec_mask=mask)
     (d / "training_summary.json").write_text(json.dumps(
         {"rows": 400, "users": 40, "date_range": ["2024-01-01", "2024-01-31"], "metrics": {"auc": 0.9}}))
@@ -115,7 +115,7 @@ def test_manifest_round_trip(exported: tuple[Path, Any, dict]) -> None:
     assert m["created_at"].endswith("+00:00")
     rec = m["models"]["recommend"]
     assert [t["name"] for t in rec["inputs"]] == ["user", "items", "price_ratio", "mask"]
-    assert rec["inputs"][1] == {"name": "items", "dtype": "float32", "shape": [None, K, I]}
+    assert rec["inputs"][1] == {"name": "items", "dtype": "float32", "shape": [None, K, NI]}
     assert rec["outputs"] == [{"name": "probs", "dtype": "float32", "shape": [None, K]}]
 
 
@@ -157,8 +157,8 @@ import sys, numpy as np
 from export.bundle import load_bundle
 from streams.scoring import OnnxScorer
 s = OnnxScorer(load_bundle({str(exported[0])!r}))
-a, b, p = s.price(np.zeros((4, {U})), np.zeros((4, {I})), np.ones(4))
-assert p.shape == (4,) and s.recommend(np.zeros((2, {U})), np.zeros((2, 3, {I})), np.ones((2, 3)),
+a, b, p = s.price(np.zeros((4, {NU})), np.zeros((4, {NI})), np.ones(4))
+assert p.shape == (4,) and s.recommend(np.zeros((2, {NU})), np.zeros((2, 3, {NI})), np.ones((2, 3)),
                                        np.ones((2, 3))).shape == (2, 3)
 heavy = [m for m in ("tensorflow", "keras", "tf2onnx", "skl2onnx", "sklearn") if m in sys.modules]
 assert not heavy, heavy
@@ -175,7 +175,7 @@ def test_onnx_scorer_matches_keras(train_dir: Path, exported: tuple[Path, Any, d
 
     model = keras.saving.load_model(train_dir / "price_model.keras")
     rng = np.random.default_rng(5)
-    user, item, pr = rng.normal(size=(64, U)), rng.normal(size=(64, I)), rng.uniform(0.8, 1.2, 64)
+    user, item, pr = rng.normal(size=(64, NU)), rng.normal(size=(64, NI)), rng.uniform(0.8, 1.2, 64)
     a, b, p = OnnxScorer(exported[1]).price(user, item, pr)
     ref = convert.keras_outputs(model, {"user": user, "item": item, "price_ratio": pr[:, None]})
     for got, key in ((a, "a"), (b, "b"), (p, "p_buy")):
