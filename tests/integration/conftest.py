@@ -1,0 +1,137 @@
+"""Fixtures for tests that talk to the real local Kafka broker (deploy/kafka/broker.py).
+
+Start the broker first (`python deploy/kafka/broker.py up`). A missing broker is a FAILURE,
+never a skip: integration tests that silently skip prove nothing.
+
+Everything here is scoped to tests/integration: the hooks only touch items collected from this
+directory, so unit and agent tests run without a broker.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+DEFAULT_BOOTSTRAP = "127.0.0.1:19092"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "integration: needs the real Kafka broker (deploy/kafka)")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if HERE in Path(item.path).resolve().parents:
+            item.add_marker(pytest.mark.integration)
+
+
+def broker_log_path() -> Path:
+    data_dir = os.environ.get("KAFKA_DATA_DIR") or str(REPO / "var" / "kafka")
+    return Path(data_dir) / "broker.log"
+
+
+def _log_tail(lines: int = 40) -> str:
+    path = broker_log_path()
+    try:
+        text = path.read_text(errors="replace")
+    except FileNotFoundError:
+        return f"(no broker log at {path})"
+    return f"--- last {lines} lines of {path} ---\n" + "\n".join(text.splitlines()[-lines:])
+
+
+def _admin(bootstrap: str):  # -> kafka.KafkaAdminClient
+    from kafka import KafkaAdminClient
+
+    return KafkaAdminClient(
+        bootstrap_servers=bootstrap, client_id="pytest-integration", request_timeout_ms=10_000
+    )
+
+
+@pytest.fixture(scope="session")
+def bootstrap() -> str:
+    """Bootstrap address of a broker that has answered a metadata request."""
+    address = os.environ.get("PRICING_KAFKA_BOOTSTRAP") or DEFAULT_BOOTSTRAP
+    host, _, port = address.split(",")[0].rpartition(":")
+    deadline = time.monotonic() + 10
+    error: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            # cheap TCP check first: kafka-python takes seconds to give up on a closed port
+            socket.create_connection((host, int(port)), timeout=1).close()
+            admin = _admin(address)
+            try:
+                admin.list_topics()
+            finally:
+                admin.close()
+            return address
+        except Exception as exc:  # any failure means "not answering (yet)"
+            error = exc
+            time.sleep(0.5)
+    pytest.fail(
+        f"Kafka broker at {address} does not answer ({error!r}).\n"
+        f"Start it with `python deploy/kafka/broker.py up`.\n{_log_tail()}",
+        pytrace=False,
+    )
+
+
+@pytest.fixture(scope="session")
+def admin(bootstrap: str) -> Iterator:
+    client = _admin(bootstrap)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def topic_factory(admin) -> Iterator[Callable[..., str]]:
+    """Create uniquely named topics for one test; they are deleted at teardown.
+
+    Usage: ``name = topic_factory(partitions=3, config={"cleanup.policy": "compact"})``.
+    """
+    from kafka.admin import NewTopic
+
+    created: list[str] = []
+
+    def create(partitions: int = 1, *, prefix: str = "it", config: dict[str, str] | None = None) -> str:
+        name = f"{prefix}-{uuid.uuid4().hex[:12]}"
+        admin.create_topics(
+            [NewTopic(name, num_partitions=partitions, replication_factor=1,
+                      topic_configs=config or {})],
+            timeout_ms=10_000,
+        )
+        created.append(name)
+        _wait_for_leaders(admin, name, partitions)
+        return name
+
+    yield create
+
+    if created:
+        try:
+            admin.delete_topics(created, timeout_ms=10_000)
+        except Exception as exc:  # teardown must not hide the test's own result
+            print(f"warning: could not delete topics {created}: {exc!r}")
+
+
+def _wait_for_leaders(admin, name: str, partitions: int, timeout: float = 10.0) -> None:
+    """CreateTopics returns before every partition has a leader; wait so clients don't retry."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        described = admin.describe_topics([name])
+        parts = described[0].get("partitions", []) if described else []
+        if len(parts) == partitions and all(p.get("leader_id", -1) >= 0 for p in parts):
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"topic {name}: partitions without a leader after {timeout}s")
+
+
+@pytest.fixture(scope="session")
+def model_dir() -> Path | None:
+    """Model bundle for worker tests (test_worker.py); None = the worker's deterministic scorer."""
+    return None
