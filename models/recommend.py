@@ -9,7 +9,10 @@ Inputs (all float32, the ONNX contract; ``K`` is dynamic)::
 
 Output ``probs [B, K]``: the probability that each candidate is the one chosen.
 
-*Nonlinear* mode: ``u_k = MLP(user, items_k) - softplus(a + b . user) * price_ratio_k``. The
+*Nonlinear* mode: ``u_k = theta . items_k + MLP(user, items_k) - softplus(a + b . user) *
+price_ratio_k``, on features standardised inside the graph. :func:`fit_recommend` starts it
+at the conditional-logit MLE (residual MLP output 0), so training only adds what the clogit
+misses (with ``validation_split``, early stopping keeps the best held-out epoch). The
 price sensitivity is positive by construction, so each candidate's probability falls as its
 own price rises; it depends on the user (the point of personalized pricing) but not on the
 price, which keeps that monotonicity exact (``b = 0`` is the plain ``softplus(w)`` term). The
@@ -43,7 +46,7 @@ PAD_UTILITY = -1e9  # added to padded candidates' utility: exp() underflows to 0
 Stats = tuple[np.ndarray, np.ndarray]  # (mean, variance) of a feature block
 
 
-def build_recommend_model(n_user: int, n_item: int, linear: bool, hidden: int = 32,
+def build_recommend_model(n_user: int, n_item: int, linear: bool, hidden: int = 32, l2: float = 1e-4,
                           user_stats: Stats | None = None, item_stats: Stats | None = None) -> keras.Model:
     """The functional (ONNX-exportable) recommend model; see the module docstring for shapes.
 
@@ -63,14 +66,18 @@ def build_recommend_model(n_user: int, n_item: int, linear: bool, hidden: int = 
         u = _normalizer(n_user, user_stats, "user_norm")(user)     # [B, n_user] standardised
         x = _normalizer(n_item, item_stats, "item_norm")(items)    # [B, K, n_item] standardised
         # [B, 1, H] + [B, K, H] -> [B, K, H]: Dense over concat(user, item) without a tile
-        h = ops.expand_dims(layers.Dense(hidden, name="user_in")(u), 1)
-        h = layers.Activation("relu")(h + layers.Dense(hidden, use_bias=False, name="item_in")(x))
-        h = layers.Dense(hidden, activation="relu", name="hidden")(h)
+        l2 = keras.regularizers.L2(l2)
+        h = ops.expand_dims(layers.Dense(hidden, kernel_regularizer=l2, name="user_in")(u), 1)
+        h = h + layers.Dense(hidden, use_bias=False, kernel_regularizer=l2, name="item_in")(x)
+        h = layers.Dense(hidden, activation="relu", kernel_regularizer=l2, name="hidden")(layers.ReLU()(h))
+        # MLP residual starts at 0 on top of a linear item part: training starts from a clogit
+        residual = layers.Dense(1, kernel_initializer="zeros", kernel_regularizer=l2, name="residual")(h)
+        base = layers.Dense(1, use_bias=False, name="item_linear")(x)
         # per-user sensitivity softplus(a + b . user) > 0, [B, 1]: utility falls in own price
-        sens = ops.softplus(layers.Dense(1, kernel_initializer="zeros",
-                                         bias_initializer=keras.initializers.Constant(0.5),
+        sens = ops.softplus(layers.Dense(1, kernel_initializer="zeros", kernel_regularizer=l2,
+                                         bias_initializer=keras.initializers.Constant(1.0),
                                          name="price_sensitivity")(u))
-        utility = ops.squeeze(layers.Dense(1, name="utility")(h), -1) - sens * price
+        utility = ops.squeeze(base + residual, -1) - sens * price
     # [B, K] utilities; padding pushed to -1e9 so it gets probability exactly 0
     probs = layers.Softmax(axis=-1, name="probs")(utility + (1.0 - mask) * PAD_UTILITY)
     # a list, not a dict: tf2onnx calls the model positionally (a dict of inputs still works
@@ -109,12 +116,14 @@ def linear_model_from_clogit(result: ClogitResult, n_user: int) -> keras.Model:
 def fit_recommend(user: np.ndarray, items: np.ndarray, price_ratio: np.ndarray, chosen: np.ndarray,
                   mask: np.ndarray | None = None, linear: bool = False, epochs: int = 30,
                   batch_size: int = 256, hidden: int = 32, learning_rate: float = 3e-3,
-                  seed: int = 0, verbose: int = 0) -> keras.Model:
+                  validation_split: float = 0.0, seed: int = 0, verbose: int = 0) -> keras.Model:
     """Fit on choice sets: ``chosen [N]`` is the index of the chosen candidate per occasion.
 
     Linear mode is exact maximum likelihood (``epochs`` etc. are unused); the fit is kept
     on the model as ``model.clogit`` (a :class:`ClogitResult`). Nonlinear mode minimises
-    the cross-entropy of the chosen candidate with Adam.
+    the cross-entropy of the chosen candidate with Adam; with ``validation_split > 0`` the
+    last fraction of occasions is held out and training stops early (patience 5) at the best
+    held-out loss.
     """
     if linear:
         X = np.concatenate([items, np.asarray(price_ratio)[..., None]], axis=-1)
@@ -125,13 +134,35 @@ def fit_recommend(user: np.ndarray, items: np.ndarray, price_ratio: np.ndarray, 
         return model
     keras.utils.set_random_seed(seed)
     m = np.ones(np.shape(price_ratio)) if mask is None else np.asarray(mask)
+    item_stats = _stats(np.asarray(items, np.float64)[m > 0])
     model = build_recommend_model(user.shape[-1], items.shape[-1], linear=False, hidden=hidden,
-                                  user_stats=_stats(np.asarray(user, np.float64)),
-                                  item_stats=_stats(np.asarray(items, np.float64)[m > 0]))
+                                  user_stats=_stats(np.asarray(user, np.float64)), item_stats=item_stats)
+    _warm_start(model, items, price_ratio, chosen, m, item_stats)
     model.compile(keras.optimizers.Adam(learning_rate), "sparse_categorical_crossentropy")
-    model.fit(_inputs(user, items, price_ratio, mask), np.asarray(chosen, np.int64),
-              epochs=epochs, batch_size=batch_size, verbose=verbose, shuffle=True)
+    stop = [keras.callbacks.EarlyStopping(patience=5, restore_best_weights=True)] if validation_split else []
+    model.fit(_inputs(user, items, price_ratio, mask), np.asarray(chosen, np.int64), epochs=epochs,
+              batch_size=batch_size, validation_split=validation_split, callbacks=stop,
+              verbose=verbose, shuffle=True)
     return model
+
+
+def _warm_start(model: keras.Model, items: np.ndarray, price_ratio: np.ndarray, chosen: np.ndarray,
+                mask: np.ndarray, item_stats: Stats) -> None:
+    """Start the nonlinear model at the conditional-logit MLE (its residual MLP starts at 0).
+
+    Training then only has to find what the clogit misses. Skipped when the clogit has no
+    finite MLE (then the random initialisation stands).
+    """
+    X = np.concatenate([items, np.asarray(price_ratio)[..., None]], axis=-1)
+    try:
+        theta = fit_conditional_logit(X, chosen, mask).coef
+    except ChoiceTableError:
+        return
+    # theta . x == (theta * sd) . standardised x + a constant that cancels in the softmax
+    model.get_layer("item_linear").set_weights([(theta[:-1] * np.sqrt(item_stats[1]))[:, None]])
+    kernel, _ = model.get_layer("price_sensitivity").get_weights()
+    bias = np.log(np.expm1(-theta[-1])) if theta[-1] < -1e-3 else -7.0  # softplus^-1(-theta_p)
+    model.get_layer("price_sensitivity").set_weights([kernel, np.array([bias], np.float32)])
 
 
 def predict_probs(model: keras.Model, user: np.ndarray, items: np.ndarray, price_ratio: np.ndarray,

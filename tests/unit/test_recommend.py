@@ -56,6 +56,15 @@ def test_keras_linear_model_is_the_conditional_logit(sim: tuple[np.ndarray, ...]
     assert choice_loglik(probs, chosen) == pytest.approx(model.clogit.loglik, rel=1e-5)
 
 
+def test_nonlinear_model_starts_at_the_clogit(sim: tuple[np.ndarray, ...]) -> None:
+    X, chosen, mask = sim
+    user = np.random.default_rng(3).normal(size=(len(chosen), 5))
+    start = fit_recommend(user, X[..., :3], X[..., 3], chosen, mask, epochs=0)  # warm start only
+    coef = fit_conditional_logit(X, chosen, mask).coef
+    np.testing.assert_allclose(predict_probs(start, user, X[..., :3], X[..., 3], mask),
+                               choice_probs(coef, X, mask), atol=1e-5)
+
+
 def test_padding_gets_zero_probability_and_changes_nothing() -> None:
     X, chosen, mask = simulate_choices(400, n_alts=(2, 5), seed=3)
     assert mask.min() == 0.0  # varying set sizes really padded
