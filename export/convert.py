@@ -90,12 +90,15 @@ def canonicalize(model: onnx.ModelProto, name: str) -> onnx.ModelProto:
 def keras_to_onnx(model: Any, name: str, opset: int = OPSET) -> onnx.ModelProto:
     """Convert a functional Keras model with named inputs and named outputs.
 
-    Uses ``tf2onnx.convert.from_function`` on a ``tf.function`` that calls the model with a
-    dict of inputs and returns a dict of outputs, so ONNX names equal Keras names
-    (``from_keras`` fails on Keras 3 functional models with dict inputs).
+    Traces a ``tf.function`` that calls the model with a dict of inputs and returns a dict of
+    outputs, so ONNX names equal Keras names whatever the model's input structure
+    (``from_keras`` feeds a dict-input model positionally, in the wrong order). Tensors the
+    model captured by value (Keras 3 ``Normalization`` mean/variance) are frozen into the
+    graph as ``from_keras`` does; ``from_function`` would leave them as extra graph inputs.
     """
     import tensorflow as tf
-    import tf2onnx
+    from tf2onnx import convert as tfc
+    from tf2onnx import tf_loader
 
     names = [t.name for t in model.inputs]
     sig = [tf.TensorSpec([None, *t.shape[1:]], tf.float32, name=t.name) for t in model.inputs]
@@ -104,7 +107,18 @@ def keras_to_onnx(model: Any, name: str, opset: int = OPSET) -> onnx.ModelProto:
     def serve(*args: Any) -> dict[str, Any]:
         return _named(model, model(dict(zip(names, args, strict=True)), training=False))
 
-    proto, _ = tf2onnx.convert.from_function(serve, input_signature=sig, opset=opset)
+    func = serve.get_concrete_function()
+    captured = {t.name for t in func.graph.function_captures.by_val_internal.values()}
+    inputs = [t.name for t in func.inputs if t.name not in captured and t.dtype != tf.resource]
+    outputs = [t.name for t in func.outputs if t.dtype != tf.resource]
+    renames = tfc.tensor_names_from_structed(func, inputs, outputs)
+    with tf.device("/cpu:0"):
+        frozen, tables = tf_loader.from_trackable(model, func, inputs, outputs, False)
+        proto, _ = tfc._convert_common(frozen, name=name, opset=opset, input_names=inputs,
+                                       output_names=outputs, tensors_to_rename=renames,
+                                       initialized_tables=tables)
+    if (got := [i.name for i in proto.graph.input]) != names:
+        raise RuntimeError(f"{name}: ONNX inputs {got} are not the Keras inputs {names}")
     return canonicalize(proto, name)
 
 

@@ -26,7 +26,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def _price_model() -> Any:
     u, it, pr = (keras.Input(s, name=n) for s, n in (((NU,), "user"), ((NI,), "item"), ((1,), "price_ratio")))
-    h = keras.layers.Dense(16, activation="relu")(keras.layers.Concatenate()([u, it]))
+    norm = keras.layers.Normalization()  # adapted stats are captured tensors, not variables:
+    norm.adapt(np.random.default_rng(2).normal(3.0, 2.0, (256, NU)).astype(np.float32))  # must freeze
+    h = keras.layers.Dense(16, activation="relu")(keras.layers.Concatenate()([norm(u), it]))
     a = keras.layers.Dense(1, name="a")(h)
     b = keras.layers.Dense(1, activation="softplus", name="b")(h)
     logit = keras.layers.Subtract()([a, keras.layers.Multiply()([b, pr])])
