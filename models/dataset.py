@@ -1,0 +1,277 @@
+"""Training rows from an event log, point in time, with the stream's own feature code.
+
+The log is replayed in event-time order through :func:`streams.features.update`; a row's features
+are read right after its event is folded in, so they include that event and nothing later. Three
+row sets come out of one pass:
+
+* **exposures** (price model): one row per ``view`` of (user, item, shown price); label = the user
+  bought that item later in the same session.
+* **sessions** (user model): features after a session's first event; label = any purchase in it.
+* **choice sets** (recommend model): sessions that end in a purchase; candidates = the items viewed
+  in the session at their shown price ratio, chosen = the first item bought; user and item features
+  as of the session's first event.
+"""
+
+from __future__ import annotations
+
+import gzip
+import math
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+import numpy as np
+from tqdm import tqdm
+
+from streams.features import (FEATURE_NAMES, FeatureSpec, category_bucket, feature_names, item_features,
+                              new_state, update, user_features)
+from streams.schemas import EVENT_TYPES, CatalogItem, ClickEvent, dumps, parse_catalog, parse_click
+
+VIEW, PURCHASE = EVENT_TYPES.index("view"), EVENT_TYPES.index("purchase")
+
+
+@dataclass
+class EventLog:
+    """A clickstream in columns (indices into ``user_ids``/``item_ids``; ``rating`` nan = none)."""
+
+    ts: np.ndarray
+    user: np.ndarray
+    session: np.ndarray
+    etype: np.ndarray
+    item: np.ndarray
+    price: np.ndarray
+    rating: np.ndarray
+    user_ids: Sequence[str]
+    item_ids: Sequence[str]
+    session_ids: Sequence[str] | None = None   # None: session k is named f"s{k:08d}"
+    event_ids: Sequence[str] | None = None     # None: event n is named f"e{n:09d}"
+
+    def __len__(self) -> int:
+        return len(self.ts)
+
+    def type_names(self) -> list[str]:
+        """Event type names, row by row."""
+        return [EVENT_TYPES[t] for t in self.etype]
+
+    def session_name(self, k: int) -> str:
+        """The wire ``session_id`` of session index ``k``."""
+        return self.session_ids[k] if self.session_ids is not None else f"s{k:08d}"
+
+    def events(self) -> Iterator[ClickEvent]:
+        """The log as wire-schema events."""
+        for n, (t, u, s, e, i, p, r) in enumerate(zip(self.ts.tolist(), self.user.tolist(), self.session.tolist(),
+                                                       self.etype.tolist(), self.item.tolist(), self.price.tolist(),
+                                                       self.rating.tolist())):
+            eid = self.event_ids[n] if self.event_ids is not None else f"e{n:09d}"
+            yield ClickEvent(eid, t, self.user_ids[u], self.session_name(s), EVENT_TYPES[e], self.item_ids[i],
+                             p, 1, None if math.isnan(r) else r)
+
+    @classmethod
+    def from_events(cls, events: Iterable[ClickEvent]) -> EventLog:
+        """Columns from wire events (ids interned in order of appearance), sorted by event time."""
+        evs = sorted(events, key=lambda e: e.ts)
+        idx: list[dict[str, int]] = [{}, {}, {}]
+
+        def intern(d: dict[str, int], key: str) -> int:
+            return d.setdefault(key, len(d))
+
+        cols = [(e.ts, intern(idx[0], e.user_id), intern(idx[1], e.session_id), EVENT_TYPES.index(e.type),
+                 intern(idx[2], e.item_id), e.price, math.nan if e.rating is None else e.rating) for e in evs]
+        arr = np.array(cols, dtype=np.float64).reshape(-1, 7)
+        return cls(arr[:, 0], arr[:, 1].astype(np.int32), arr[:, 2].astype(np.int64), arr[:, 3].astype(np.int8),
+                   arr[:, 4].astype(np.int32), arr[:, 5], arr[:, 6].astype(np.float32), list(idx[0]), list(idx[2]),
+                   list(idx[1]), [e.event_id for e in evs])
+
+
+@dataclass
+class Catalog:
+    """The catalog in columns."""
+
+    items: list[CatalogItem]
+    index: dict[str, int] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.index = {it.item_id: k for k, it in enumerate(self.items)}
+        self.base = np.array([it.base_price for it in self.items])
+        self.cost = np.array([it.unit_cost for it in self.items])
+
+
+# ---------------------------------------------------------------- JSONL files
+def _open(path: str | Path, mode: str) -> IO[bytes]:
+    return gzip.open(path, mode + "b") if str(path).endswith(".gz") else open(path, mode + "b")
+
+
+def write_jsonl(path: str | Path, records: Iterable[ClickEvent | CatalogItem]) -> int:
+    """Write wire records one per line (gzip if the name ends in .gz); returns the count."""
+    n = 0
+    with _open(path, "w") as f:
+        for r in records:
+            f.write(dumps(r) + b"\n")
+            n += 1
+    return n
+
+
+def read_events(path: str | Path) -> list[ClickEvent]:
+    """Validated events from a JSONL file; a bad line raises with its line number."""
+    with _open(path, "r") as f:
+        out = []
+        for k, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    out.append(parse_click(line, now=math.inf))
+                except ValueError as e:
+                    raise ValueError(f"{path}:{k}: {e}") from None
+        return out
+
+
+def read_catalog(path: str | Path) -> Catalog:
+    """The catalog from a JSONL file of CatalogItem records."""
+    with _open(path, "r") as f:
+        return Catalog([parse_catalog(line) for line in f if line.strip()])
+
+
+# ---------------------------------------------------------------- training rows
+@dataclass
+class TrainingData:
+    """Row sets for the three models; ``*_uid``/``*_iid`` index the log's ids, ``*_ts`` event time."""
+
+    user: np.ndarray            # [N, U] exposure rows (price model)
+    item: np.ndarray            # [N, 3]
+    price_ratio: np.ndarray     # [N]
+    label: np.ndarray           # [N] bought that item later in the same session
+    row_uid: np.ndarray
+    row_iid: np.ndarray
+    row_ts: np.ndarray
+    sess_user: np.ndarray       # [S, U] session rows (user model)
+    sess_label: np.ndarray      # [S]
+    sess_uid: np.ndarray
+    sess_ts: np.ndarray
+    ch_user: np.ndarray         # [M, U] choice sets (recommend model)
+    ch_items: np.ndarray        # [M, K, 3]
+    ch_price_ratio: np.ndarray  # [M, K]
+    ch_mask: np.ndarray         # [M, K] 1 = real candidate
+    ch_chosen: np.ndarray       # [M]
+    ch_ts: np.ndarray
+    ch_uid: np.ndarray
+    user_ids: Sequence[str]
+    item_ids: Sequence[str]
+
+
+def _catalog_columns(log: EventLog, catalog: Catalog) -> tuple[list, list, list, list]:
+    """Per log item: base price, cost, category (None where the catalog lacks the item), row."""
+    rows = [catalog.index.get(i, -1) for i in log.item_ids]
+    its = catalog.items
+    return ([its[r].base_price if r >= 0 else None for r in rows], [its[r].unit_cost if r >= 0 else None for r in rows],
+            [its[r].category if r >= 0 else None for r in rows], rows)
+
+
+def build_rows(log: EventLog, catalog: Catalog, spec: FeatureSpec = FeatureSpec(), *,
+               max_candidates: int = 16, progress: bool = False) -> TrainingData:
+    """Replay ``log`` in event-time order and cut the three row sets (see the module docstring)."""
+    order = np.argsort(log.ts, kind="stable")
+    base, cost, cat, _ = _catalog_columns(log, catalog)
+    n_views = int(np.sum(log.etype == VIEW))
+    X = np.zeros((n_views, len(feature_names(spec))), np.float32)
+    XI = np.zeros((n_views, 3), np.float32)
+    view_n = np.zeros(n_views, np.int64)     # log row of each kept view
+    SX = np.zeros((len(np.unique(log.session)), X.shape[1]), np.float32)
+    sess_n = np.zeros(len(SX), np.int64)
+    states: dict[int, object] = {}
+    seen: set[int] = set()
+    r = s = 0
+    cols = zip(order.tolist(), log.ts[order].tolist(), log.user[order].tolist(), log.session[order].tolist(),
+               log.etype[order].tolist(), log.item[order].tolist(), log.price[order].tolist(),
+               log.rating[order].tolist())
+    # stream here: one event at a time, in event-time order, each user's state folded forward
+    for n, t, u, sk, e, i, p, rt in tqdm(cols, total=len(log), desc="replay", disable=not progress,
+                                         mininterval=1.0):
+        st = states.get(u)
+        if st is None:
+            st = states[u] = new_state(spec)
+        ev = ClickEvent("", t, log.user_ids[u], log.session_name(sk), EVENT_TYPES[e], log.item_ids[i], p, 1,
+                        None if rt != rt else rt)
+        update(st, ev, spec, base_price=base[i], category=cat[i])  # type: ignore[arg-type]
+        feats = None
+        if sk not in seen:
+            seen.add(sk)
+            feats = user_features(st, spec, now=t)  # type: ignore[arg-type]
+            SX[s], sess_n[s] = feats, n
+            s += 1
+        if e == VIEW and base[i] is not None:
+            X[r] = feats if feats is not None else user_features(st, spec, now=t)  # type: ignore[arg-type]
+            XI[r] = item_features(st, spec, base_price=base[i], unit_cost=cost[i], category=cat[i])  # type: ignore
+            view_n[r] = n
+            r += 1
+    X, XI, view_n, SX, sess_n = X[:r], XI[:r], view_n[:r], SX[:s], sess_n[:s]
+    return _labels_and_choices(log, catalog, spec, X, XI, view_n, SX, sess_n, max_candidates)
+
+
+def _labels_and_choices(log: EventLog, catalog: Catalog, spec: FeatureSpec, X: np.ndarray, XI: np.ndarray,
+                        view_n: np.ndarray, SX: np.ndarray, sess_n: np.ndarray, max_k: int) -> TrainingData:
+    """Labels (later purchase of the same item in the same session) and the choice sets, vectorised."""
+    # position of every log row in replay order: "later" means later in that order
+    pos = np.empty(len(log), np.int64)
+    pos[np.argsort(log.ts, kind="stable")] = np.arange(len(log))
+    n_it = max(len(log.item_ids), 1)
+    buys = np.flatnonzero(log.etype == PURCHASE)
+    bkey = log.session[buys] * n_it + log.item[buys]
+    o = np.lexsort((pos[buys], bkey))
+    bkey, bpos = bkey[o], pos[buys][o]
+    ukey, first = np.unique(bkey, return_index=True)
+    last = np.append(first[1:], len(bkey)) - 1
+    vkey = log.session[view_n] * n_it + log.item[view_n]
+    label = np.zeros(len(vkey), bool)
+    if len(ukey):
+        j = np.minimum(np.searchsorted(ukey, vkey), len(ukey) - 1)
+        label = (ukey[j] == vkey) & (bpos[last[j]] > pos[view_n])
+    sess_label = np.isin(log.session[sess_n], log.session[buys])
+    ch = _choices(log, catalog, spec, XI, view_n, SX, sess_n, buys[np.argsort(pos[buys])], max_k)
+    base = np.array([np.nan if b is None else b for b in _catalog_columns(log, catalog)[0]])
+    return TrainingData(X, XI, (log.price[view_n] / base[log.item[view_n]]).astype(np.float32),
+                        label.astype(np.int8), log.user[view_n], log.item[view_n], log.ts[view_n],
+                        SX, sess_label.astype(np.int8), log.user[sess_n], log.ts[sess_n], *ch,
+                        user_ids=log.user_ids, item_ids=log.item_ids)
+
+
+def _choices(log: EventLog, catalog: Catalog, spec: FeatureSpec, XI: np.ndarray, view_n: np.ndarray,
+             SX: np.ndarray, sess_n: np.ndarray, buys: np.ndarray, max_k: int) -> tuple[np.ndarray, ...]:
+    """Choice sets of purchase sessions: viewed items (first view each) and the first item bought."""
+    base, cost, cat, _ = _catalog_columns(log, catalog)
+    first_buy: dict[int, int] = {}
+    for n in buys.tolist():  # buys in replay order: the first purchase per session wins
+        first_buy.setdefault(int(log.session[n]), int(log.item[n]))
+    views: dict[int, dict[int, float]] = {}
+    for n in view_n.tolist():  # exposures are in replay order
+        sk = int(log.session[n])
+        if sk in first_buy:
+            views.setdefault(sk, {}).setdefault(int(log.item[n]), float(log.price[n]))
+    srow = {int(log.session[n]): k for k, n in enumerate(sess_n.tolist())}
+    share0 = list(feature_names(spec)).index("cat_share_0")
+    cu, ci, cp, cm, cc, cts, cuid = [], [], [], [], [], [], []
+    for sk, chosen in first_buy.items():
+        cands = views.get(sk, {})
+        if chosen not in cands or len(cands) < 2:
+            continue
+        items = [chosen] + [i for i in cands if i != chosen][:max_k - 1]  # chosen first, then shuffled below
+        urow = SX[srow[sk]]
+        feats = [[math.log(base[i]), urow[share0 + category_bucket(cat[i], spec.n_buckets)], cost[i] / base[i]]
+                 for i in items]  # == streams.features.item_features at the session's first event
+        perm = np.random.default_rng(sk).permutation(len(items))
+        k = len(items)
+        cu.append(urow)
+        ci.append(np.pad(np.array(feats, np.float32)[perm], ((0, max_k - k), (0, 0))))
+        cp.append(np.pad(np.array([cands[i] / base[i] for i in items], np.float32)[perm], (0, max_k - k)))
+        cm.append(np.pad(np.ones(k, np.float32), (0, max_k - k)))
+        cc.append(int(np.flatnonzero(perm == 0)[0]))
+        cts.append(log.ts[sess_n[srow[sk]]])
+        cuid.append(log.user[sess_n[srow[sk]]])
+    U = SX.shape[1]
+    if not cu:
+        return (np.zeros((0, U), np.float32), np.zeros((0, max_k, 3), np.float32), np.zeros((0, max_k), np.float32),
+                np.zeros((0, max_k), np.float32), np.zeros(0, np.int64), np.zeros(0), np.zeros(0, np.int32))
+    return (np.array(cu, np.float32), np.array(ci), np.array(cp), np.array(cm), np.array(cc, np.int64),
+            np.array(cts), np.array(cuid, np.int32))
+
+
+assert FEATURE_NAMES == feature_names(FeatureSpec())

@@ -1,0 +1,265 @@
+"""A seeded market with known demand: the yardstick the models and the pricing are judged by.
+
+Users carry latent traits: price sensitivity ``beta_u``, a baseline purchase propensity, category
+tastes and engagement. Demand is a known logit in the price ratio, the parametrisation the pricing
+code uses::
+
+    P(buy | u, i, p) = sigmoid(alpha_ui - beta_u * p / base_i),
+    alpha_ui = mu_u + taste_weight * taste_uc(i) + quality_i + beta_u
+
+(``+ beta_u`` makes the conversion at the base price independent of sensitivity, so only the
+slope tells sensitive users apart). Traits leak, noisily, into behaviour with strength ``reveal``:
+sensitive users pick cheaper items and cheaper shown prices out of their listings, everyone views
+their favourite categories, engaged users come back and click more, and carts and purchases
+happen where the logit is high (the discount response). History is a randomized price
+experiment: each shown price is uniform in ``base * (1 +- band)``, clipped to the item bounds.
+
+>>> m = Market(MarketConfig(n_users=50, n_items=20, days=1, seed=3))
+>>> log = m.simulate()
+>>> sorted(set(log.type_names())) <= ["add_to_cart", "click", "purchase", "review", "view"]
+True
+>>> bool(np.all(np.diff(m.buy_prob(np.zeros(3, int), np.zeros(3, int), np.array([1., 2., 3.]) * m.base[0])) < 0))
+True
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+from scipy.special import expit, lambertw
+
+from streams.schemas import CatalogItem
+
+from .dataset import EventLog
+
+CATEGORIES = ("shoes", "electronics", "books", "toys", "garden", "beauty", "kitchen", "sports",
+              "fashion", "grocery", "music", "pets")
+Policy = Callable[[np.ndarray, np.ndarray], np.ndarray]
+_DAY = 86400.0
+
+
+@dataclass(frozen=True)
+class MarketConfig:
+    """Every knob of the market; the defaults are the 'default simulated market'."""
+
+    n_users: int = 8_000
+    n_items: int = 400
+    n_categories: int = 10
+    days: float = 14.0
+    heterogeneity: float = 1.0      # scales every trait's dispersion; 0 = all users alike
+    reveal: float = 1.0             # how strongly behaviour reflects traits; 0 = not at all
+    noise: float = 0.5              # per-user noise between a trait and the behaviour it drives
+    beta_median: float = 4.0        # median price sensitivity (slope in price ratio)
+    beta_log_sd: float = 0.5        # log-sd of beta at heterogeneity 1
+    base_logit: float = -3.4        # view conversion logit at base price, neutral taste
+    sessions_per_day: float = 1.0
+    views_per_session: float = 4.5
+    max_views: int = 12
+    band: float = 0.2               # randomized prices and oracle within base * (1 +- band)
+    start_ts: float = 1_735_689_600.0   # 2025-01-01T00:00:00Z
+    seed: int = 0
+
+    @classmethod
+    def small(cls, **kw: float) -> MarketConfig:
+        """A tiny market for tests and CI (a few hundred users, one day)."""
+        return replace(cls(n_users=300, n_items=60, days=1.0, sessions_per_day=3.0), **kw)
+
+
+class Market:
+    """Catalog, users with latent traits, the history generator and the truth on demand."""
+
+    def __init__(self, cfg: MarketConfig = MarketConfig()) -> None:
+        self.cfg = cfg
+        rng = np.random.default_rng(cfg.seed)
+        h, nc = cfg.heterogeneity, min(cfg.n_categories, len(CATEGORIES))
+        # catalog: per-category price level, lognormal base prices, cost 40-70 % of base
+        self.categories = CATEGORIES[:nc]
+        cat_level = rng.normal(np.log(30.0), 0.6, nc)
+        self.item_cat = rng.integers(0, nc, cfg.n_items)
+        self.base = np.round(np.maximum(1.0, np.exp(cat_level[self.item_cat] + rng.normal(0, 0.5, cfg.n_items))), 2)
+        self.cost = np.round(self.base * rng.uniform(0.4, 0.7, cfg.n_items), 2)
+        self.min_price, self.max_price = np.round(0.7 * self.base, 2), np.round(1.3 * self.base, 2)
+        self.quality = rng.normal(0.0, 0.4, cfg.n_items)
+        # users: standardised latent traits, then the traits in their natural units
+        z = rng.normal(size=(4, cfg.n_users))
+        self.z_beta, z_mu, self.z_eng = z[0], z[1], z[2]
+        self.beta = cfg.beta_median * np.exp(h * cfg.beta_log_sd * self.z_beta)
+        self.mu = cfg.base_logit + h * 0.5 * (0.6 * self.z_eng + 0.8 * z_mu)
+        self.taste = h * rng.normal(size=(cfg.n_users, nc))
+        self.taste_weight = 0.8
+        # what behaviour sees: the traits blurred by per-user noise
+        self.beta_signal = h * self.z_beta + cfg.noise * z[3]
+        self.taste_signal = self.taste + cfg.noise * rng.normal(size=self.taste.shape)
+        self.session_rate = cfg.sessions_per_day * np.exp(h * 0.5 * self.z_eng - 0.125 * h * h)
+        self.view_rate = cfg.views_per_session * np.exp(h * 0.3 * self.z_eng)
+        self.click_logit = -1.7 + cfg.reveal * h * 0.5 * self.z_eng
+        self._seed = int(rng.integers(2**31))
+        self.user_ids = [f"u{k:06d}" for k in range(cfg.n_users)]
+        self.item_ids = [f"i{k:05d}" for k in range(cfg.n_items)]
+
+    # ---------------------------------------------------------------- the truth on demand
+    def alpha(self, user: np.ndarray, item: np.ndarray) -> np.ndarray:
+        """Demand intercept ``alpha_ui`` for index arrays (broadcasting)."""
+        return (self.mu[user] + self.taste_weight * self.taste[user, self.item_cat[item]]
+                + self.quality[item] + self.beta[user])
+
+    def buy_prob(self, user: np.ndarray, item: np.ndarray, price: np.ndarray) -> np.ndarray:
+        """True ``P(buy)`` of ``user`` for ``item`` shown at ``price`` (index/price arrays)."""
+        return np.asarray(expit(self.alpha(user, item) - self.beta[user] * np.asarray(price) / self.base[item]))
+
+    def sample_buy(self, user: np.ndarray, item: np.ndarray, price: np.ndarray,
+                   rng: np.random.Generator) -> np.ndarray:
+        """One live step of the market: buy (True) or not, drawn from the true demand."""
+        p = self.buy_prob(user, item, price)
+        return np.asarray(rng.random(p.shape) < p)
+
+    def price_band(self, item: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The guardrail band: item bounds intersected with ``base * (1 +- band)``."""
+        b = self.cfg.band
+        return (np.maximum(self.min_price[item], self.base[item] * (1 - b)),
+                np.minimum(self.max_price[item], self.base[item] * (1 + b)))
+
+    def oracle_price(self, user: np.ndarray, item: np.ndarray) -> np.ndarray:
+        """Profit-optimal price under the true demand, clipped into the band.
+
+        Profit is log-concave above cost, so clipping the unconstrained optimum
+        ``c + (1 + W(exp(a - b'c - 1))) / b'`` (``b' = beta / base``) is the constrained optimum.
+        """
+        bp = self.beta[user] / self.base[item]
+        c = self.cost[item]
+        z = np.minimum(self.alpha(user, item) - bp * c - 1.0, 700.0)
+        p = c + (1.0 + lambertw(np.exp(z)).real) / bp
+        lo, hi = self.price_band(item)
+        return np.clip(p, lo, hi)
+
+    def expected_profit(self, policy: Policy, population: tuple[np.ndarray, np.ndarray]) -> float:
+        """Mean expected profit per (user, item) exposure of ``population`` under ``policy``."""
+        user, item = population
+        price = np.asarray(policy(user, item), dtype=np.float64)
+        return float(np.mean((price - self.cost[item]) * self.buy_prob(user, item, price)))
+
+    def uniform_prices(self, population: tuple[np.ndarray, np.ndarray], points: int = 201) -> np.ndarray:
+        """Best single price per item (one price for all users) for ``population``, by grid search."""
+        user, item = population
+        out = self.base.copy()
+        lo, hi = self.price_band(np.arange(self.cfg.n_items))
+        order = np.argsort(item, kind="stable")
+        bounds = np.searchsorted(item[order], np.arange(self.cfg.n_items + 1))
+        for i in np.flatnonzero(np.diff(bounds)):
+            us = user[order[bounds[i]:bounds[i + 1]]]
+            grid = np.linspace(lo[i], hi[i], points)
+            prob = expit(self.alpha(us, np.full_like(us, i))[:, None] - self.beta[us][:, None] * grid / self.base[i])
+            out[i] = grid[np.argmax(((grid - self.cost[i]) * prob).sum(axis=0))]
+        return out
+
+    def population(self, n: int, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
+        """``n`` (user, item) exposures drawn the way users browse (taste-weighted items)."""
+        rng = np.random.default_rng(seed)
+        user = rng.integers(0, self.cfg.n_users, n)
+        item, _ = self._pick(rng, user[:, None], 1, rng.uniform(1 - self.cfg.band, 1 + self.cfg.band, (n, 48)))
+        return user, item[:, 0]
+
+    # ---------------------------------------------------------------- catalog and history
+    def catalog(self) -> list[CatalogItem]:
+        """The catalog in the wire schema."""
+        return [CatalogItem(self.item_ids[i], self.categories[self.item_cat[i]], float(self.base[i]),
+                            float(self.cost[i]), float(self.min_price[i]), float(self.max_price[i]))
+                for i in range(self.cfg.n_items)]
+
+    def _pick(self, rng: np.random.Generator, user: np.ndarray, k: int,
+              ratio: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Top ``k`` of a random listing per row by taste, price level and shown price (Gumbel).
+
+        ``ratio`` is the shown price ratio of each listed candidate ``[S, C]``; returns the
+        picked items and the column of each pick in the listing, both ``[S, k]``.
+        """
+        r, band = self.cfg.reveal, self.cfg.band
+        cand = rng.integers(0, self.cfg.n_items, ratio.shape)
+        lp = np.log(self.base)
+        level = ((lp - lp.mean()) / (lp.std() + 1e-9))[cand]
+        s = self.beta_signal[user]
+        score = (r * (self.taste_signal[user, self.item_cat[cand]] - 0.7 * s * level
+                      - 1.0 * s * (ratio - 1.0) / band) + rng.gumbel(size=ratio.shape))
+        col = np.argsort(-score, axis=1)[:, :k]
+        return np.take_along_axis(cand, col, 1), col
+
+    def simulate(self, days: float | None = None, chunk: int = 20_000) -> EventLog:
+        """The history: sessions of view/click/add_to_cart/purchase/review, in event-time order."""
+        cfg = self.cfg
+        rng = np.random.default_rng(self._seed)
+        T, G = (cfg.days if days is None else days) * _DAY, 3600.0
+        # sessions: n per user, starts uniform then spread so consecutive ones are >= G apart
+        n_sess = np.minimum(rng.poisson(self.session_rate * T / _DAY), int(T / (2 * G)))
+        s_user = np.repeat(np.arange(cfg.n_users), n_sess)
+        start = rng.uniform(0, 1, len(s_user)) * (T - n_sess[s_user] * G)
+        order = np.lexsort((start, s_user))
+        s_user, start = s_user[order], start[order]
+        k = np.arange(len(s_user)) - np.repeat(np.cumsum(n_sess) - n_sess, n_sess)
+        start = start + k * G
+        parts = [self._sessions(rng, s_user[a:a + chunk], start[a:a + chunk], a)
+                 for a in range(0, len(s_user), chunk)]
+        cols = [np.concatenate([p[j] for p in parts]) for j in range(7)] if parts else [np.zeros(0)] * 7
+        ts, user, sess, etype, item, price, rating = cols
+        o = np.lexsort((etype, ts))
+        return EventLog(ts=cfg.start_ts + ts[o], user=user[o].astype(np.int32), session=sess[o].astype(np.int64),
+                        etype=etype[o].astype(np.int8), item=item[o].astype(np.int32), price=price[o],
+                        rating=rating[o].astype(np.float32), user_ids=self.user_ids, item_ids=self.item_ids)
+
+    def _sessions(self, rng: np.random.Generator, s_user: np.ndarray, start: np.ndarray,
+                  offset: int) -> tuple[np.ndarray, ...]:
+        """Events of one chunk of sessions as flat columns (ts relative to the start)."""
+        cfg, S, V = self.cfg, len(s_user), self.cfg.max_views
+        n_view = np.minimum(1 + rng.poisson(np.maximum(self.view_rate[s_user] - 1, 0)), V)
+        # listing of 48 candidates at randomized prices -> the V best by the user's taste
+        lst_ratio = rng.uniform(1 - cfg.band, 1 + cfg.band, (S, 48))
+        item, col = self._pick(rng, s_user[:, None], V, lst_ratio)
+        price = np.round(np.clip(self.base[item] * np.take_along_axis(lst_ratio, col, 1),
+                                 self.min_price[item], self.max_price[item]), 2)
+        valid = np.arange(V)[None, :] < n_view[:, None]
+        for j in range(1, V):  # a listing may repeat an item: keep its first (best) slot
+            valid[:, j] &= ~np.any(item[:, :j] == item[:, j:j + 1], axis=1)
+        u = np.broadcast_to(s_user[:, None], item.shape)
+        # one uniform decides the funnel: buy (p) within interest (sigmoid(logit + 1))
+        logit = self.alpha(u, item) - self.beta[u] * price / self.base[item]
+        draw = rng.random(item.shape)
+        buy = valid & (draw < expit(logit))
+        interest = valid & (draw < expit(logit + 1.0))
+        click = buy | interest | (valid & (rng.random(item.shape) < expit(self.click_logit[u])))
+        cart = buy | (interest & (rng.random(item.shape) < 0.7))
+        t_view = start[:, None] + np.cumsum(20.0 + rng.exponential(40.0, item.shape), axis=1)
+        t_end = np.max(np.where(valid, t_view, -np.inf), axis=1, keepdims=True)
+        t_buy = t_end + 30.0 + 10.0 * np.cumsum(buy, axis=1)
+        review = buy & (rng.random(item.shape) < 0.3)
+        stars = np.clip(np.round(3.5 + 2 * self.quality[item] + rng.normal(0, 0.7, item.shape)), 1, 5)
+        sess = np.broadcast_to(offset + np.arange(S)[:, None], item.shape)
+        cols: list[list[np.ndarray]] = [[] for _ in range(7)]
+        for code, mask, t in ((0, valid, t_view), (1, click, t_view + rng.uniform(3, 8, item.shape)),
+                              (2, cart, t_view + rng.uniform(9, 19, item.shape)), (3, buy, t_buy),
+                              (4, review, t_buy + 5.0)):
+            for c, v in zip(cols, (t, u, sess, np.full(item.shape, code), item, price,
+                                   stars if code == 4 else np.full(item.shape, np.nan))):
+                c.append(v[mask])
+        return tuple(np.concatenate(c) for c in cols)
+
+    # ---------------------------------------------------------------- persistence
+    def truth(self) -> dict[str, np.ndarray]:
+        """The latent traits and demand parameters as arrays (for a truth ``.npz``)."""
+        return {"user_ids": np.array(self.user_ids), "item_ids": np.array(self.item_ids),
+                "beta": self.beta, "mu": self.mu, "taste": self.taste, "taste_weight": np.array(self.taste_weight),
+                "z_engagement": self.z_eng, "beta_signal": self.beta_signal, "item_category": self.item_cat,
+                "categories": np.array(self.categories), "quality": self.quality, "base": self.base,
+                "cost": self.cost, "min_price": self.min_price, "max_price": self.max_price,
+                "config": np.array(json.dumps(asdict(self.cfg)))}
+
+    @classmethod
+    def from_truth(cls, path: str | Path) -> Market:
+        """Rebuild the market a truth ``.npz`` was written from (it is a pure function of its config)."""
+        with np.load(path) as z:
+            market = cls(MarketConfig(**json.loads(str(z["config"]))))
+            if not np.allclose(market.beta, z["beta"]):
+                raise ValueError(f"{path}: traits do not match its config (written by another simulator version?)")
+        return market
