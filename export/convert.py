@@ -19,6 +19,8 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is first imported
 
+import hashlib  # noqa: E402
+import heapq  # noqa: E402
 from collections.abc import Mapping  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from typing import Any  # noqa: E402
@@ -75,6 +77,7 @@ def canonicalize(model: onnx.ModelProto, name: str) -> onnx.ModelProto:
     keep = {vi.name for vi in list(g.input) + list(g.output)} | {""}
     rename: dict[str, str] = {}
     if not has_subgraph:
+        _canonical_order(g)
         for t in [i.name for i in g.initializer] + [o for n in g.node for o in n.output]:
             if t not in keep and t not in rename:
                 rename[t] = f"t{len(rename)}"
@@ -85,6 +88,58 @@ def canonicalize(model: onnx.ModelProto, name: str) -> onnx.ModelProto:
         node.input[:] = [rename.get(t, t) for t in node.input]
         node.output[:] = [rename.get(t, t) for t in node.output]
     return model
+
+
+def _canonical_order(g: onnx.GraphProto) -> None:
+    """Re-sort nodes (and initializers by first use) into an order that depends only on the
+    computation: tf2onnx emits a different valid topological order from run to run.
+
+    A node's signature hashes its op, attributes and its inputs' signatures (graph-input name,
+    initializer content, or producer signature and output slot); among the ready nodes the
+    smallest signature goes first.
+    """
+    sig: dict[str, bytes] = {vi.name: b"in:" + vi.name.encode() for vi in g.input}
+    sig[""] = b""
+    for init in g.initializer:
+        anon = onnx.TensorProto()
+        anon.CopyFrom(init)
+        anon.name = ""
+        sig[init.name] = hashlib.sha256(anon.SerializeToString()).digest()
+    node_sig = []
+    for node in g.node:  # ONNX node lists are topologically sorted already
+        h = hashlib.sha256(f"{node.domain}:{node.op_type}".encode())
+        for attr in sorted(node.attribute, key=lambda x: x.name):
+            h.update(attr.SerializeToString())
+        for t in node.input:
+            h.update(sig.get(t, b"?" + t.encode()))
+        node_sig.append(h.digest())
+        for k, out in enumerate(node.output):
+            sig[out] = node_sig[-1] + bytes([k])
+    producer = {out: i for i, n in enumerate(g.node) for out in n.output}
+    waiting = [sum(1 for t in set(n.input) if t in producer) for n in g.node]
+    consumers: dict[int, list[int]] = {}
+    for i, n in enumerate(g.node):
+        for p in {producer[t] for t in n.input if t in producer}:
+            consumers.setdefault(p, []).append(i)
+    ready = [(node_sig[i], i) for i, w in enumerate(waiting) if w == 0]
+    heapq.heapify(ready)
+    order = []
+    while ready:
+        _, i = heapq.heappop(ready)
+        order.append(i)
+        for c in consumers.get(i, []):
+            waiting[c] -= 1
+            if waiting[c] == 0:
+                heapq.heappush(ready, (node_sig[c], c))
+    nodes = [g.node[i] for i in order]
+    first_use = {t: k for k, n in reversed(list(enumerate(nodes))) for t in n.input}
+    inits = sorted(g.initializer, key=lambda t: (first_use.get(t.name, len(nodes)), sig[t.name]))
+    for field, items in ((g.node, nodes), (g.initializer, inits)):
+        copies = [type(x)() for x in items]
+        for c, x in zip(copies, items, strict=True):
+            c.CopyFrom(x)
+        del field[:]
+        field.extend(copies)
 
 
 def keras_to_onnx(model: Any, name: str, opset: int = OPSET) -> onnx.ModelProto:
@@ -183,7 +238,8 @@ def parity_inputs(model_inputs: Mapping[str, tuple[int | None, ...]], sample: Ma
     """Inputs for a parity run: holdout rows (``sample``, reshaped to each input's shape),
     topped up to ``rows`` with jittered resamples; standard-normal rows if no sample.
 
-    ``mask`` inputs stay 0/1 with the first slot real.
+    Holdout arrays keep their own trailing shape (a dynamic K takes the sample's K); ``mask``
+    inputs stay 0/1 with the first slot real.
     """
     rng = np.random.default_rng(seed)
     have = min((len(sample[k]) for k in model_inputs if k in sample), default=0)
@@ -191,9 +247,11 @@ def parity_inputs(model_inputs: Mapping[str, tuple[int | None, ...]], sample: Ma
     take = rng.integers(0, have, n - have) if have else None
     out: Arrays = {}
     for key, shape in model_inputs.items():
-        tail = tuple(8 if d is None else d for d in shape[1:])
+        tail = tuple(8 if d is None else d for d in shape[1:])  # 8 slots for a dynamic K
         if have:
-            base = np.asarray(sample[key], np.float32).reshape(have, *tail)
+            base = np.asarray(sample[key], np.float32)[:have]
+            if base.ndim != len(shape):  # e.g. price_ratio [N] for an input [N, 1]
+                base = base.reshape(have, *tail)
             extra = base[take]
             if key != "mask":
                 extra = extra + 0.01 * rng.standard_normal(extra.shape) * (base.std(0) + 1e-3)
