@@ -1,0 +1,119 @@
+"""Training rows are point in time; the price model's demand falls in price; a tiny run trains end to end."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy.special import expit
+
+from models.dataset import Catalog, EventLog, build_rows
+from models.simulator import Market, MarketConfig
+from streams.features import FEATURE_NAMES, FeatureSpec, item_features, new_state, update
+from streams.schemas import CatalogItem, ClickEvent
+
+SPEC = FeatureSpec()
+CATALOG = Catalog([CatalogItem("i1", "shoes", 10.0, 6.0, 7.0, 13.0), CatalogItem("i2", "books", 100.0, 50.0, 70.0, 130.0)])
+T0 = 1_735_689_600.0
+
+
+def ev(n: int, dt: float, session: str, typ: str, item: str, price: float, user: str = "u1") -> ClickEvent:
+    return ClickEvent(f"e{n}", T0 + dt, user, session, typ, item, price)
+
+
+def history() -> list[ClickEvent]:
+    return [ev(0, 0, "s1", "view", "i1", 8.0), ev(1, 10, "s1", "click", "i1", 8.0),
+            ev(2, 60, "s1", "view", "i2", 120.0), ev(3, 90, "s1", "purchase", "i1", 8.0),
+            ev(4, 100, "s1", "view", "i1", 8.0),     # viewed again after buying: label 0
+            ev(5, 7200, "s2", "view", "i2", 75.0), ev(6, 7300, "s2", "add_to_cart", "i2", 75.0),
+            ev(7, 7400, "s2", "purchase", "i2", 75.0), ev(8, 7500, "s2", "review", "i2", 75.0)]
+
+
+def test_rows_see_nothing_after_their_event() -> None:
+    full = build_rows(EventLog.from_events(history()), CATALOG)
+    assert full.user.shape == (4, len(FEATURE_NAMES))
+    for k, cut in enumerate((1, 3, 5, 6)):  # each view row == the row built from the log cut right after it
+        alone = build_rows(EventLog.from_events(history()[:cut]), CATALOG)
+        np.testing.assert_array_equal(full.user[k], alone.user[-1])
+        np.testing.assert_array_equal(full.item[k], alone.item[-1])
+    # the later events would have changed the features: the test has teeth
+    assert not np.array_equal(full.user[0], full.user[1])
+    np.testing.assert_array_equal(full.label, [1, 0, 0, 1])
+    np.testing.assert_allclose(full.price_ratio, [0.8, 1.2, 0.8, 0.75], rtol=1e-6)
+
+
+def test_session_rows_and_choice_sets() -> None:
+    d = build_rows(EventLog.from_events(history()), CATALOG)
+    np.testing.assert_array_equal(d.sess_label, [1, 1])
+    alone = build_rows(EventLog.from_events(history()[:1]), CATALOG)
+    np.testing.assert_array_equal(d.sess_user[0], alone.user[0])  # features at the session's first event
+    assert len(d.ch_user) == 1  # s2 has one candidate only: no choice to learn from
+    k = int(d.ch_mask[0].sum())
+    assert k == 2 and d.ch_items.shape[1] >= k and np.all(d.ch_mask[0, k:] == 0)
+    chosen = d.ch_chosen[0]
+    np.testing.assert_allclose(d.ch_price_ratio[0, chosen], 0.8, rtol=1e-6)
+    # item features of the choice set == streams.features.item_features at the session's first event
+    st = update(new_state(SPEC), history()[0], SPEC, base_price=10.0, category="shoes")
+    want = item_features(st, SPEC, base_price=10.0, unit_cost=6.0, category="shoes")
+    np.testing.assert_allclose(d.ch_items[0, chosen], want, rtol=1e-6)
+
+
+def test_simulated_rows_are_point_in_time() -> None:
+    m = Market(MarketConfig.small(n_users=40, n_items=20))
+    log = m.simulate()
+    full = build_rows(log, Catalog(m.catalog()))
+    events = list(log.events())
+    views = [n for n, e in enumerate(events) if e.type == "view"]
+    for r in (3, len(views) // 2, len(views) - 1):
+        cut = build_rows(EventLog.from_events(events[:views[r] + 1]), Catalog(m.catalog()))
+        np.testing.assert_array_equal(full.user[r], cut.user[-1])
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    from models.price_model import PriceModelConfig
+    from models.train import train_all
+
+    m = Market(MarketConfig.small(n_users=200))
+    out = tmp_path_factory.mktemp("model")
+    summary = train_all(m.simulate(), Catalog(m.catalog()), out, market=m, holdout_days=0.25,
+                        price_cfg=PriceModelConfig(epochs=2), rec_epochs=2, progress=False)
+    return out, summary
+
+
+def test_price_model_demand_falls_in_price(tiny: tuple[Path, dict]) -> None:
+    import keras
+
+    from models.price_model import predict
+
+    model = keras.models.load_model(tiny[0] / "price_model.keras")
+    rng = np.random.default_rng(0)
+    user = rng.normal(0, 3, (200, len(FEATURE_NAMES)))
+    item = rng.normal(0, 3, (200, 3))
+    grid = np.linspace(0.0, 3.0, 13)
+    p = np.stack([predict(model, user, item, np.full(200, g))["p_buy"] for g in grid])
+    assert np.all(np.diff(p, axis=0) <= 0)
+    o = predict(model, user, item, np.ones(200))
+    assert np.all(o["b"] > 0)
+    np.testing.assert_allclose(o["p_buy"], expit(o["a"] - o["b"]), rtol=1e-4, atol=1e-6)
+
+
+def test_tiny_end_to_end_run_writes_the_agreed_layout(tiny: tuple[Path, dict]) -> None:
+    import joblib
+
+    out, summary = tiny
+    for name in ("user_model.joblib", "price_model.keras", "recommend_model.keras", "training_summary.json",
+                 "holdout_sample.npz", "plots/calibration.png", "plots/demand_curves.png", "plots/elasticity.png"):
+        assert (out / name).is_file(), name
+    saved = json.loads((out / "training_summary.json").read_text())
+    assert saved["feature_names"] == list(FEATURE_NAMES) and saved["data"]["exposure_rows"]["holdout"] > 0
+    for key in ("log_loss", "auc", "ece", "sensitivity_spearman"):
+        assert np.isfinite(summary["metrics"]["price_model"][key])
+    with np.load(out / "holdout_sample.npz") as z:
+        assert z["user"].shape == (10_000, len(FEATURE_NAMES)) and z["price_ratio"].shape == (10_000, 1)
+        assert z["rec_items"].shape[0] == 10_000 and z["rec_items"].shape[2] == 3
+        assert set(z.files) >= {"user", "item", "price_ratio", "rec_user", "rec_items", "rec_price_ratio", "rec_mask"}
+        p = joblib.load(out / "user_model.joblib").predict_proba(z["user"][:50])[:, 1]
+    assert np.all((p > 0) & (p < 1))
