@@ -46,7 +46,7 @@ def simulate_main(argv: list[str] | None = None) -> int:
     write_jsonl(args.out / "catalog.jsonl", market.catalog())
     import numpy as np
 
-    np.savez_compressed(args.out / "truth.npz", **market.truth())
+    np.savez_compressed(args.out / "truth.npz", **market.truth())  # type: ignore[arg-type]
     print(json.dumps({"events": n, "history": str(history), "catalog": str(args.out / "catalog.jsonl"),
                       "truth": str(args.out / "truth.npz"), "seconds": round(time.perf_counter() - t0, 1),
                       "market": asdict(market.cfg)}, indent=2))

@@ -24,8 +24,16 @@ from typing import IO
 import numpy as np
 from tqdm import tqdm
 
-from streams.features import (FEATURE_NAMES, FeatureSpec, category_bucket, feature_names, item_features,
-                              new_state, update, user_features)
+from streams.features import (
+    FEATURE_NAMES,
+    FeatureSpec,
+    category_bucket,
+    feature_names,
+    item_features,
+    new_state,
+    update,
+    user_features,
+)
 from streams.schemas import EVENT_TYPES, CatalogItem, ClickEvent, dumps, parse_catalog, parse_click
 
 VIEW, PURCHASE = EVENT_TYPES.index("view"), EVENT_TYPES.index("purchase")
@@ -62,7 +70,7 @@ class EventLog:
         """The log as wire-schema events."""
         for n, (t, u, s, e, i, p, r) in enumerate(zip(self.ts.tolist(), self.user.tolist(), self.session.tolist(),
                                                        self.etype.tolist(), self.item.tolist(), self.price.tolist(),
-                                                       self.rating.tolist())):
+                                                       self.rating.tolist(), strict=False)):
             eid = self.event_ids[n] if self.event_ids is not None else f"e{n:09d}"
             yield ClickEvent(eid, t, self.user_ids[u], self.session_name(s), EVENT_TYPES[e], self.item_ids[i],
                              p, 1, None if math.isnan(r) else r)
@@ -99,7 +107,9 @@ class Catalog:
 
 # ---------------------------------------------------------------- JSONL files
 def _open(path: str | Path, mode: str) -> IO[bytes]:
-    return gzip.open(path, mode + "b") if str(path).endswith(".gz") else open(path, mode + "b")
+    if str(path).endswith(".gz"):
+        return gzip.open(path, mode + "b")  # type: ignore[return-value]
+    return open(path, mode + "b")
 
 
 def write_jsonl(path: str | Path, records: Iterable[ClickEvent | CatalogItem]) -> int:
@@ -166,9 +176,10 @@ def _catalog_columns(log: EventLog, catalog: Catalog) -> tuple[list, list, list,
             [its[r].category if r >= 0 else None for r in rows], rows)
 
 
-def build_rows(log: EventLog, catalog: Catalog, spec: FeatureSpec = FeatureSpec(), *,
+def build_rows(log: EventLog, catalog: Catalog, spec: FeatureSpec | None = None, *,
                max_candidates: int = 16, progress: bool = False) -> TrainingData:
     """Replay ``log`` in event-time order and cut the three row sets (see the module docstring)."""
+    spec = spec or FeatureSpec()
     order = np.argsort(log.ts, kind="stable")
     base, cost, cat, _ = _catalog_columns(log, catalog)
     n_views = int(np.sum(log.etype == VIEW))
@@ -182,7 +193,7 @@ def build_rows(log: EventLog, catalog: Catalog, spec: FeatureSpec = FeatureSpec(
     r = s = 0
     cols = zip(order.tolist(), log.ts[order].tolist(), log.user[order].tolist(), log.session[order].tolist(),
                log.etype[order].tolist(), log.item[order].tolist(), log.price[order].tolist(),
-               log.rating[order].tolist())
+               log.rating[order].tolist(), strict=False)
     # stream here: one event at a time, in event-time order, each user's state folded forward
     for n, t, u, sk, e, i, p, rt in tqdm(cols, total=len(log), desc="replay", disable=not progress,
                                          mininterval=1.0):
@@ -230,7 +241,7 @@ def _labels_and_choices(log: EventLog, catalog: Catalog, spec: FeatureSpec, X: n
     base = np.array([np.nan if b is None else b for b in _catalog_columns(log, catalog)[0]])
     return TrainingData(X, XI, (log.price[view_n] / base[log.item[view_n]]).astype(np.float32),
                         label.astype(np.int8), log.user[view_n], log.item[view_n], log.ts[view_n],
-                        SX, sess_label.astype(np.int8), log.user[sess_n], log.ts[sess_n], *ch,
+                        SX, sess_label.astype(np.int8), log.user[sess_n], log.ts[sess_n], *ch,  # type: ignore[misc, arg-type]
                         user_ids=log.user_ids, item_ids=log.item_ids)
 
 

@@ -41,7 +41,7 @@ def demand_plot(path: Path, grid: np.ndarray, learned: Sequence[np.ndarray], tru
                 labels: Sequence[str]) -> Path:
     """Learned (solid) vs true (dashed) P(buy) over the price ratio, one colour per user."""
     fig, ax = plt.subplots(figsize=(6, 4.5))
-    for k, (lp, tp, lab) in enumerate(zip(learned, true, labels)):
+    for k, (lp, tp, lab) in enumerate(zip(learned, true, labels, strict=False)):
         c = f"C{k}"
         ax.plot(grid, lp, "-", color=c, label=f"{lab} learned")
         ax.plot(grid, tp, "--", color=c, label=f"{lab} true")

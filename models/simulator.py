@@ -28,6 +28,7 @@ import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from scipy.special import expit, lambertw
@@ -64,7 +65,7 @@ class MarketConfig:
     seed: int = 0
 
     @classmethod
-    def small(cls, **kw: float) -> MarketConfig:
+    def small(cls, **kw: Any) -> MarketConfig:
         """A tiny market for tests and CI (a few hundred users, one day)."""
         return replace(cls(n_users=300, n_items=60, days=1.0, sessions_per_day=3.0), **kw)
 
@@ -241,7 +242,7 @@ class Market:
                               (2, cart, t_view + rng.uniform(9, 19, item.shape)), (3, buy, t_buy),
                               (4, review, t_buy + 5.0)):
             for c, v in zip(cols, (t, u, sess, np.full(item.shape, code), item, price,
-                                   stars if code == 4 else np.full(item.shape, np.nan))):
+                                   stars if code == 4 else np.full(item.shape, np.nan)), strict=False):
                 c.append(v[mask])
         return tuple(np.concatenate(c) for c in cols)
 

@@ -71,7 +71,7 @@ def _sample(n: int, k: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def train_all(log: EventLog, catalog: Catalog, out: Path, *, market: Market | None = None,
-              holdout_days: float = 3.0, price_cfg: Any = None, rec_epochs: int = 20, rec_linear: bool = False,
+              holdout_days: float = 3.0, price_cfg: Any = None, rec_epochs: int = 30, rec_linear: bool = False,
               plots: bool = True, progress: bool = True, knobs: dict[str, Any] | None = None) -> dict[str, Any]:
     """Build rows, fit the three models, evaluate on the time holdout, write ``out``; returns the summary."""
     from . import price_model as pm
@@ -91,8 +91,8 @@ def train_all(log: EventLog, catalog: Catalog, out: Path, *, market: Market | No
     cfg = price_cfg or pm.PriceModelConfig()
     cols = (data.user, data.item, data.price_ratio, data.label)
     t0 = time.perf_counter()
-    price = pm.fit_price_model(*(c[fit] for c in cols), cfg=cfg, validation=tuple(c[val] for c in cols),
-                               verbose=2 if progress else 0)
+    price = pm.fit_price_model(data.user[fit], data.item[fit], data.price_ratio[fit], data.label[fit], cfg=cfg,
+                               validation=tuple(c[val] for c in cols), verbose=2 if progress else 0)
     timings["price_model_s"] = time.perf_counter() - t0
     ph = pm.predict(price, data.user[hold], data.item[hold], data.price_ratio[hold])
     metrics: dict[str, Any] = {"price_model": binary_metrics(ph["p_buy"], data.label[hold])}
@@ -139,10 +139,11 @@ def _fit_recommend(data: TrainingData, c_hold: np.ndarray, epochs: int, linear: 
     tr = ~c_hold
     if tr.sum() < 2 or c_hold.sum() < 1:
         return None, {"skipped": f"too few choice sets (train {int(tr.sum())}, holdout {int(c_hold.sum())})"}
-    args = (data.ch_user, data.ch_items, data.ch_price_ratio)
-    model = fit_recommend(*(a[tr] for a in args), data.ch_chosen[tr], mask=data.ch_mask[tr], linear=linear,
-                          epochs=epochs, verbose=2 if progress else 0)
-    probs = predict_probs(model, *(a[c_hold] for a in args), mask=data.ch_mask[c_hold])
+    model = fit_recommend(data.ch_user[tr], data.ch_items[tr], data.ch_price_ratio[tr], data.ch_chosen[tr],
+                          mask=data.ch_mask[tr], linear=linear, epochs=epochs, validation_split=0.1,
+                          verbose=2 if progress else 0)
+    h = c_hold
+    probs = predict_probs(model, data.ch_user[h], data.ch_items[h], data.ch_price_ratio[h], mask=data.ch_mask[h])
     chosen, k = data.ch_chosen[c_hold], data.ch_mask[c_hold].sum(axis=1)
     return model, {"n": int(c_hold.sum()), "top1_accuracy": float(np.mean(probs.argmax(1) == chosen)),
                    "uniform_top1": float(np.mean(1.0 / k)), "mean_candidates": float(k.mean()),
@@ -184,8 +185,8 @@ def _write_parity_sample(path: Path, data: TrainingData, hold: np.ndarray, c_hol
     r = rows[_sample(len(rows), PARITY_ROWS, rng)]
     c = _sample(len(data.ch_user), PARITY_ROWS, rng) if len(data.ch_user) else np.zeros(0, int)
     np.savez_compressed(path, user=data.user[r], item=data.item[r], price_ratio=data.price_ratio[r, None],
-                        rec_user=data.ch_user[c], rec_items=data.ch_items[c], rec_price_ratio=data.ch_price_ratio[c],
-                        rec_mask=data.ch_mask[c])
+                        rec_user=data.ch_user[c], rec_items=data.ch_items[c],
+                        rec_price_ratio=data.ch_price_ratio[c], rec_mask=data.ch_mask[c])
 
 
 def _plots(d: Path, data: TrainingData, hold: np.ndarray, ph: dict[str, np.ndarray], metrics: dict[str, Any],
@@ -198,7 +199,8 @@ def _plots(d: Path, data: TrainingData, hold: np.ndarray, ph: dict[str, np.ndarr
     d.mkdir(parents=True, exist_ok=True)
     plots.calibration_plot(d / "calibration.png", {
         "price model P(buy | view)": (ph["p_buy"], data.label[hold]),
-        "user model P(purchase in session)": (predict_user(user_model, data.sess_user[s_hold]), data.sess_label[s_hold])})
+        "user model P(purchase in session)": (predict_user(user_model, data.sess_user[s_hold]),
+                                              data.sess_label[s_hold])})
     if market is None or rec_stats is None or truth_beta is None:
         return
     ok = rec_stats["mask"]
@@ -213,7 +215,8 @@ def _plots(d: Path, data: TrainingData, hold: np.ndarray, ph: dict[str, np.ndarr
     for uk in picks:
         row = np.flatnonzero(hold & (data.row_uid == uk))[-1]
         mu, mi = uidx[data.user_ids[uk]], iidx[data.item_ids[data.row_iid[row]]]
-        o = predict(price, np.repeat(data.user[row:row + 1], len(grid), 0), np.repeat(data.item[row:row + 1], len(grid), 0), grid)
+        o = predict(price, np.repeat(data.user[row:row + 1], len(grid), 0),
+                    np.repeat(data.item[row:row + 1], len(grid), 0), grid)
         learned.append(o["p_buy"])
         true.append(market.buy_prob(np.full(len(grid), mu), np.full(len(grid), mi), grid * market.base[mi]))
         labels.append(f"beta={market.beta[mu]:.1f}")
@@ -274,7 +277,7 @@ def parser() -> argparse.ArgumentParser:
     tr.add_argument("--out", type=Path, default=Path("artifacts/model"), help="output directory")
     tr.add_argument("--holdout-days", type=float, default=None, help="time holdout (default 3, --small 0.25)")
     tr.add_argument("--epochs", type=int, default=20, help="price model max epochs (early stopping)")
-    tr.add_argument("--rec-epochs", type=int, default=20, help="recommend model epochs")
+    tr.add_argument("--rec-epochs", type=int, default=30, help="recommend model max epochs (early stopping)")
     tr.add_argument("--rec-linear", action="store_true", help="recommend model in linear (conditional logit) mode")
     tr.add_argument("--no-plots", action="store_true")
     tr.add_argument("--quiet", action="store_true", help="no progress bars or Keras logs")

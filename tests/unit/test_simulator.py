@@ -46,8 +46,8 @@ def test_history_prices_are_randomized_inside_the_guardrails(market: Market, log
 
 
 def test_every_purchase_follows_a_view_of_that_item_in_its_session(log: EventLog) -> None:
-    views = {(s, i) for s, i, e in zip(log.session, log.item, log.etype) if e == 0}
-    buys = [(s, i) for s, i, e in zip(log.session, log.item, log.etype) if e == 3]
+    views = {(s, i) for s, i, e in zip(log.session, log.item, log.etype, strict=False) if e == 0}
+    buys = [(s, i) for s, i, e in zip(log.session, log.item, log.etype, strict=False) if e == 3]
     assert buys and all(b in views for b in buys)
 
 
@@ -69,7 +69,7 @@ def test_oracle_beats_every_uniform_price(market: Market) -> None:
     lo, hi = market.price_band(np.arange(CFG.n_items))
     for q in np.linspace(0, 1, 11):
         uniform = lo + q * (hi - lo)
-        assert oracle >= market.expected_profit(lambda u, i: uniform[i], pop)
+        assert oracle >= market.expected_profit(lambda u, i, x=uniform: x[i], pop)
     # and no small move off the oracle price (inside the band) does better, pair by pair
     u, i = pop
     p = market.oracle_price(u, i)
