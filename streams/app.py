@@ -68,6 +68,7 @@ def create_app(s: Settings, *, deterministic_scorer: bool = False,
         topic_partitions=s.partitions, topic_replication_factor=s.replication_factor,
         consumer_auto_offset_reset="earliest", web_enabled=False, broker_commit_every=1000,
         broker_commit_interval=1.0, producer_linger_ms=1,
+        broker_session_timeout=s.session_timeout_s, broker_heartbeat_interval=min(3.0, s.session_timeout_s / 3),
     )
     raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
     clicks = app.topic(s.topic_clickstream, partitions=s.partitions, **raw)
@@ -79,12 +80,11 @@ def create_app(s: Settings, *, deterministic_scorer: bool = False,
     pipeline = Pipeline(s, catalog, scorer, clock)
     stats: Counter[str] = Counter()
 
-    async def send(topic: str, key: bytes, value: bytes) -> None:
-        # enqueue only: Faust flushes the producer before it commits source offsets (at-least-once)
+    async def send(topic: str, key: bytes, value: bytes) -> Any:
+        # enqueue; returns the delivery future (None in agent tests)
         if sender is not None:
-            await sender(topic, key, value)
-        else:
-            await app.producer.send(topic, key, value, None, None, None)
+            return await sender(topic, key, value)
+        return await app.producer.send(topic, key, value, None, None, None)
 
     @app.agent(clicks, name="clickstream")
     async def price_clickstream(stream: faust.StreamT) -> None:
@@ -101,10 +101,11 @@ def create_app(s: Settings, *, deterministic_scorer: bool = False,
                     users[ukey.encode()] = blob
                 finally:
                     _current_event.reset(token)
-            for key, value in out.dead_letters:
-                await send(s.topic_dead_letter, key, value)
-            for key, value in out.prices:
-                await send(s.topic_prices, key, value)
+            pending = [await send(s.topic_dead_letter, k, v) for k, v in out.dead_letters]
+            pending += [await send(s.topic_prices, k, v) for k, v in out.prices]
+            # at-least-once: the batch is acked (its offsets become committable) only after every
+            # price and dead letter it produced is in Kafka; a failed delivery crashes the batch
+            await asyncio.gather(*(f for f in pending if f is not None))
             stats.update(out.counts)
 
     @app.task
@@ -142,7 +143,9 @@ async def _follow_catalog(app: faust.App, s: Settings, catalog: Catalog, ready: 
     try:
         parts = None
         while not parts:
-            await consumer.topics()  # refreshes metadata
+            # partitions_for_topic reads the client's metadata cache: ask for this topic's metadata
+            consumer._client.set_topics([s.topic_catalog])
+            await consumer._client.force_metadata_update()
             parts = consumer.partitions_for_topic(s.topic_catalog)
             if not parts:
                 log.warning("catalog topic %r not found yet; waiting", s.topic_catalog)
@@ -152,7 +155,7 @@ async def _follow_catalog(app: faust.App, s: Settings, catalog: Catalog, ready: 
         await consumer.seek_to_beginning(*tps)
         end = await consumer.end_offsets(tps)
         while True:
-            if not ready.is_set() and all(await consumer.position(tp) >= end[tp] for tp in tps):
+            if not ready.is_set() and all([await consumer.position(tp) >= end[tp] for tp in tps]):
                 log.info("catalog loaded: %d items", len(catalog))
                 ready.set()
             batch = await consumer.getmany(timeout_ms=500)
@@ -189,7 +192,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     Path(s.data_dir).mkdir(parents=True, exist_ok=True)
     app = create_app(s, deterministic_scorer=args.deterministic_scorer)
-    sys.argv = [sys.argv[0], "worker", "--loglevel", args.loglevel]
+    web = ["--web-port", str(s.web_port)] if s.web_port else ["--without-web"]
+    sys.argv = [sys.argv[0], "worker", "--loglevel", args.loglevel, *web]
     app.main()
     return 0
 

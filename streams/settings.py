@@ -58,6 +58,9 @@ class Settings(BaseSettings):
     batch_size: int = Field(64, ge=1, le=10_000)
     batch_within_s: float = Field(0.02, gt=0, le=5, description="longest wait to fill a scoring batch")
     onnx_threads: int = Field(1, ge=1, le=64)
+    web_port: int | None = Field(None, ge=1, le=65535, description="Faust's web/stats server; off when unset")
+    session_timeout_s: float = Field(30.0, ge=6, le=300,
+                                     description="a dead worker's partitions move after this long")
     triggers: tuple[str, ...] = ("view", "click", "add_to_cart")
     top_k: int = Field(3, ge=0, le=50, description="recommended items priced besides the event's item")
     max_event_bytes: int = Field(16_384, ge=256)

@@ -73,11 +73,12 @@ def ensure_topics(s: Settings, specs: list[TopicSpec] | None = None) -> dict[str
                 result[spec.name] = "created"
             except TopicAlreadyExistsError:  # another process won the race: fine
                 result[spec.name] = "exists"
-        for meta in admin.describe_topics([sp.name for sp in specs]):
-            want = next(sp.partitions for sp in specs if sp.name == meta["topic"])
+        for meta in admin.describe_topics([n for n, how in result.items() if how == "exists"]):
+            name = meta.get("name") or meta.get("topic")
+            want = next(sp.partitions for sp in specs if sp.name == name)
             if len(meta["partitions"]) < want:
                 log.warning("topic %s has %d partitions, settings ask for %d (not changed)",
-                            meta["topic"], len(meta["partitions"]), want)
+                            name, len(meta["partitions"]), want)
         return result
     finally:
         admin.close()

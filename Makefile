@@ -1,0 +1,51 @@
+# Real-time personalized pricing: the two commands a user needs are `make demo` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+BROKER := $(PY) deploy/kafka/broker.py
+STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
+
+.PHONY: help venv kafka-up kafka-down kafka-status kafka-logs topics settings test test-unit lint bench demo clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
+
+venv: $(STAMP)  ## create .venv and install the package with the train and dev extras
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[train,dev]'
+	@rm -f $(VENV)/.installed-* && touch $@
+
+kafka-up: venv  ## start the local Apache Kafka broker (idempotent); prints the bootstrap address
+	@$(BROKER) up
+
+kafka-down: venv  ## stop the broker that kafka-up started
+	@$(BROKER) down
+
+kafka-status: venv  ## is the broker running?
+	@$(BROKER) status
+
+kafka-logs: venv  ## tail of the broker log
+	@$(BROKER) logs
+
+topics: kafka-up  ## create the project's topics (idempotent)
+	@$(PY) -m streams.topics
+
+settings: venv  ## print the effective settings, secrets masked
+	@$(PY) -m streams.settings
+
+test: venv  ## everything: start the broker, create topics, unit + agent + integration tests, stop the broker
+	@bash deploy/run-tests.sh
+
+test-unit: venv  ## unit and agent tests only (no broker)
+	$(PY) -m pytest tests/unit tests/agents streams
+
+lint:  venv ## ruff and mypy
+	$(PY) -m ruff check streams models export tests bench
+	$(PY) -m mypy streams
+
+clean:  ## remove local state (broker data, models, reports); keeps the venv and the jar cache
+	-@$(BROKER) down 2>/dev/null
+	rm -rf var reports
