@@ -132,6 +132,18 @@ def _wait_for_leaders(admin, name: str, partitions: int, timeout: float = 10.0) 
 
 
 @pytest.fixture(scope="session")
-def model_dir() -> Path | None:
-    """Model bundle for worker tests (test_worker.py); None = the worker's deterministic scorer."""
-    return None
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A really trained (small simulated market) and really exported ONNX bundle, once per session."""
+    import subprocess
+    import sys
+
+    root = tmp_path_factory.mktemp("bundle")
+    train = [sys.executable, "-m", "models.train", "--small", "--out", str(root / "train"), "--no-plots", "--quiet"]
+    export = [sys.executable, "-m", "export", "--train-dir", str(root / "train"), "--model-dir",
+              str(root / "models"), "--no-progress"]
+    for cmd in (train, export):
+        done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
+        if done.returncode != 0:
+            pytest.fail(f"{' '.join(cmd[1:4])} failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}",
+                        pytrace=False)
+    return root / "models"

@@ -20,6 +20,7 @@ import orjson
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
+from export.bundle import read_current
 from streams.features import FeatureSpec, new_state, update
 from streams.pipeline import decision_id
 from streams.privacy import UserHasher
@@ -76,7 +77,7 @@ def deployment(bootstrap: str, tmp_path: Path, model_dir: Path) -> Iterator[tupl
     def start(name: str = "w") -> Worker:
         env = {k: v for k, v in os.environ.items() if not k.startswith("PRICING_")}
         env |= env_settings | {"PRICING_DATA_DIR": str(tmp_path / name)}
-        w = Worker(env, tmp_path / f"{name}.log", ["--deterministic-scorer"] if model_dir is None else [])
+        w = Worker(env, tmp_path / f"{name}.log", [])
         workers.append(w)
         return w
 
@@ -191,7 +192,7 @@ def expected_ids(s: Settings, evs: list[ClickEvent]) -> set[str]:
     return {decision_id(e.event_id, e.item_id) for e in evs if e.type in s.triggers}
 
 
-def test_events_priced_and_malformed_dead_lettered(deployment) -> None:
+def test_events_priced_and_malformed_dead_lettered(deployment, model_dir: Path) -> None:
     s, start = deployment
     worker = start()
     good = make_events(n_users=3, per_user=4)
@@ -210,7 +211,9 @@ def test_events_priced_and_malformed_dead_lettered(deployment) -> None:
     assert {parse_dead_letter(r.value).original for r in letters} == set(bad)
     assert worker.alive(), worker.tail()
     events = [parse_price(r.value) for r in prices]
-    assert all(p.model_version and p.arm in ("control", "treatment") for p in events)
+    # priced by the really exported ONNX bundle, whose version every decision carries
+    assert {p.model_version for p in events} == {read_current(model_dir)}
+    assert {p.arm for p in events} <= {"control", "treatment"}
     assert all(r.key == parse_price(r.value).user_id.encode() for r in prices)  # keyed by user
     # one PriceEvent per trigger per candidate (own item + top-2), no more
     n_triggers = sum(e.type in s.triggers for e in good)
