@@ -51,13 +51,12 @@ class FeatureSpec:
 
     windows_s: tuple[float, ...] = (3600.0, 86400.0, 604800.0)
     n_buckets: int = 8
-    session_gap_s: float = 1800.0
-    max_lateness_s: float = 86400.0
+    max_lateness_s: float = 86400.0  # sessions come from the events' session_id, not from gaps
 
     @classmethod
     def from_settings(cls, s: object) -> FeatureSpec:
-        """Build from any object with ``feature_windows_s``, ``session_gap_s``, ``max_lateness_s``."""
-        return cls(tuple(s.feature_windows_s), 8, s.session_gap_s, s.max_lateness_s)  # type: ignore[attr-defined]
+        """Build from any object with ``feature_windows_s`` and ``max_lateness_s``."""
+        return cls(tuple(s.feature_windows_s), 8, s.max_lateness_s)  # type: ignore[attr-defined]
 
 
 def _window_label(seconds: float) -> str:

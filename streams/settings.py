@@ -68,7 +68,6 @@ class Settings(BaseSettings):
 
     # --- features
     feature_windows_s: tuple[float, ...] = (3600.0, 86400.0, 604800.0)
-    session_gap_s: float = Field(1800.0, gt=0)
     max_lateness_s: float = Field(86400.0, ge=0, description="older events are dead-lettered as late")
 
     # --- guardrails
