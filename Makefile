@@ -18,8 +18,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[train,dev]'
 	@rm -f $(VENV)/.installed-* && touch $@
 
-kafka-up: venv  ## start the local Apache Kafka broker (idempotent); prints the bootstrap address
-	@$(BROKER) up
+kafka-up: venv  ## start the local Kafka broker (idempotent), create the topics; prints the bootstrap address
+	@boot=$$($(BROKER) up | tail -n 1) && PRICING_KAFKA_BOOTSTRAP=$$boot $(PY) -m streams.topics >&2 && echo $$boot
 
 kafka-down: venv  ## stop the broker that kafka-up started
 	@$(BROKER) down
@@ -30,7 +30,7 @@ kafka-status: venv  ## is the broker running?
 kafka-logs: venv  ## tail of the broker log
 	@$(BROKER) logs
 
-topics: kafka-up  ## create the project's topics (idempotent)
+topics: venv  ## create the project's topics on PRICING_KAFKA_BOOTSTRAP (idempotent)
 	@$(PY) -m streams.topics
 
 settings: venv  ## print the effective settings, secrets masked

@@ -70,8 +70,8 @@ def create_app(s: Settings, *, deterministic_scorer: bool = False,
         broker_commit_interval=1.0, producer_linger_ms=1,
         broker_session_timeout=s.session_timeout_s, broker_heartbeat_interval=min(3.0, s.session_timeout_s / 3),
     )
-    raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
-    clicks = app.topic(s.topic_clickstream, partitions=s.partitions, **raw)
+    clicks = app.topic(s.topic_clickstream, partitions=s.partitions, key_type=bytes, value_type=bytes,
+                       key_serializer="raw", value_serializer="raw")
     users = app.Table("users", default=None, partitions=s.partitions,
                       key_type=bytes, value_type=bytes)  # bytes types -> raw serializers
     catalog = Catalog()
@@ -89,7 +89,7 @@ def create_app(s: Settings, *, deterministic_scorer: bool = False,
     @app.agent(clicks, name="clickstream")
     async def price_clickstream(stream: faust.StreamT) -> None:
         await catalog_ready.wait()
-        async for events in stream.take_events(s.batch_size, within=s.batch_within_s):
+        async for events in stream.take_events(s.batch_size, within=s.batch_within_s):  # type: ignore[attr-defined]
             # events: raw clickstream records of one batch, from any partitions we own
             out = pipeline.process([RawRecord(e.message.key, e.message.value, e.message.topic,
                                               e.message.partition, e.message.offset) for e in events],

@@ -67,7 +67,8 @@ class Catalog:
             items = list(self._items.values())
             terms = np.array([(i.base_price, i.unit_cost, i.min_price, i.max_price) for i in items],
                              np.float64).reshape(-1, 4)
+            base, cost, lo, hi = terms.T
             self._columns = CatalogColumns(
-                tuple(i.item_id for i in items), {i.item_id: k for k, i in enumerate(items)},
-                *terms.T, np.array([category_bucket(i.category, self._n_buckets) for i in items], np.int64))
+                tuple(i.item_id for i in items), {i.item_id: k for k, i in enumerate(items)}, base, cost, lo, hi,
+                np.array([category_bucket(i.category, self._n_buckets) for i in items], np.int64))
         return self._columns

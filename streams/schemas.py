@@ -158,7 +158,8 @@ def _load_object(data: bytes, spec: dict[str, tuple[tuple[type, ...], bool]], ma
 def _finite(name: str, value: float, *, code: str = "BAD_VALUE", positive: bool = False) -> float:
     v = float(value)
     if not math.isfinite(v) or v < 0 or (positive and v == 0):
-        raise SchemaError(code, f"field {name!r} must be a finite {'positive' if positive else 'non-negative'} number, got {value!r}")
+        kind = "positive" if positive else "non-negative"
+        raise SchemaError(code, f"field {name!r} must be a finite {kind} number, got {value!r}")
     return v
 
 

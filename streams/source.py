@@ -50,7 +50,7 @@ def publish(producer: Any, topic: str, records: Iterable[tuple[bytes | None, byt
             flush_every: int = 10_000) -> Delivery:
     """Send ``(key, value)`` records with a kafka-python producer; count deliveries and failures."""
     result = Delivery()
-    futures = []
+    futures: list[Any] = []
 
     def settle() -> None:
         producer.flush()
