@@ -24,7 +24,7 @@ from .catalog import Catalog
 from .pipeline import Pipeline, RawRecord
 from .schemas import DeadLetter, SchemaError, dead_letter_bytes, parse_catalog
 from .scoring import BundleWatcher, DeterministicScorer, Scorer
-from .settings import Settings, SettingsError, load_settings
+from .settings import Settings, cli_settings
 from .topics import kafka_client_config
 
 log = logging.getLogger("pricing.worker")
@@ -185,11 +185,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="closed-form test scorer instead of the ONNX bundle (smoke tests only)")
     parser.add_argument("--loglevel", default="info", choices=["debug", "info", "warning", "error"])
     args = parser.parse_args(argv)
-    try:
-        s = load_settings()
-    except SettingsError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    s = cli_settings()
     Path(s.data_dir).mkdir(parents=True, exist_ok=True)
     app = create_app(s, deterministic_scorer=args.deterministic_scorer)
     web = ["--web-port", str(s.web_port)] if s.web_port else ["--without-web"]

@@ -128,6 +128,15 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: object)
         raise SettingsError(str(exc)) from exc
 
 
+def cli_settings(**overrides: object) -> Settings:
+    """``load_settings()`` for console scripts: on a bad configuration print why and exit 2."""
+    try:
+        return load_settings(None, **overrides)
+    except SettingsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
 def main(argv: list[str] | None = None) -> int:
     """``pricing-settings``: print the effective settings, secrets masked."""
     import argparse
@@ -137,12 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="pricing-settings", description=main.__doc__)
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args(argv)
-    try:
-        s = load_settings()
-    except SettingsError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    values = s.masked()
+    values = cli_settings().masked()
     if args.json:
         print(orjson.dumps(values, option=orjson.OPT_INDENT_2).decode())
     else:

@@ -12,7 +12,7 @@ import logging
 import sys
 from dataclasses import dataclass
 
-from .settings import Settings, SettingsError, load_settings
+from .settings import Settings, cli_settings
 
 log = logging.getLogger("pricing.topics")
 
@@ -90,11 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("kafka").setLevel(logging.WARNING)  # its INFO lines are connection chatter
-    try:
-        s = load_settings()
-    except SettingsError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    s = cli_settings()
     try:
         result = ensure_topics(s)
     except Exception as exc:  # noqa: BLE001 - a CLI reports any broker failure plainly
