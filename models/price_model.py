@@ -3,14 +3,36 @@
 A Keras *functional* model (tf2onnx cannot convert a Sequential one)::
 
     inputs   user [B, U], item [B, 3], price_ratio [B, 1]     raw features, float32
-    a      = MLP_a(norm(user), norm(item))                      [B, 1]
-    b      = softplus(MLP_b(norm(user), norm(item))) + 1e-3     [B, 1]  > 0
+    x      = concat(norm(user), norm(item))                     standardised inside the graph
+    u      = MLP_u(x)                                           [B, 1]  logit at the base price
+    t      = calib_b(MLP_b(x))                                  [B, 1]  slope, pre-activation
+    b      = B_MAX * sigmoid(t) + B_EPS                         [B, 1]  in (0, B_MAX]
+    a      = u + b                                              [B, 1]
     p_buy  = sigmoid(a - b * price_ratio)                       [B, 1]
 
 the same ``logit = a - b * price / base`` parametrisation as :mod:`streams.pricing`, so the
-serving side can read ``a`` and ``b`` and price in closed form. Normalisation layers adapted on
-the training rows are baked in, so the exported model takes raw features. Only ``p_buy`` is
-trained (binary cross-entropy); ``a`` and ``b`` are outputs of the same graph.
+serving side can read ``a`` and ``b`` and price in closed form. Inside, the logit is written as
+``u + b * (1 - price_ratio)``: the price is *centred at the base price*, so the conversion at base
+(``u``, well identified by every exposure) and the slope (``b``, identified only by the
+randomized price spread) are separate towers instead of one strongly correlated pair. That is a
+reparametrisation (any ``(a, b)`` is some ``(u + b, b)``), not a constraint.
+
+Why the extra care for ``b``: the profit-optimal price depends on the *level* of the slope, not
+only on its rank, and a slope learnt from a +-20 % price band through a binary cross-entropy is a
+weak signal: trained from a neutral start it is shrunk toward the middle (the most sensitive
+users got b ~ 5-7 against a true 10-20). Three things fix the level:
+
+1. the towers' output biases start at a pooled logistic fit (intercept at base, price slope), so
+   early stopping cannot stop ``b`` half way up from an arbitrary start;
+2. ``b`` is a sigmoid of a linear pre-activation (log-like below ``B_MAX``), bounded so the
+   exported graph never produces ``inf``;
+3. after training, a 1->1 affine calibration of ``t`` and of ``u`` (the ``b_calib`` and
+   ``u_calib`` layers, identity until then) is fitted by maximum likelihood on the validation
+   rows: it restores the dispersion of ``b`` that the tower's regularisation shrank.
+
+Normalisation layers adapted on the training rows are baked in, so the exported model takes raw
+features. Only ``p_buy`` is trained (binary cross-entropy); ``a`` and ``b`` are outputs of the
+same graph. Stock layers only, so ``keras.saving.load_model`` and tf2onnx need nothing custom.
 """
 
 from __future__ import annotations
@@ -20,8 +42,11 @@ from dataclasses import dataclass
 import keras
 import numpy as np
 from keras import layers
+from scipy.optimize import minimize
+from scipy.special import expit, logit
 
 B_EPS = 1e-3
+B_MAX = 100.0
 OUTPUTS = ("p_buy", "a", "b")
 
 
@@ -29,25 +54,36 @@ OUTPUTS = ("p_buy", "a", "b")
 class PriceModelConfig:
     """Architecture and training knobs."""
 
-    hidden: tuple[int, ...] = (64, 32)      # the intercept tower a(x)
-    b_hidden: tuple[int, ...] = (32, 16)    # the slope tower b(x); its signal is weak: keep it
-    l2: float = 1e-4                        # small and L2-regularised (an unregularised or a
-    epochs: int = 20                        # linear b tower recovered sensitivity worse)
+    hidden: tuple[int, ...] = (64, 32)      # the base-conversion tower u(x)
+    b_hidden: tuple[int, ...] = (32, 16)    # the slope tower b(x)
+    l2: float = 1e-4                        # on the slope tower
+    epochs: int = 20
     batch_size: int = 1024
     learning_rate: float = 2e-3
     patience: int = 3
+    pooled_init: bool = True                # output biases from a pooled logistic fit
+    calibrate: bool = True                  # ML affine calibration of t and u on validation rows
+    b_user_only: bool = False               # slope tower sees the user features only
     seed: int = 0
 
 
-def _tower(x: keras.KerasTensor, hidden: tuple[int, ...], name: str, l2: float = 0.0) -> keras.KerasTensor:
+def _tower(x: keras.KerasTensor, hidden: tuple[int, ...], name: str, l2: float = 0.0,
+           bias: float = 0.0) -> keras.KerasTensor:
     reg = keras.regularizers.L2(l2) if l2 else None
     for k, h in enumerate(hidden):
         x = layers.Dense(h, activation="relu", kernel_regularizer=reg, name=f"{name}_dense{k}")(x)
-    return layers.Dense(1, kernel_regularizer=reg, name=f"{name}_out")(x)
+    return layers.Dense(1, kernel_regularizer=reg, bias_initializer=keras.initializers.Constant(bias),
+                        name=f"{name}_out")(x)
 
 
-def build_price_model(user: np.ndarray, item: np.ndarray, cfg: PriceModelConfig = PriceModelConfig()) -> keras.Model:
-    """The model with normalisation adapted on ``user [N, U]`` and ``item [N, 3]`` rows."""
+def _identity_dense(name: str) -> layers.Dense:
+    return layers.Dense(1, kernel_initializer="ones", bias_initializer="zeros", trainable=False, name=name)
+
+
+def build_price_model(user: np.ndarray, item: np.ndarray, cfg: PriceModelConfig = PriceModelConfig(),
+                      u0: float = 0.0, b0: float = 1.0) -> keras.Model:
+    """The model with normalisation adapted on ``user [N, U]`` and ``item [N, 3]`` rows; ``u0`` and
+    ``b0`` are the starting conversion logit at base and slope (output biases)."""
     u_in = keras.Input((user.shape[1],), name="user", dtype="float32")
     i_in = keras.Input((item.shape[1],), name="item", dtype="float32")
     p_in = keras.Input((1,), name="price_ratio", dtype="float32")
@@ -55,11 +91,14 @@ def build_price_model(user: np.ndarray, item: np.ndarray, cfg: PriceModelConfig 
     u_norm.adapt(np.asarray(user, np.float32))
     i_norm.adapt(np.asarray(item, np.float32))
     x = layers.Concatenate(name="features")([u_norm(u_in), i_norm(i_in)])  # [B, U + 3] standardised
-    a = layers.Identity(name="a")(_tower(x, cfg.hidden, "a"))
-    b = layers.Activation("softplus", name="b_softplus")(_tower(x, cfg.b_hidden, "b", cfg.l2))
-    b = layers.Rescaling(1.0, offset=B_EPS, name="b")(b)            # softplus + eps > 0
-    logit = layers.Subtract(name="logit")([a, layers.Multiply(name="b_price")([b, p_in])])
-    p_buy = layers.Activation("sigmoid", name="p_buy")(logit)
+    u = _identity_dense("u_calib")(_tower(x, cfg.hidden, "u", bias=u0))
+    xb = u_norm(u_in) if cfg.b_user_only else x
+    t = _identity_dense("b_calib")(_tower(xb, cfg.b_hidden, "b", cfg.l2, bias=float(logit(b0 / B_MAX))))
+    b = layers.Activation("sigmoid", name="b_sigmoid")(t)
+    b = layers.Rescaling(B_MAX, offset=B_EPS, name="b")(b)           # in (0, B_MAX] by construction
+    a = layers.Add(name="a")([u, b])
+    logit_ = layers.Subtract(name="logit")([a, layers.Multiply(name="b_price")([b, p_in])])
+    p_buy = layers.Activation("sigmoid", name="p_buy")(logit_)
     return keras.Model({"user": u_in, "item": i_in, "price_ratio": p_in}, {"p_buy": p_buy, "a": a, "b": b},
                        name="price_model")
 
@@ -70,12 +109,66 @@ def inputs(user: np.ndarray, item: np.ndarray, price_ratio: np.ndarray) -> dict[
             "price_ratio": np.asarray(price_ratio, np.float32).reshape(-1, 1)}
 
 
+def pooled_start(user: np.ndarray, item: np.ndarray, price_ratio: np.ndarray, label: np.ndarray,
+                 max_rows: int = 200_000, seed: int = 0) -> tuple[float, float]:
+    """``(u0, b0)``: intercept at base and price slope of a logistic fit on standardised features and
+    ``1 - price_ratio`` (a subsample), the towers' starting point."""
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(seed)
+    r = rng.permutation(len(label))[:max_rows]
+    x = np.hstack([user[r], item[r]]).astype(np.float64)
+    x = (x - x.mean(0)) / (x.std(0) + 1e-6)
+    y = np.asarray(label[r], int)
+    if y.min() == y.max():
+        return 0.0, 1.0
+    d = 1.0 - np.asarray(price_ratio[r], np.float64).reshape(-1, 1)
+    lr = LogisticRegression(C=1.0, max_iter=300).fit(np.hstack([x, d]), y)
+    return float(lr.intercept_[0]), float(np.clip(lr.coef_[0, -1], 0.1, 0.5 * B_MAX))
+
+
+def _sub_models(model: keras.Model) -> keras.Model:
+    """``x -> (u_raw, t_raw)``: the tower outputs before the calibration layers."""
+    return keras.Model(model.inputs, [model.get_layer("u_out").output, model.get_layer("b_out").output])
+
+
+def calibrate(model: keras.Model, user: np.ndarray, item: np.ndarray, price_ratio: np.ndarray,
+              label: np.ndarray) -> dict[str, float]:
+    """Fit ``u_calib``/``b_calib`` (affine 1->1 each) by maximum likelihood on the given rows, in place."""
+    u, t = _sub_models(model).predict(inputs(user, item, price_ratio), batch_size=8192, verbose=0)
+    u, t = np.asarray(u, np.float64).ravel(), np.asarray(t, np.float64).ravel()
+    d = 1.0 - np.asarray(price_ratio, np.float64).ravel()
+    y = np.asarray(label, np.float64).ravel()
+
+    def nll(w: np.ndarray) -> tuple[float, np.ndarray]:
+        s = expit(w[2] + w[3] * t)
+        b = B_MAX * s + B_EPS
+        z = w[0] + w[1] * u + b * d
+        p = expit(z)
+        loss = np.logaddexp(0.0, z) - y * z
+        g = p - y                                     # dloss/dz
+        db = g * d * B_MAX * s * (1 - s)              # dloss/dt'
+        grad = np.array([g.sum(), (g * u).sum(), db.sum(), (db * t).sum()]) / len(y)
+        return float(loss.mean()), grad
+
+    res = minimize(nll, np.array([0.0, 1.0, 0.0, 1.0]), jac=True, method="L-BFGS-B",
+                   bounds=[(-5, 5), (0.2, 5), (-10, 10), (0.2, 5)])
+    w = res.x
+    before = nll(np.array([0.0, 1.0, 0.0, 1.0]))[0]
+    model.get_layer("u_calib").set_weights([np.array([[w[1]]], np.float32), np.array([w[0]], np.float32)])
+    model.get_layer("b_calib").set_weights([np.array([[w[3]]], np.float32), np.array([w[2]], np.float32)])
+    return {"u_shift": float(w[0]), "u_scale": float(w[1]), "t_shift": float(w[2]), "t_scale": float(w[3]),
+            "val_log_loss_before": before, "val_log_loss_after": float(res.fun)}
+
+
 def fit_price_model(user: np.ndarray, item: np.ndarray, price_ratio: np.ndarray, label: np.ndarray,
                     cfg: PriceModelConfig = PriceModelConfig(), validation: tuple[np.ndarray, ...] | None = None,
                     verbose: int = 0) -> keras.Model:
-    """Train on exposure rows; ``validation`` = (user, item, price_ratio, label) for early stopping."""
+    """Train on exposure rows; ``validation`` = (user, item, price_ratio, label) for early stopping and
+    for the calibration of ``u``/``b`` (``model.calibration`` holds what it did)."""
     keras.utils.set_random_seed(cfg.seed)
-    model = build_price_model(user, item, cfg)
+    u0, b0 = pooled_start(user, item, price_ratio, label, seed=cfg.seed) if cfg.pooled_init else (0.0, 1.0)
+    model = build_price_model(user, item, cfg, u0=u0, b0=b0)
     # train through a view with only the p_buy head; the weights are shared with `model`
     trainer = keras.Model(model.inputs, model.outputs["p_buy"] if isinstance(model.outputs, dict)
                           else model.get_layer("p_buy").output)
@@ -85,9 +178,13 @@ def fit_price_model(user: np.ndarray, item: np.ndarray, price_ratio: np.ndarray,
     if validation is not None:
         val = (inputs(*validation[:3]), np.asarray(validation[3], np.float32).reshape(-1, 1))
         callbacks.append(keras.callbacks.EarlyStopping(patience=cfg.patience, restore_best_weights=True))
-    trainer.fit(inputs(user, item, price_ratio), np.asarray(label, np.float32).reshape(-1, 1),
-                batch_size=cfg.batch_size, epochs=cfg.epochs, validation_data=val, callbacks=callbacks,
-                shuffle=True, verbose=verbose)
+    hist = trainer.fit(inputs(user, item, price_ratio), np.asarray(label, np.float32).reshape(-1, 1),
+                       batch_size=cfg.batch_size, epochs=cfg.epochs, validation_data=val, callbacks=callbacks,
+                       shuffle=True, verbose=verbose)
+    info: dict[str, float] = {"u0": u0, "b0": b0, "epochs_run": float(len(hist.history["loss"]))}
+    if cfg.calibrate and validation is not None and np.ptp(np.asarray(validation[3])) > 0:
+        info.update(calibrate(model, *validation[:4]))
+    model.calibration = info  # type: ignore[attr-defined]
     return model
 
 

@@ -60,10 +60,32 @@ def sensitivity_recovery(b: np.ndarray, uid: np.ndarray, true_beta: np.ndarray, 
     return {"spearman": rho, "users": int(ok.sum()), "min_rows": min_rows, "mean_b": mean_b, "mask": ok}
 
 
+def slope_level(b: np.ndarray, true_beta: np.ndarray) -> dict[str, float]:
+    """Is the learned slope right in *level*, not only in rank (per exposure row)?
+
+    ``b_over_beta``: mean learned b / mean true beta (1 = no overall bias); ``b_calibration_slope``:
+    slope of log(true beta) regressed on log(b) (1 = calibrated; > 1 = b shrunk toward the middle).
+    """
+    ok = np.isfinite(true_beta) & (b > 0)
+    lb, lt = np.log(b[ok]), np.log(true_beta[ok])
+    slope = float(np.cov(lb, lt)[0, 1] / np.var(lb, ddof=1)) if ok.sum() > 2 and np.var(lb) > 0 else float("nan")
+    return {"b_over_beta": float(b[ok].mean() / true_beta[ok].mean()) if ok.any() else float("nan"),
+            "b_calibration_slope": slope}
+
+
 # ---------------------------------------------------------------- the run
 def holdout_mask(ts: np.ndarray, cutoff: float) -> np.ndarray:
     """Rows at or after ``cutoff`` (event time) are the holdout."""
     return np.asarray(ts >= cutoff)
+
+
+def split_rows(ts: np.ndarray, cutoff: float, val_frac: float = 0.1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Exposure masks ``(holdout, fit, validation)``: holdout = at or after ``cutoff``; validation (early
+    stopping) = the last ``val_frac`` of the training period; fit = the rest."""
+    hold = holdout_mask(ts, cutoff)
+    tr = ~hold
+    val = tr & (ts >= np.quantile(ts[tr], 1.0 - val_frac)) if tr.any() else tr
+    return hold, tr & ~val, val
 
 
 def _sample(n: int, k: int, rng: np.random.Generator) -> np.ndarray:
@@ -83,11 +105,8 @@ def train_all(log: EventLog, catalog: Catalog, out: Path, *, market: Market | No
     data = build_rows(log, catalog, FeatureSpec(), progress=progress)
     timings["rows_s"] = time.perf_counter() - t0
     cutoff = float(log.ts.max()) - holdout_days * 86400.0
-    hold, s_hold, c_hold = (holdout_mask(t, cutoff) for t in (data.row_ts, data.sess_ts, data.ch_ts))
-    # price model: validation (early stopping) = the last 10 % of the training period
-    tr = ~hold
-    val = tr & (data.row_ts >= np.quantile(data.row_ts[tr], 0.9))
-    fit = tr & ~val
+    hold, fit, val = split_rows(data.row_ts, cutoff)
+    s_hold, c_hold = (holdout_mask(t, cutoff) for t in (data.sess_ts, data.ch_ts))
     cfg = price_cfg or pm.PriceModelConfig()
     cols = (data.user, data.item, data.price_ratio, data.label)
     t0 = time.perf_counter()
@@ -112,8 +131,10 @@ def train_all(log: EventLog, catalog: Catalog, out: Path, *, market: Market | No
         rec_stats = sensitivity_recovery(ph["b"], data.row_uid[hold], truth_beta)
         metrics["price_model"]["sensitivity_spearman"] = rec_stats["spearman"]
         metrics["price_model"]["sensitivity_users"] = rec_stats["users"]
-    if market is not None:
-        metrics["pricing"] = _profit_check(market, price, data, hold)
+        metrics["price_model"].update(slope_level(ph["b"], truth_beta[data.row_uid[hold]]))
+    metrics["price_model"].update({f"fit_{k}": v for k, v in getattr(price, "calibration", {}).items()})
+    if market is not None and hold.any():
+        metrics["policy"] = _policy_check(market, price, data, hold)
     # write the artefacts
     import joblib
 
@@ -159,23 +180,17 @@ def _true_beta(market: Market | None, data: TrainingData) -> np.ndarray | None:
     return np.array([market.beta[idx[u]] if u in idx else np.nan for u in data.user_ids])
 
 
-def _profit_check(market: Market, price: Any, data: TrainingData, hold: np.ndarray) -> dict[str, float]:
-    """Expected profit per holdout exposure: base price, best uniform, learned-model pricing, oracle."""
-    from streams.pricing import optimal_price
+def _policy_check(market: Market, price: Any, data: TrainingData, hold: np.ndarray) -> dict[str, Any]:
+    """Expected profit per holdout exposure under the true demand: base, best uniform, oracle and the
+    production decision on the learned model (see :mod:`models.policy_eval`), with the efficiency."""
+    from .policy_eval import data_market_index, evaluate_policies
 
-    from .price_model import predict
-
-    uidx = {u: k for k, u in enumerate(market.user_ids)}
-    iidx = {i: k for k, i in enumerate(market.item_ids)}
-    u = np.array([uidx[data.user_ids[k]] for k in data.row_uid[hold]])
-    i = np.array([iidx[data.item_ids[k]] for k in data.row_iid[hold]])
-    o = predict(price, data.user[hold], data.item[hold], data.price_ratio[hold])
-    lo, hi = market.price_band(i)
-    learned = np.clip(optimal_price(o["a"], o["b"], market.base[i], market.cost[i]), lo, hi)
-    uniform = market.uniform_prices((u, i))
-    pol = {"base_price": lambda uu, ii: market.base[ii], "best_uniform": lambda uu, ii: uniform[ii],
-           "model": lambda uu, ii: learned, "oracle": market.oracle_price}
-    return {f"profit_{k}": market.expected_profit(f, (u, i)) for k, f in pol.items()}
+    u, i = data_market_index(market, data)
+    rep = evaluate_policies(market, price, data.user[hold], data.item[hold], u[hold], i[hold])
+    d = rep.as_dict()
+    return {**{k: d[k] for k in ("base", "uniform", "oracle", "learned", "efficiency", "efficiency_ci",
+                                 "learned_over_uniform", "n_exposures", "n_users")},
+            "mean_price_ratio": d["mean_price_ratio"], **d["extra"]}
 
 
 def _write_parity_sample(path: Path, data: TrainingData, hold: np.ndarray, c_hold: np.ndarray) -> None:
@@ -252,6 +267,8 @@ def metrics_table(summary: dict[str, Any]) -> str:
         for k, v in vals.items():
             if isinstance(v, (int, float)) and not isinstance(v, bool):
                 lines.append(f"{model:<16}{k:<28}{v:>12.4f}" if isinstance(v, float) else f"{model:<16}{k:<28}{v:>12,}")
+            elif isinstance(v, list) and len(v) == 2:
+                lines.append(f"{model:<16}{k:<28}{f'[{v[0]:.3f}, {v[1]:.3f}]':>16}")
             elif isinstance(v, str):
                 lines.append(f"{model:<16}{k:<28}{v:>12}")
     return "\n".join(lines)
@@ -276,7 +293,8 @@ def parser() -> argparse.ArgumentParser:
     tr = p.add_argument_group("training")
     tr.add_argument("--out", type=Path, default=Path("artifacts/model"), help="output directory")
     tr.add_argument("--holdout-days", type=float, default=None, help="time holdout (default 3, --small 0.25)")
-    tr.add_argument("--epochs", type=int, default=20, help="price model max epochs (early stopping)")
+    tr.add_argument("--epochs", type=int, default=None, help="price model max epochs (early stopping; "
+                                                             "default: PriceModelConfig)")
     tr.add_argument("--rec-epochs", type=int, default=30, help="recommend model max epochs (early stopping)")
     tr.add_argument("--rec-linear", action="store_true", help="recommend model in linear (conditional logit) mode")
     tr.add_argument("--no-plots", action="store_true")
@@ -313,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
     load_s = time.perf_counter() - t0
     holdout = args.holdout_days if args.holdout_days is not None else (0.25 if args.small else 3.0)
     summary = train_all(log, catalog, args.out, market=market, holdout_days=holdout,
-                        price_cfg=PriceModelConfig(epochs=args.epochs), rec_epochs=args.rec_epochs,
+                        price_cfg=PriceModelConfig(**({} if args.epochs is None else {"epochs": args.epochs})), rec_epochs=args.rec_epochs,
                         rec_linear=args.rec_linear, plots=not args.no_plots, progress=not args.quiet, knobs=knobs)
     summary["timings_s"]["load_or_simulate_s"] = load_s
     summary["timings_s"]["total_s"] = time.perf_counter() - t0

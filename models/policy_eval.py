@@ -1,0 +1,243 @@
+"""Offline policy evaluation on the simulated market: the yardstick for personalization.
+
+For a set of exposures (user, item) with the features the stream would have had at that moment,
+the expected profit per exposure under the market's **true** demand is computed for four pricing
+policies:
+
+* ``base``     - the catalog base price;
+* ``uniform``  - the best single price per item for this population (``Market.uniform_prices``);
+* ``oracle``   - the profit-optimal price under the true ``alpha_ui, beta_u``
+  (``Market.oracle_price``), inside the same guardrail band as production;
+* ``learned``  - exactly the production decision: ``a, b`` from the price model at
+  ``price_ratio = 1``, then :func:`streams.pricing.decide_batch` with the default
+  :class:`streams.pricing.Guardrails`, so the offline number predicts the live one.
+
+``efficiency = (learned - uniform) / (oracle - uniform)`` (0 = no better than one price per item,
+1 = as good as knowing every user's demand), with a user-level bootstrap interval (exposures of
+one user are resampled together; the uniform prices stay fixed, as they would be in a live test).
+
+``python -m models.policy_eval --heterogeneity 0`` simulates a market, trains the price model on
+it and prints the table (the "does no harm where it cannot help" check).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+import numpy as np
+
+from streams.pricing import Guardrails, ItemBatch, band_batch, decide_batch
+
+from .simulator import Market, MarketConfig
+
+POLICIES = ("base", "uniform", "oracle", "learned")
+AB = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+def item_batch(market: Market, item: np.ndarray) -> ItemBatch:
+    """Catalog terms of market item indices as the production ``ItemBatch``."""
+    return ItemBatch(market.base[item].astype(np.float64), market.cost[item].astype(np.float64),
+                     market.min_price[item].astype(np.float64), market.max_price[item].astype(np.float64))
+
+
+def decide_prices(market: Market, item: np.ndarray, a: np.ndarray, b: np.ndarray,
+                  guardrails: Guardrails = Guardrails()) -> np.ndarray:
+    """The production price for model outputs ``a, b``: ``decide_batch`` under ``guardrails``."""
+    return decide_batch(np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel(),
+                        item_batch(market, item), guardrails).price
+
+
+def oracle_prices(market: Market, user: np.ndarray, item: np.ndarray,
+                  guardrails: Guardrails = Guardrails()) -> np.ndarray:
+    """``Market.oracle_price`` clipped into the production guardrail band (profit is log-concave,
+    so the clipped optimum is the constrained optimum)."""
+    bd = band_batch(item_batch(market, item), guardrails)
+    return np.clip(market.oracle_price(user, item), bd.lo, bd.hi)
+
+
+def uniform_policy_prices(market: Market, user: np.ndarray, item: np.ndarray,
+                          guardrails: Guardrails = Guardrails()) -> np.ndarray:
+    """Best single price per item for the population, per exposure, inside the guardrail band."""
+    bd = band_batch(item_batch(market, item), guardrails)
+    return np.clip(market.uniform_prices((user, item))[item], bd.lo, bd.hi)
+
+
+def model_ab(model: Any, user_x: np.ndarray, item_x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``a, b`` of a Keras price model at ``price_ratio = 1`` (what the serving scorer reads)."""
+    from .price_model import predict
+
+    o = predict(model, user_x, item_x, np.ones(len(user_x)))
+    return o["a"], o["b"]
+
+
+@dataclass
+class PolicyReport:
+    """Expected profit per exposure by policy, the efficiency and its bootstrap interval."""
+
+    base: float
+    uniform: float
+    oracle: float
+    learned: float
+    efficiency: float
+    efficiency_ci: tuple[float, float]
+    learned_over_uniform: float
+    n_exposures: int
+    n_users: int
+    mean_price_ratio: dict[str, float]
+    extra: dict[str, float]
+
+    def extra_policies(self) -> list[str]:
+        """Names of the reported policies beyond the four standard ones."""
+        return [k for k in self.mean_price_ratio if k not in POLICIES]
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (``efficiency_ci`` as a list)."""
+        d = asdict(self)
+        d["efficiency_ci"] = list(self.efficiency_ci)
+        return d
+
+
+def _efficiency(learned: np.ndarray, uniform: np.ndarray, oracle: np.ndarray) -> np.ndarray:
+    gap = oracle - uniform
+    with np.errstate(all="ignore"):
+        return np.where(gap > 0, (learned - uniform) / np.where(gap > 0, gap, 1.0), np.nan)
+
+
+def profit_table(market: Market, user: np.ndarray, item: np.ndarray, prices: dict[str, np.ndarray],
+                 n_boot: int = 1000, seed: int = 0) -> PolicyReport:
+    """Expected profit per exposure of each policy's ``prices`` (must hold ``uniform``, ``oracle``
+    and ``learned``; others are reported too) with a user-clustered bootstrap of the efficiency."""
+    user, item = np.asarray(user), np.asarray(item)
+    cost = market.cost[item]
+    prof = {k: (p - cost) * market.buy_prob(user, item, p) for k, p in prices.items()}
+    mean = {k: float(v.mean()) for k, v in prof.items()}
+    # bootstrap over users: Poisson(1) weights per user, sums per user precomputed
+    uu, inv = np.unique(user, return_inverse=True)
+    per_user = {k: np.bincount(inv, v, minlength=len(uu)) for k, v in prof.items()}
+    cnt = np.bincount(inv, minlength=len(uu)).astype(np.float64)
+    rng = np.random.default_rng(seed)
+    effs = []
+    for _ in range(max(n_boot // 100, 1)):
+        w = rng.poisson(1.0, (min(100, n_boot), len(uu))).astype(np.float64)
+        n = w @ cnt
+        m = {k: (w @ per_user[k]) / n for k in ("uniform", "oracle", "learned")}
+        effs.append(_efficiency(m["learned"], m["uniform"], m["oracle"]))
+    e = np.concatenate(effs)
+    lo, hi = np.nanquantile(e, [0.025, 0.975]) if np.isfinite(e).any() else (np.nan, np.nan)
+    eff = float(_efficiency(np.array(mean["learned"]), np.array(mean["uniform"]), np.array(mean["oracle"])))
+    base = market.base[item]
+    return PolicyReport(
+        base=mean.get("base", float("nan")), uniform=mean["uniform"], oracle=mean["oracle"],
+        learned=mean["learned"], efficiency=eff, efficiency_ci=(float(lo), float(hi)),
+        learned_over_uniform=mean["learned"] / mean["uniform"] if mean["uniform"] else float("nan"),
+        n_exposures=len(user), n_users=len(uu),
+        mean_price_ratio={k: float(np.mean(p / base)) for k, p in prices.items()},
+        extra={k: v for k, v in mean.items() if k not in POLICIES})
+
+
+def evaluate_policies(market: Market, price_model: Any, user_x: np.ndarray, item_x: np.ndarray,
+                      user: np.ndarray, item: np.ndarray, *, guardrails: Guardrails = Guardrails(),
+                      ab: AB | None = None, others: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
+                      n_boot: int = 1000, seed: int = 0) -> PolicyReport:
+    """The policy table on exposures: features ``user_x [N, U]``, ``item_x [N, 3]`` and the market's
+    ``user``/``item`` indices of the same rows.
+
+    The learned policy is ``decide_batch(a, b, ...)`` with ``a, b`` from ``price_model`` at
+    ``price_ratio = 1`` (or from ``ab(user_x, item_x)`` if given, for models in other forms).
+    ``others`` maps extra policy names to their own ``(a, b)`` (priced the same way, reported in
+    ``extra``), e.g. the true ``beta`` with an estimated ``alpha``.
+    """
+    user, item = np.asarray(user), np.asarray(item)
+    a, b = ab(user_x, item_x) if ab is not None else model_ab(price_model, user_x, item_x)
+    prices = {"base": market.base[item].astype(np.float64),
+              "uniform": uniform_policy_prices(market, user, item, guardrails),
+              "oracle": oracle_prices(market, user, item, guardrails),
+              "learned": decide_prices(market, item, a, b, guardrails)}
+    for name, (oa, ob) in (others or {}).items():
+        prices[name] = decide_prices(market, item, oa, ob, guardrails)
+    rep = profit_table(market, user, item, prices, n_boot=n_boot, seed=seed)
+    bd = band_batch(item_batch(market, item), guardrails)
+    p = prices["learned"]
+    rep.extra.update({"learned_at_band_edge": float(np.mean((p <= bd.lo + 0.005) | (p >= bd.hi - 0.005))),
+                      "b_mean": float(np.mean(b)), "true_beta_mean": float(np.mean(market.beta[user]))})
+    return rep
+
+
+def reference_ab(market: Market, user: np.ndarray, item: np.ndarray, a: np.ndarray,
+                 b: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Diagnostic reference policies built from a model's ``a, b`` and the truth.
+
+    * ``true_beta``: the true slope, the model's conversion at base (``a - b``) kept:
+      what a learner with a perfect sensitivity estimate but its own base utility would earn;
+    * ``true_alpha``: the true base utility with the model's slope.
+    """
+    beta, alpha = market.beta[user], market.alpha(user, item)
+    return {"true_beta": (np.asarray(a) - np.asarray(b) + beta, beta),
+            "true_alpha": (alpha - beta + np.asarray(b), np.asarray(b))}
+
+
+def table(rep: PolicyReport) -> str:
+    """The report as text."""
+    lines = [f"{'policy':<14}{'profit/exposure':>16}{'mean p/base':>13}", "-" * 43]
+    for k in (*POLICIES, *rep.extra_policies()):
+        lines.append(f"{k:<14}{getattr(rep, k, rep.extra.get(k, float('nan'))):>16.4f}"
+                     f"{rep.mean_price_ratio.get(k, float('nan')):>13.3f}")
+    lines.append(f"efficiency {rep.efficiency:.3f}  95% CI [{rep.efficiency_ci[0]:.3f}, {rep.efficiency_ci[1]:.3f}]"
+                 f"  learned/uniform {rep.learned_over_uniform:.4f}  ({rep.n_exposures:,} exposures,"
+                 f" {rep.n_users:,} users)")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- command line
+def run(cfg: MarketConfig, holdout_days: float = 3.0, price_cfg: Any = None, progress: bool = False) -> dict[str, Any]:
+    """Simulate ``cfg``, build rows, train the price model on the pre-holdout rows, evaluate on the holdout."""
+    from . import price_model as pm
+    from .dataset import Catalog, build_rows
+    from .train import split_rows
+
+    t0 = time.perf_counter()
+    market = Market(cfg)
+    log = market.simulate()
+    data = build_rows(log, Catalog(market.catalog()), progress=progress)
+    hold, fit, val = split_rows(data.row_ts, float(log.ts.max()) - holdout_days * 86400.0)
+    cols = (data.user, data.item, data.price_ratio, data.label)
+    model = pm.fit_price_model(*(c[fit] for c in cols), cfg=price_cfg or pm.PriceModelConfig(),
+                               validation=tuple(c[val] for c in cols), verbose=2 if progress else 0)
+    u, i = data_market_index(market, data)
+    rep = evaluate_policies(market, model, data.user[hold], data.item[hold], u[hold], i[hold])
+    return {"report": rep, "seconds": time.perf_counter() - t0}
+
+
+def data_market_index(market: Market, data: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Market user and item indices of the exposure rows of ``TrainingData``."""
+    uidx = {u: k for k, u in enumerate(market.user_ids)}
+    iidx = {i: k for k, i in enumerate(market.item_ids)}
+    um = np.array([uidx[u] for u in data.user_ids])
+    im = np.array([iidx[i] for i in data.item_ids])
+    return um[data.row_uid], im[data.row_iid]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m models.policy_eval``: train the price model on a simulated market and print the table."""
+    p = argparse.ArgumentParser(prog="python -m models.policy_eval", description=main.__doc__)
+    p.add_argument("--small", action="store_true")
+    d = MarketConfig()
+    for name in ("n_users", "n_items", "days", "heterogeneity", "reveal", "noise", "seed"):
+        p.add_argument(f"--{name.replace('_', '-')}", type=type(getattr(d, name)), default=None)
+    p.add_argument("--holdout-days", type=float, default=None)
+    args = p.parse_args(argv)
+    cfg = MarketConfig.small() if args.small else MarketConfig()
+    cfg = replace(cfg, **{k: getattr(args, k) for k in ("n_users", "n_items", "days", "heterogeneity", "reveal",
+                                                         "noise", "seed") if getattr(args, k) is not None})
+    res = run(cfg, args.holdout_days if args.holdout_days is not None else (0.25 if args.small else 3.0))
+    print(table(res["report"]))
+    print(f"{res['seconds']:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
