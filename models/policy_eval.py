@@ -35,6 +35,7 @@ from streams.pricing import Guardrails, ItemBatch, band_batch, decide_batch
 from .simulator import Market, MarketConfig
 
 POLICIES = ("base", "uniform", "oracle", "learned")
+DEFAULT_GUARDRAILS = Guardrails()  # production defaults
 AB = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 
@@ -45,14 +46,14 @@ def item_batch(market: Market, item: np.ndarray) -> ItemBatch:
 
 
 def decide_prices(market: Market, item: np.ndarray, a: np.ndarray, b: np.ndarray,
-                  guardrails: Guardrails = Guardrails()) -> np.ndarray:
+                  guardrails: Guardrails = DEFAULT_GUARDRAILS) -> np.ndarray:
     """The production price for model outputs ``a, b``: ``decide_batch`` under ``guardrails``."""
     return decide_batch(np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel(),
                         item_batch(market, item), guardrails).price
 
 
 def oracle_prices(market: Market, user: np.ndarray, item: np.ndarray,
-                  guardrails: Guardrails = Guardrails()) -> np.ndarray:
+                  guardrails: Guardrails = DEFAULT_GUARDRAILS) -> np.ndarray:
     """``Market.oracle_price`` clipped into the production guardrail band (profit is log-concave,
     so the clipped optimum is the constrained optimum)."""
     bd = band_batch(item_batch(market, item), guardrails)
@@ -60,7 +61,7 @@ def oracle_prices(market: Market, user: np.ndarray, item: np.ndarray,
 
 
 def uniform_policy_prices(market: Market, user: np.ndarray, item: np.ndarray,
-                          guardrails: Guardrails = Guardrails()) -> np.ndarray:
+                          guardrails: Guardrails = DEFAULT_GUARDRAILS) -> np.ndarray:
     """Best single price per item for the population, per exposure, inside the guardrail band."""
     bd = band_batch(item_batch(market, item), guardrails)
     return np.clip(market.uniform_prices((user, item))[item], bd.lo, bd.hi)
@@ -102,9 +103,12 @@ class PolicyReport:
 
 
 def _efficiency(learned: np.ndarray, uniform: np.ndarray, oracle: np.ndarray) -> np.ndarray:
+    """``(learned - uniform) / (oracle - uniform)``; nan where the oracle's edge is nil (< 1e-4 relative,
+    e.g. a market with all users alike: there is nothing to personalize)."""
     gap = oracle - uniform
+    ok = gap > 1e-4 * np.abs(uniform)
     with np.errstate(all="ignore"):
-        return np.where(gap > 0, (learned - uniform) / np.where(gap > 0, gap, 1.0), np.nan)
+        return np.where(ok, (learned - uniform) / np.where(ok, gap, 1.0), np.nan)
 
 
 def profit_table(market: Market, user: np.ndarray, item: np.ndarray, prices: dict[str, np.ndarray],
@@ -140,7 +144,7 @@ def profit_table(market: Market, user: np.ndarray, item: np.ndarray, prices: dic
 
 
 def evaluate_policies(market: Market, price_model: Any, user_x: np.ndarray, item_x: np.ndarray,
-                      user: np.ndarray, item: np.ndarray, *, guardrails: Guardrails = Guardrails(),
+                      user: np.ndarray, item: np.ndarray, *, guardrails: Guardrails = DEFAULT_GUARDRAILS,
                       ab: AB | None = None, others: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
                       n_boot: int = 1000, seed: int = 0) -> PolicyReport:
     """The policy table on exposures: features ``user_x [N, U]``, ``item_x [N, 3]`` and the market's
@@ -204,9 +208,10 @@ def run(cfg: MarketConfig, holdout_days: float = 3.0, price_cfg: Any = None, pro
     log = market.simulate()
     data = build_rows(log, Catalog(market.catalog()), progress=progress)
     hold, fit, val = split_rows(data.row_ts, float(log.ts.max()) - holdout_days * 86400.0)
-    cols = (data.user, data.item, data.price_ratio, data.label)
-    model = pm.fit_price_model(*(c[fit] for c in cols), cfg=price_cfg or pm.PriceModelConfig(),
-                               validation=tuple(c[val] for c in cols), verbose=2 if progress else 0)
+    model = pm.fit_price_model(data.user[fit], data.item[fit], data.price_ratio[fit], data.label[fit],
+                               cfg=price_cfg or pm.PriceModelConfig(),
+                               validation=(data.user[val], data.item[val], data.price_ratio[val], data.label[val]),
+                               verbose=2 if progress else 0)
     u, i = data_market_index(market, data)
     rep = evaluate_policies(market, model, data.user[hold], data.item[hold], u[hold], i[hold])
     return {"report": rep, "seconds": time.perf_counter() - t0}

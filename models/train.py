@@ -330,8 +330,9 @@ def main(argv: list[str] | None = None) -> int:
         knobs = {"source": "simulated", "market": asdict(market.cfg)}
     load_s = time.perf_counter() - t0
     holdout = args.holdout_days if args.holdout_days is not None else (0.25 if args.small else 3.0)
+    price_cfg = PriceModelConfig() if args.epochs is None else PriceModelConfig(epochs=args.epochs)
     summary = train_all(log, catalog, args.out, market=market, holdout_days=holdout,
-                        price_cfg=PriceModelConfig(**({} if args.epochs is None else {"epochs": args.epochs})), rec_epochs=args.rec_epochs,
+                        price_cfg=price_cfg, rec_epochs=args.rec_epochs,
                         rec_linear=args.rec_linear, plots=not args.no_plots, progress=not args.quiet, knobs=knobs)
     summary["timings_s"]["load_or_simulate_s"] = load_s
     summary["timings_s"]["total_s"] = time.perf_counter() - t0
