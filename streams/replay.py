@@ -229,6 +229,9 @@ def main(argv: list[str] | None = None) -> int:
             done = publish(producer, s.topic_catalog, ((i.item_id.encode(), dumps(i)) for i in items))
             summary.catalog_items, summary.failed = done.sent, done.failed
             summary.first_error = done.first_error
+            if done.failed:  # no point sending events for items the worker will not know
+                print(summary.text(), file=sys.stderr)
+                return 1
         records = islice(read_records(args.path, args.skip), args.limit)
         with tqdm(total=total, unit="ev", disable=True if args.no_progress else None, file=sys.stderr,
                   smoothing=0.1) as bar:

@@ -22,16 +22,18 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from itertools import islice
 from pathlib import Path
-from typing import IO, Any, Final
+from typing import Any, BinaryIO, Final, cast
 
 import orjson
 
 from .schemas import CatalogItem, SchemaError, dumps, parse_catalog, parse_click
 
 
-def open_binary(path: str | Path) -> IO[bytes]:
+def open_binary(path: str | Path) -> BinaryIO:
     """Open a file for reading bytes, decompressing ``.gz``."""
-    return gzip.open(path, "rb") if str(path).endswith(".gz") else open(path, "rb")  # noqa: SIM115
+    if str(path).endswith(".gz"):
+        return cast(BinaryIO, gzip.open(path, "rb"))
+    return open(path, "rb")  # noqa: SIM115
 
 
 def read_jsonl(path: str | Path) -> Iterator[bytes]:
@@ -203,10 +205,10 @@ def map_public_row(row: dict[str, str], event_id: str) -> Record:
         return Record(None, {}, skip=cell["event_type"])
     ts = parse_event_time(cell["event_time"])
     try:
-        price: float | str = float(cell["price"])
-        price = price if math.isfinite(price) else cell["price"]
+        number = float(cell["price"])
     except ValueError:
-        price = cell["price"]
+        number = math.nan
+    price: float | str = number if math.isfinite(number) else cell["price"]  # nan/inf/text stay text
     fields: dict[str, Any] = {
         "ts": cell["event_time"] if ts is None else ts, "user_id": cell["user_id"],
         "session_id": cell["user_session"], "type": EVENT_TYPE_MAP.get(cell["event_type"], cell["event_type"]),
