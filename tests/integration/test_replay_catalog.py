@@ -6,15 +6,20 @@ import os
 import sqlite3
 import subprocess
 import sys
+import time
 import uuid
 from dataclasses import replace
 from pathlib import Path
 
 import orjson
-from kafka import KafkaConsumer, KafkaProducer
+import pytest
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-from streams.schemas import PriceEvent, dumps, parse_catalog
+from streams.pipeline import decision_id
+from streams.schemas import PriceEvent, dumps, parse_catalog, parse_click, parse_dead_letter, parse_price
+from streams.settings import load_settings
 from streams.source import csv_records, publish
+from streams.topics import ensure_topics
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE = REPO / "tests" / "data" / "replay_public_sample.csv"
@@ -88,3 +93,68 @@ def test_catalog_apply_is_idempotent_across_duplicates_and_replays(bootstrap: st
     with sqlite3.connect(db) as conn:
         assert conn.execute("SELECT user_id, item_id, price, decision_id, ts FROM personal_prices "
                             "ORDER BY item_id").fetchall() == state
+
+
+def poll_until(bootstrap: str, topic: str, until, timeout: float, logs) -> list:
+    """Records of ``topic`` from the start until ``until(records)``; fails with the worker's log tail."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest")
+    consumer.assign([TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or {0}])
+    records: list = []
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            for batch in consumer.poll(timeout_ms=500).values():
+                records.extend(batch)
+            if until(records):
+                return records
+    finally:
+        consumer.close()
+    pytest.fail(f"timed out with {len(records)} records on {topic}\n{logs()}", pytrace=False)
+
+
+def test_public_csv_priced_end_to_end_and_applied(bootstrap: str, admin, model_dir: Path, tmp_path: Path) -> None:
+    """CSV -> replay -> worker -> prices -> catalog applier; bad rows dead-lettered with the worker's reasons."""
+    tag = uuid.uuid4().hex[:8]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PRICING_")} | {
+        "PRICING_KAFKA_BOOTSTRAP": bootstrap, "PRICING_APP_ID": f"it-replay-{tag}",
+        "PRICING_TOPIC_CLICKSTREAM": f"clicks-{tag}", "PRICING_TOPIC_CATALOG": f"catalog-{tag}",
+        "PRICING_TOPIC_PRICES": f"prices-{tag}", "PRICING_TOPIC_DEAD_LETTER": f"dlq-{tag}",
+        "PRICING_PARTITIONS": "2", "PRICING_MODEL_DIR": str(model_dir), "PRICING_TOP_K": "1",
+        "PRICING_DATA_DIR": str(tmp_path / "worker"), "PRICING_BATCH_WITHIN_S": "0.05",
+    }
+    s = load_settings({k: v for k, v in env.items() if k.startswith("PRICING_")})
+    ensure_topics(s)
+    run = lambda module, *a: subprocess.run([sys.executable, "-m", module, *a], cwd=REPO, env=env,  # noqa: E731
+                                            capture_output=True, text=True, timeout=120)
+    # the catalog first (the worker reads it whole at start), then the clicks once the worker runs
+    done = run("streams.replay", str(SAMPLE), "--emit-catalog", "--limit", "0", "--no-progress")
+    assert done.returncode == 0, done.stderr
+    log = tmp_path / "worker.log"
+    worker = subprocess.Popen([sys.executable, "-m", "streams.app"], env=env, cwd=REPO, stdout=log.open("wb"),
+                              stderr=subprocess.STDOUT)
+    tail = lambda: "\n".join(log.read_text(errors="replace").splitlines()[-40:])  # noqa: E731
+    try:
+        done = run("streams.replay", str(SAMPLE), "--rate", "200", "--no-progress")
+        assert done.returncode == 0, done.stderr
+        records = [r for r in csv_records(SAMPLE) if not r.skip]
+        valid = [parse_click(r.payload(), now=time.time()) for r in records if not r.invalid]
+        want = {decision_id(e.event_id, e.item_id) for e in valid if e.type in s.triggers}
+        prices = poll_until(bootstrap, s.topic_prices, lambda rs: want <= {parse_price(r.value).decision_id
+                                                                            for r in rs}, 120, tail)
+        letters = poll_until(bootstrap, s.topic_dead_letter, lambda rs: len(rs) >= 7, 30, tail)
+        assert worker.poll() is None, tail()
+    finally:
+        worker.terminate()
+        worker.wait(timeout=60)
+        admin.delete_topics([s.topic_clickstream, s.topic_catalog, s.topic_dead_letter], timeout_ms=10_000)
+    got = sorted((parse_dead_letter(r.value).error_code, parse_dead_letter(r.value).original) for r in letters)
+    assert got == sorted((r.invalid, r.payload()) for r in records if r.invalid)  # the reason we predicted
+    assert all(r.key == parse_price(r.value).user_id.encode() for r in prices)
+    # and the catalog side applies them: one row per (user, item) priced
+    db = tmp_path / "catalog.sqlite"
+    done = run("streams.catalog_apply", "--once", "--db", str(db), "--group", f"apply-{tag}")
+    assert done.returncode == 0, done.stderr
+    with sqlite3.connect(db) as conn:
+        pairs = set(conn.execute("SELECT user_id, item_id FROM personal_prices").fetchall())
+    assert pairs == {(p.user_id, p.item_id) for p in map(parse_price, (r.value for r in prices))}
+    admin.delete_topics([s.topic_prices], timeout_ms=10_000)
