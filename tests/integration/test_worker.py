@@ -57,6 +57,14 @@ class Worker:
 
 
 @pytest.fixture()
+def models_copy(model_dir: Path, tmp_path: Path) -> Path:
+    """A private copy of the session's bundle directory, for tests that export into it."""
+    import shutil
+
+    return Path(shutil.copytree(model_dir, tmp_path / "models"))
+
+
+@pytest.fixture()
 def deployment(bootstrap: str, tmp_path: Path, model_dir: Path) -> Iterator[tuple[Settings, Callable[..., Worker]]]:
     """Unique topics and app id; a factory for workers; every worker is stopped at the end."""
     tag = uuid.uuid4().hex[:8]
@@ -74,9 +82,9 @@ def deployment(bootstrap: str, tmp_path: Path, model_dir: Path) -> Iterator[tupl
     producer.close()
     workers: list[Worker] = []
 
-    def start(name: str = "w") -> Worker:
+    def start(name: str = "w", **overrides: str) -> Worker:
         env = {k: v for k, v in os.environ.items() if not k.startswith("PRICING_")}
-        env |= env_settings | {"PRICING_DATA_DIR": str(tmp_path / name)}
+        env |= env_settings | {"PRICING_DATA_DIR": str(tmp_path / name)} | overrides
         w = Worker(env, tmp_path / f"{name}.log", [])
         workers.append(w)
         return w
@@ -265,3 +273,31 @@ def test_two_workers_share_partitions_and_take_over(deployment) -> None:
     assert set(states) == set(ref)
     for key, blob in states.items():
         assert_same_features(decode_record(blob).features, ref[key])
+
+
+def test_newer_bundle_is_picked_up_without_restart_or_gap(deployment, models_copy: Path, tmp_path: Path) -> None:
+    s, start = deployment
+    worker = start(PRICING_MODEL_DIR=str(models_copy), PRICING_MODEL_RELOAD_S="1")
+    old = read_current(models_copy)
+    first = make_events(n_users=10, per_user=6)
+    send_events(s, [dumps(e) for e in first])
+    want = expected_ids(s, first)
+    read_topic(s, s.topic_prices, lambda r: want <= {parse_price(x.value).decision_id for x in r}, 120, worker.tail)
+    # train a different model (another seed) and export it into the directory the worker watches
+    train, out = tmp_path / "train2", str(models_copy)
+    for cmd in (["-m", "models.train", "--small", "--seed", "7", "--out", str(train), "--no-plots", "--quiet"],
+                ["-m", "export", "--train-dir", str(train), "--model-dir", out, "--no-progress"]):
+        subprocess.run([sys.executable, *cmd], cwd=REPO, check=True, capture_output=True, timeout=600)
+    new = read_current(models_copy)
+    assert new != old
+    time.sleep(3.0)  # > PRICING_MODEL_RELOAD_S: the worker swaps on its next check
+    second = make_events(n_users=10, per_user=6, start=100)
+    send_events(s, [dumps(e) for e in second])
+    want2 = expected_ids(s, second)
+    recs = read_topic(s, s.topic_prices, lambda r: want2 <= {parse_price(x.value).decision_id for x in r}, 120,
+                      worker.tail)
+    assert worker.alive(), worker.tail()
+    versions = {p.decision_id: p.model_version for p in map(lambda r: parse_price(r.value), recs)}
+    assert {versions[d] for d in want} == {old}      # before the swap: the old model
+    assert {versions[d] for d in want2} == {new}     # after it: every decision by the new one, none missing
+    assert f"model bundle {old} -> {new}" in worker.log.read_text()
