@@ -93,7 +93,7 @@ class Pipeline:
             try:
                 ev = parse_click(raw.value, now=now, max_bytes=self.s.max_event_bytes,
                                  max_future_skew_s=self.s.max_future_skew_s)
-                if raw.key is not None and raw.key != ev.user_id.encode():
+                if raw.key != ev.user_id.encode():  # None too: an unkeyed record lands on any partition
                     raise SchemaError("KEY_MISMATCH", "record key must be the user_id (per-user state is "
                                       "partitioned by it)")
             except SchemaError as exc:

@@ -71,3 +71,11 @@ def test_control_arm_gets_base_price() -> None:
     out = run(pipe, table, [record(0)])
     assert all(parse_price(v).price == parse_price(v).base_price for _, v in out.prices)
     assert {parse_price(v).reasons for _, v in out.prices} == {("CONTROL",)}
+
+
+def test_unkeyed_or_wrongly_keyed_records_are_dead_lettered() -> None:
+    pipe, table = make()
+    good = record(0)
+    out = run(pipe, table, [RawRecord(None, good.value, "clickstream", 0, 1),
+                            RawRecord(b"someone-else", good.value, "clickstream", 0, 2)])
+    assert out.counts["dead_letter.KEY_MISMATCH"] == 2 and not out.prices and not table
