@@ -65,6 +65,7 @@ class LoopConfig:
     max_sessions: int = 400         # sessions in flight at once (backpressure when the worker lags)
     seed: int = 0
     run_id: str = ""
+    listing: str = "personalized"   # prices on the listing: the user's newest decided price, or "base"
 
     @property
     def speed(self) -> float:
@@ -207,8 +208,7 @@ class LiveMarket:
         """Items this user views: the best ``n_view`` of a random listing at the prices they see."""
         m, r, band = self.m, self.m.cfg.reveal, self.m.cfg.band
         cand = rng.integers(0, m.cfg.n_items, LISTING)
-        uid = m.user_ids[u]
-        shown = np.array([self.known.get((uid, m.item_ids[i]), m.base[i]) for i in cand])
+        shown = np.array([self._listed(m.user_ids[u], int(i)) for i in cand])
         s = m.beta_signal[u]
         score = r * (m.taste_signal[u, m.item_cat[cand]] - 0.7 * s * self.level[cand]
                      - s * (shown / m.base[cand] - 1.0) / band) + rng.gumbel(size=LISTING)
@@ -220,6 +220,11 @@ class LiveMarket:
                 break
         return picked
 
+    def _listed(self, uid: str, i: int) -> float:
+        """The price this user sees for item ``i`` on a listing (before viewing it)."""
+        base = float(self.m.base[i])
+        return base if self.cfg.listing == "base" else self.known.get((uid, self.m.item_ids[i]), base)
+
     async def session(self, k: int, u: int, start: float, clock: SimClock) -> None:
         """One browsing session of user ``u``: views priced live, the funnel by the true demand."""
         m, rng = self.m, np.random.default_rng([self.cfg.seed, k])
@@ -230,7 +235,7 @@ class LiveMarket:
             t += 20.0 + rng.exponential(40.0)
             await clock.sleep_until(t)
             iid, base = m.item_ids[i], float(m.base[i])
-            view = ClickEvent(f"{sid}-v{j}", t, uid, sid, "view", iid, round(self.known.get((uid, iid), base), 2))
+            view = ClickEvent(f"{sid}-v{j}", t, uid, sid, "view", iid, round(self._listed(uid, i), 2))
             pe, ms = await self._price_for(view)
             self.counts.views += 1
             if pe is None:
@@ -420,6 +425,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--price-timeout", type=float, default=d.price_timeout_s, help="wall seconds")
     p.add_argument("--max-sessions", type=int, default=d.max_sessions, help="sessions in flight")
     p.add_argument("--seed", type=int, default=d.seed, help="the loop's randomness (the market's is its own)")
+    p.add_argument("--listing", choices=["personalized", "base"], default=d.listing,
+                   help="prices on the listings users pick from: their newest decided price, or the base price")
     p.add_argument("--run-id", default="", help="prefix of event and session ids (default: random)")
     p.add_argument("--publish-catalog", action="store_true", help="send the market's catalog first")
     p.add_argument("--wait-ready", type=float, default=180.0, help="seconds to wait for the worker")
@@ -432,7 +439,7 @@ def main(argv: list[str] | None = None) -> int:
     s = cli_settings()
     market = market_from_args(args)
     cfg = LoopConfig(args.days, args.duration, args.users, args.price_timeout, args.max_sessions, args.seed,
-                     args.run_id)
+                     args.run_id, args.listing)
     if args.publish_catalog:
         publish_catalog(market, s)
     live = LiveMarket(market, s, cfg, args.out)

@@ -1,0 +1,108 @@
+"""The closed loop for real: broker, pricing worker on an exported bundle, live market, evaluation.
+
+A short run (one simulated day of the small market in about 45 s) must give exposures in both
+arms with prices inside the guardrails, and both evaluation paths (exposure log and Kafka topics)
+must run, agree, and write the report.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from streams.evaluate import load_exposure_log
+from streams.settings import Settings, load_settings
+from streams.topics import ensure_topics
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture()
+def loop_env(bootstrap: str, tmp_path: Path, model_dir: Path) -> Iterator[tuple[Settings, dict[str, str]]]:
+    """Unique topics and app id, a running worker on the session's bundle; stopped at the end."""
+    tag = uuid.uuid4().hex[:8]
+    settings = {
+        "PRICING_KAFKA_BOOTSTRAP": bootstrap, "PRICING_APP_ID": f"loop-{tag}",
+        "PRICING_TOPIC_CLICKSTREAM": f"loop-clicks-{tag}", "PRICING_TOPIC_CATALOG": f"loop-catalog-{tag}",
+        "PRICING_TOPIC_PRICES": f"loop-prices-{tag}", "PRICING_TOPIC_DEAD_LETTER": f"loop-dlq-{tag}",
+        "PRICING_MODEL_DIR": str(model_dir), "PRICING_DATA_DIR": str(tmp_path / "worker"),
+        "PRICING_USER_HASH_KEY": "loop-secret", "PRICING_SESSION_TIMEOUT_S": "6",
+    }
+    s = load_settings(settings)
+    ensure_topics(s)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PRICING_")} | settings
+    log = tmp_path / "worker.log"
+    worker = subprocess.Popen([sys.executable, "-m", "streams.app"], env=env, cwd=REPO, stdout=log.open("wb"),
+                              stderr=subprocess.STDOUT)
+    try:
+        yield s, env
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        try:
+            worker.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+
+
+def run(cmd: list[str], env: dict[str, str], timeout: float) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run([sys.executable, *cmd], env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, f"{cmd[:2]} failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    return done
+
+
+def test_closed_loop_run_is_priced_within_guardrails_and_evaluated(
+        loop_env: tuple[Settings, dict[str, str]], model_dir: Path, tmp_path: Path) -> None:
+    s, env = loop_env
+    train_dir = model_dir.parent / "train"
+    out = tmp_path / "run"
+    run(["-m", "models.live_market", "--train-dir", str(train_dir), "--out", str(out), "--days", "1",
+         "--duration", "45", "--publish-catalog", "--wait-ready", "120"], env, timeout=300)
+
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["delivery_failures"] == 0
+    assert meta["views"] > 500 and meta["price_timeouts"] <= 0.02 * meta["views"], meta
+    exp, pur, _ = load_exposure_log(out)
+    arms = set(exp.arm.tolist())
+    assert {"control", "treatment"} <= arms
+    assert len(pur.user) > 0
+
+    # every shown price inside the guardrails: +-20 % of base, the item's bounds, margin floor
+    from models.simulator import Market, MarketConfig
+
+    market = Market(MarketConfig(**meta["market"]))
+    priced = exp.arm != "none"
+    i = exp.item_index[priced]
+    price, base = exp.price[priced], exp.base_price[priced]
+    assert (abs(price / base - 1.0) <= s.max_deviation + 1e-6).all()
+    assert (price >= market.min_price[i] - 1e-6).all() and (price <= market.max_price[i] + 1e-6).all()
+    assert (price >= market.cost[i] * (1 + s.margin_floor) - 1e-6).all()
+    control = exp.arm == "control"
+    assert (exp.price[control] == exp.base_price[control]).all()
+
+    # the exposure-log evaluation writes the report
+    report = tmp_path / "report"
+    shown = run(["-m", "streams.evaluate", "--exposures", str(out), "--model-dir", str(model_dir),
+                 "--report-dir", str(report), "--bootstrap", "300"], env, timeout=300).stdout
+    assert "lift of treatment over control" in shown and "efficiency" in shown
+    for name in ("report.md", "result.json", "lift.png", "prices.png", "fairness.png", "conversion.png", "demand.png"):
+        assert (report / name).stat().st_size > 0, name
+    result = json.loads((report / "result.json").read_text())
+    assert result["arms"]["treatment"]["users"] > 0 and result["arms"]["control"]["users"] > 0
+
+    # the generic path (topics only) sees the same exposures and purchases
+    kafka = json.loads(run(["-m", "streams.evaluate", "--kafka", "--train-dir", str(train_dir), "--no-report",
+                            "--json", "--bootstrap", "300"], env, timeout=300).stdout)
+    assert kafka["counts"]["exposures"] == result["counts"]["exposures"]
+    assert kafka["counts"]["purchases_in"] == result["counts"]["purchases_in"]
+    for arm in ("control", "treatment"):
+        assert kafka["arms"][arm]["exposures"] == result["arms"][arm]["exposures"]
+        assert kafka["arms"][arm]["purchases"] == result["arms"][arm]["purchases"]
+        assert kafka["arms"][arm]["profit_per_user"] == pytest.approx(result["arms"][arm]["profit_per_user"])
