@@ -41,6 +41,7 @@ T0=$(date +%s)
 STEP_T0=$T0
 STARTED_BROKER=0
 WORKER_PID=""
+MARKET_PID=""
 
 step() {  # step N "what": a progress line with the time since the start
   local now; now=$(date +%s)
@@ -50,6 +51,10 @@ step() {  # step N "what": a progress line with the time since the start
 
 cleanup() {
   local rc=$?
+  if [[ -n $MARKET_PID ]] && kill -0 "$MARKET_PID" 2>/dev/null; then
+    kill -TERM "$MARKET_PID" 2>/dev/null || true
+    wait "$MARKET_PID" 2>/dev/null || true
+  fi
   if [[ -n $WORKER_PID ]] && kill -0 "$WORKER_PID" 2>/dev/null; then
     echo "[demo] stopping the worker (pid $WORKER_PID)"
     kill -TERM "$WORKER_PID" 2>/dev/null || true
@@ -115,7 +120,10 @@ echo "worker pid $WORKER_PID, log $VAR/worker.log"
 MARKET_ARGS=(--train-dir "$VAR/train" --out "$VAR/run" --days "$DAYS" --duration "$DURATION"
              --publish-catalog --run-id "$RUN")
 [[ -n ${DEMO_USERS:-} ]] && MARKET_ARGS+=(--users "$DEMO_USERS")
-"$PY" -m models.live_market "${MARKET_ARGS[@]}"
+# in the background + wait: a TERM to this script then reaches the trap at once
+"$PY" -m models.live_market "${MARKET_ARGS[@]}" &
+MARKET_PID=$!
+wait "$MARKET_PID"
 
 step 7 "evaluating the A/B test ..."
 "$PY" -m streams.evaluate --exposures "$VAR/run" --model-dir "$VAR/models" --report-dir "$REPORT"

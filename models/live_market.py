@@ -66,6 +66,7 @@ class LoopConfig:
     seed: int = 0
     run_id: str = ""
     listing: str = "personalized"   # prices on the listing: the user's newest decided price, or "base"
+    max_wall_s: float | None = None  # start no session after this many wall seconds (None: 1.5 x duration + 60)
 
     @property
     def speed(self) -> float:
@@ -127,6 +128,7 @@ class Counts:
     """What the loop did, for the progress lines and ``meta.json``."""
 
     sessions: int = 0
+    sessions_skipped: int = 0       # not started: the run hit its wall-clock cap
     views: int = 0
     events: int = 0
     purchases: int = 0
@@ -367,9 +369,15 @@ class LiveMarket:
                 await self.session(k, u, clock.sim_start + start, clock)
 
         reporter = asyncio.create_task(self._progress(clock, len(plan), progress_s))
+        cap = cfg.max_wall_s if cfg.max_wall_s is not None else 1.5 * cfg.duration_s + 60.0
         try:
             for k, (start, u) in enumerate(plan):
                 await clock.sleep_until(clock.sim_start + start)
+                if time.time() - clock.wall_start > cap:  # far behind schedule: keep the run bounded
+                    self.counts.sessions_skipped = len(plan) - k
+                    print(f"[market] wall-clock cap {cap:.0f} s reached: {len(plan) - k:,} sessions not started",
+                          flush=True)
+                    break
                 last[u] = asyncio.create_task(one(k, u, start, last.get(u)))
                 tasks.append(last[u])
             await asyncio.gather(*tasks)
@@ -427,6 +435,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=d.seed, help="the loop's randomness (the market's is its own)")
     p.add_argument("--listing", choices=["personalized", "base"], default=d.listing,
                    help="prices on the listings users pick from: their newest decided price, or the base price")
+    p.add_argument("--max-wall", type=float, default=None,
+                   help="start no session after this many wall seconds (default 1.5 x duration + 60)")
     p.add_argument("--run-id", default="", help="prefix of event and session ids (default: random)")
     p.add_argument("--publish-catalog", action="store_true", help="send the market's catalog first")
     p.add_argument("--wait-ready", type=float, default=180.0, help="seconds to wait for the worker")
@@ -439,16 +449,31 @@ def main(argv: list[str] | None = None) -> int:
     s = cli_settings()
     market = market_from_args(args)
     cfg = LoopConfig(args.days, args.duration, args.users, args.price_timeout, args.max_sessions, args.seed,
-                     args.run_id, args.listing)
+                     args.run_id, args.listing, args.max_wall)
     if args.publish_catalog:
         publish_catalog(market, s)
     live = LiveMarket(market, s, cfg, args.out)
     print(f"[market] {cfg.days:g} simulated days in ~{cfg.duration_s:.0f} s (x{cfg.speed:,.0f}); "
           f"{cfg.users or market.cfg.n_users:,} users; run {live.run_id}", flush=True)
-    meta = asyncio.run(live.run(wait_ready_s=args.wait_ready))
+    meta = asyncio.run(_until_signal(live.run(wait_ready_s=args.wait_ready)))
     print(json.dumps({k: meta[k] for k in ("wall_s", "sessions", "views", "events", "purchases", "price_timeouts",
                                            "delivery_failures", "events_per_s", "price_latency_ms") if k in meta}))
     return 1 if meta.get("delivery_failures") else 0
+
+
+async def _until_signal(run: Any) -> dict[str, Any]:
+    """Run ``run``; SIGTERM/SIGINT cancel it, so its cleanup still writes ``meta.json``."""
+    import signal
+
+    task = asyncio.ensure_future(run)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, task.cancel)
+    try:
+        return await task  # type: ignore[no-any-return]
+    except asyncio.CancelledError:
+        print("[market] interrupted: partial run written", flush=True)
+        return {"interrupted": True}
 
 
 def publish_catalog(market: Market, s: Settings) -> None:
