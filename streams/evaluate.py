@@ -234,9 +234,15 @@ def efficiency(policy: float, uniform: float, oracle: float) -> float:
     0.5
     >>> math.isnan(efficiency(1.0, 2.0, 2.0))   # no edge to capture: undefined
     True
+
+    Undefined (NaN) too when the oracle's edge is below 0.1 % of the uniform profit: in a market
+    without heterogeneity that "edge" is only the uniform price grid's rounding.
     """
     edge = oracle - uniform
-    return (policy - uniform) / edge if edge > 1e-12 else math.nan
+    return (policy - uniform) / edge if edge > NO_EDGE * abs(uniform) else math.nan
+
+
+NO_EDGE = 1e-3
 
 
 def truth_stats(exp: Exposures, market: Any, reps: int = 1000, seed: int = 0) -> dict[str, Any]:
@@ -256,7 +262,7 @@ def truth_stats(exp: Exposures, market: Any, reps: int = 1000, seed: int = 0) ->
         np.bincount(pos, per[k], minlength=len(users)) for k in ("shown", "uniform", "oracle")]
     n, s, un, o = bootstrap_sums(cols, reps, np.random.default_rng(seed))
     with np.errstate(invalid="ignore", divide="ignore"):
-        eff_rep = (s - un) / (o - un)
+        eff_rep = np.where(o - un > NO_EDGE * np.abs(un), (s - un) / (o - un), np.nan)
     out: dict[str, Any] = {f"{k}_profit": float(v.mean()) for k, v in per.items()}
     out.update({f"{k}_price_ratio": float(np.mean(p / market.base[i])) for k, p in prices.items()})
     out["efficiency"] = efficiency(out["shown_profit"], out["uniform_profit"], out["oracle_profit"])
@@ -286,11 +292,12 @@ def segments(exp: Exposures, market: Any | None, n: int = 4) -> tuple[NDArray[np
     """Segment (0..n-1) of every exposure's user: quantiles of the true price sensitivity when the
     market is known (0 = least sensitive), else of activity (exposures per user; 0 = least active)."""
     users, pos = np.unique(exp.user, return_inverse=True)
-    if market is not None and exp.user_index is not None:
+    value, name = np.zeros(0), ""
+    if market is not None and exp.user_index is not None and len(users):
         first = np.zeros(len(users), int)
         first[pos[::-1]] = np.arange(len(pos))[::-1]
         value, name = market.beta[exp.user_index[first]], "true price sensitivity (beta) quartile"
-    else:
+    if len(value) == 0 or np.ptp(value) < 1e-9:  # no truth, or all users alike: segment by activity
         value, name = np.bincount(pos, minlength=len(users)).astype(float), "activity (exposures) quartile"
     edges = np.quantile(value, np.linspace(0, 1, n + 1)[1:-1]) if len(value) else np.zeros(n - 1)
     return np.searchsorted(edges, value, side="right")[pos], name
@@ -357,7 +364,7 @@ def evaluate(exp: Exposures, pur: Purchases, *, window_s: float = 86400.0, marke
             truth[a] = truth_stats(exp.take(user_arm == a), market, reps=min(reps, 1000), seed=seed)
         truth["treatment_by_day"] = by_day(exp.take(user_arm == "treatment"), market)
     counts = {"exposures": len(exp), "users": int(len(users)), "purchases_in": int(len(pur.user)),
-              "purchases_attributed": int(np.count_nonzero(exp.bought)),
+              "purchases_attributed": int(np.count_nonzero(exp.bought)) if exp.bought is not None else 0,
               "timeouts": int((exp.arm == "none").sum()), "users_without_arm": int((arm_of_user == "none").sum())}
     return Evaluation(arms, lifts, truth, fairness(exp, market), counts, window_s)
 
