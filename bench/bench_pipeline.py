@@ -1,0 +1,495 @@
+"""End-to-end benchmark of one pricing worker against the local broker, beside a passthrough baseline.
+
+    .venv/bin/python bench/bench_pipeline.py                  # everything (~6-10 min)
+    .venv/bin/python bench/bench_pipeline.py --skip-kafka     # only the in-process scoring cost
+    .venv/bin/python bench/bench_pipeline.py --configs 64:0.02 --events 20000 --latency-s 15
+
+Per batch configuration (``batch_size:batch_within_s``), on fresh topics of its own:
+
+1. pre-load ``--events`` valid clickstream events (``--users`` users, realistic type mix) into a
+   4-partition clickstream topic;
+2. **passthrough**: an aiokafka consumer -> aiokafka producer (acks=all, linger 1 ms, the worker's
+   producer settings) copies that topic, no processing; events/s from the first record consumed to
+   the last one acked;
+3. **worker, max throughput**: a ``python -m streams.app`` subprocess (real exported bundle,
+   rocksdb store) on the same pre-loaded topic; events/s = events / (last price - first price),
+   both the broker's LogAppendTime of the price records;
+4. **worker, latency**: then the same (now idle) worker gets ``--rate`` events/s for
+   ``--warmup-s`` + ``--latency-s`` seconds; each event's ``ts`` is its send time and every
+   PriceEvent carries its trigger's ``ts``, so latency = price append time (LogAppendTime) - send
+   time, for every price of events sent after the warm-up (also to the consumer's receipt).
+
+Plus the **scoring cost**: ``Pipeline.process`` on in-memory batches (no Kafka, no Faust) with the
+ONNX scorer, the deterministic scorer and no triggers, in us/event per batch size.
+
+The machine may be shared: compare the ratios, not the absolute rates. Asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import dataclasses
+import io
+import os
+import pstats
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import orjson
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import (  # noqa: E402
+    CACHE,
+    ROOT,
+    EventMaker,
+    bench_env,
+    create_topics,
+    delete_topics,
+    ensure_bundle,
+    load_str,
+    make_catalog,
+    percentile,
+    proc_cpu_s,
+    records,
+    settings_from,
+    table,
+)
+
+from streams.catalog import Catalog  # noqa: E402
+from streams.pipeline import Pipeline, RawRecord  # noqa: E402
+from streams.schemas import CatalogItem, dumps  # noqa: E402
+from streams.settings import Settings, load_settings  # noqa: E402
+
+BATCH_SIZES = (1, 16, 64, 256)
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------ scoring cost (no Kafka)
+def _pipeline(model_dir: Path, catalog: Catalog, scorer: str, **overrides: object) -> Pipeline:
+    s = load_settings({}, model_dir=model_dir, user_hash_key="bench-secret", **overrides)
+    if scorer == "onnx":
+        from streams.features import FeatureSpec, feature_names
+        from streams.scoring import BundleWatcher
+
+        fixed = BundleWatcher(model_dir, 3600.0, feature_names(FeatureSpec.from_settings(s)),
+                              threads=s.onnx_threads).scorer
+    else:
+        from streams.scoring import DeterministicScorer
+
+        fixed = DeterministicScorer()
+    return Pipeline(s, catalog, lambda: fixed, time.time)
+
+
+def _raw(evs: list, first_offset: int) -> list[RawRecord]:
+    return [RawRecord(k, v, "bench", 0, first_offset + i) for i, (k, v) in enumerate(records(evs))]
+
+
+def _run(p: Pipeline, raws: list[RawRecord], size: int, table_: dict[str, bytes]) -> float:
+    """Seconds to push ``raws`` through ``p`` in batches of ``size`` (table writes included)."""
+    t0 = time.perf_counter()
+    for i in range(0, len(raws), size):
+        out = p.process(raws[i:i + size], table_.get)
+        for k, (blob, _) in out.records.items():
+            table_[k] = blob
+    return time.perf_counter() - t0
+
+
+def scoring_cost(args: argparse.Namespace, model_dir: Path, items: list[CatalogItem]) -> str:
+    catalog = Catalog()
+    for c in items:
+        catalog.put(c)
+    maker = EventMaker(items, args.scoring_users, seed=7, prefix="sc")
+    t = time.time()
+    warm = _raw(maker.events(np.linspace(t - 7200, t - 3601, args.scoring_events * 2)), 0)
+    timed_evs = maker.events(np.linspace(t - 3600, t - 1, args.scoring_events))
+    share = sum(e.type in ("view", "click", "add_to_cart") for e in timed_evs) / len(timed_evs)
+    timed = _raw(timed_evs, len(warm))
+    # users with history, like a worker in steady state: fold a warm-up history in first
+    base_table: dict[str, bytes] = {}
+    _run(_pipeline(model_dir, catalog, "det", triggers=()), warm, 256, base_table)
+    variants: list[tuple[str, Callable[[], Pipeline]]] = [
+        (f"onnx top_k={args.top_k}", lambda: _pipeline(model_dir, catalog, "onnx", top_k=args.top_k,
+                                                       onnx_threads=args.onnx_threads)),
+        ("onnx top_k=0", lambda: _pipeline(model_dir, catalog, "onnx", top_k=0, onnx_threads=args.onnx_threads)),
+        (f"deterministic top_k={args.top_k}", lambda: _pipeline(model_dir, catalog, "det", top_k=args.top_k)),
+        ("no trigger (parse+features)", lambda: _pipeline(model_dir, catalog, "det", triggers=())),
+    ]
+    rows = []
+    for name, make in variants:
+        p = make()
+        _run(p, timed[:256], 64, dict(base_table))  # warm the scorer and caches
+        row: list[object] = [name]
+        for size in BATCH_SIZES:
+            n = len(timed) if size >= 16 else min(len(timed), 1024)
+            row.append(_run(p, timed[:n], size, dict(base_table)) / n * 1e6)
+        rows.append(row)
+        log(f"scoring cost {name}: " + ", ".join(f"{v:.0f}" for v in row[1:]))
+    onnx, none = rows[0], rows[-1]
+    rows.append(["= scoring share of onnx (onnx - no trigger)",
+                 *[float(a) - float(b) for a, b in zip(onnx[1:], none[1:], strict=True)]])
+    rows.append([f"implied events/s, one core, onnx top_k={args.top_k}", *[1e6 / float(v) for v in onnx[1:]]])
+    out = table(["us/event at batch size", *map(str, BATCH_SIZES)], rows,
+                f"Scoring cost: Pipeline.process in memory, {len(items)} catalog items, {args.scoring_users} users, "
+                f"{len(timed)} events ({share:.0%} triggers), batch 1 over the first 1024")
+    if args.profile:
+        p = variants[0][1]()
+        prof = cProfile.Profile()
+        tbl = dict(base_table)
+        prof.enable()
+        _run(p, timed, args.profile_batch, tbl)
+        prof.disable()
+        buf = io.StringIO()
+        st = pstats.Stats(prof, stream=buf)
+        st.sort_stats("tottime").print_stats(25)
+        st.sort_stats("cumulative").print_stats(30)
+        out += f"\n\ncProfile of Pipeline.process, {variants[0][0]}, batch {args.profile_batch}:\n" + buf.getvalue()
+    return out
+
+
+# ------------------------------------------------------------------ Kafka helpers
+def _clients():
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+    return AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+
+async def produce_all(bootstrap: str, topic: str, recs: list[tuple[bytes, bytes]]) -> None:
+    _, AIOKafkaProducer, _ = _clients()
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, max_batch_size=256 * 1024)
+    await producer.start()
+    try:
+        for i in range(0, len(recs), 5000):
+            futs = [await producer.send(topic, v, key=k) for k, v in recs[i:i + 5000]]
+            await asyncio.gather(*futs)
+    finally:
+        await producer.stop()
+
+
+async def passthrough(bootstrap: str, src: str, dst: str, n: int, group: str, timeout: float = 300) -> dict:
+    """Copy ``n`` records src -> dst, acking each fetched batch before the next (like the worker)."""
+    AIOKafkaConsumer, AIOKafkaProducer, _ = _clients()
+    consumer = AIOKafkaConsumer(src, bootstrap_servers=bootstrap, group_id=group, auto_offset_reset="earliest",
+                                enable_auto_commit=True)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=1)
+    await consumer.start()
+    await producer.start()
+    count, t_first = 0, None
+    cpu0 = time.process_time()
+    deadline = time.monotonic() + timeout
+    try:
+        while count < n and time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=500)
+            futs = []
+            for msgs in batch.values():
+                if msgs and t_first is None:
+                    t_first = time.perf_counter()
+                for m in msgs:
+                    futs.append(await producer.send(dst, m.value, key=m.key))
+            await asyncio.gather(*futs)
+            count += len(futs)
+        t_end = time.perf_counter()
+    finally:
+        await producer.stop()
+        await consumer.stop()
+    wall = t_end - (t_first or t_end)
+    return {"events": count, "seconds": wall, "rate": count / wall if wall > 0 else float("nan"),
+            "cpu": (time.process_time() - cpu0) / wall if wall > 0 else float("nan")}
+
+
+async def _end_offsets(consumer, tps) -> int:
+    return sum((await consumer.end_offsets(tps)).values())
+
+
+async def _edge_timestamps(bootstrap: str, topic: str, partitions: int) -> tuple[float, float]:
+    """Smallest first-record and largest last-record timestamp over the topic's partitions (s)."""
+    AIOKafkaConsumer, _, TopicPartition = _clients()
+    c = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+    await c.start()
+    first, last = [], []
+    try:
+        for p in range(partitions):
+            tp = TopicPartition(topic, p)
+            c.assign([tp])
+            lo, hi = (await c.beginning_offsets([tp]))[tp], (await c.end_offsets([tp]))[tp]
+            if hi <= lo:
+                continue
+            for off, acc in ((lo, first), (hi - 1, last)):
+                c.seek(tp, off)
+                rec = await asyncio.wait_for(c.getone(), 30)
+                acc.append(rec.timestamp / 1000)
+    finally:
+        await c.stop()
+    return min(first), max(last)
+
+
+class Worker:
+    """One ``python -m streams.app`` subprocess with its own PRICING_* environment and log file."""
+
+    def __init__(self, env: dict[str, str], logfile: Path) -> None:
+        base = {k: v for k, v in os.environ.items() if not k.startswith("PRICING_")}
+        self.log = logfile
+        self.proc = subprocess.Popen([sys.executable, "-m", "streams.app", "--loglevel", "info"], cwd=ROOT,
+                                     env=base | env, stdout=logfile.open("ab"), stderr=subprocess.STDOUT)
+        self.started = time.monotonic()
+
+    def cpu(self) -> float:
+        return proc_cpu_s(self.proc.pid)
+
+    def check(self) -> None:
+        if self.proc.poll() is not None:
+            tail = "\n".join(self.log.read_text(errors="replace").splitlines()[-30:])
+            raise RuntimeError(f"worker exited with {self.proc.returncode}:\n{tail}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+async def worker_throughput(s: Settings, worker: Worker, n_events: int, expected: int, timeout: float) -> dict:
+    """Wait until the prices topic holds ``expected`` records; rate from their LogAppendTimes."""
+    AIOKafkaConsumer, _, TopicPartition = _clients()
+    c = AIOKafkaConsumer(bootstrap_servers=s.kafka_bootstrap, group_id=None, enable_auto_commit=False)
+    await c.start()
+    tps = [TopicPartition(s.topic_prices, p) for p in range(s.partitions)]
+    cpu_first = wall_first = None
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            worker.check()
+            have = await _end_offsets(c, tps)
+            if have and cpu_first is None:
+                cpu_first, wall_first = worker.cpu(), time.monotonic()
+                log(f"first prices after {wall_first - worker.started:.1f} s of worker start")
+            if have >= expected:
+                break
+            if time.monotonic() > deadline:
+                log(f"timeout: {have} of {expected} prices")
+                break
+            await asyncio.sleep(0.25)
+        cpu_last, wall_last = worker.cpu(), time.monotonic()
+        dlq = await _end_offsets(c, [TopicPartition(s.topic_dead_letter, 0)])
+    finally:
+        await c.stop()
+    t0, t1 = await _edge_timestamps(s.kafka_bootstrap, s.topic_prices, s.partitions)
+    return {"rate": n_events / (t1 - t0), "seconds": t1 - t0, "prices": have, "expected": expected,
+            "prices_rate": have / (t1 - t0), "dead_letters": dlq, "startup_s": (wall_first or 0) - worker.started,
+            "cpu": (cpu_last - cpu_first) / (wall_last - wall_first) if wall_first and wall_last > wall_first
+            else float("nan")}
+
+
+async def latency_run(s: Settings, worker: Worker, maker: EventMaker, rate: float, warmup: float,
+                      duration: float, drain: float = 30.0) -> dict:
+    """Offer ``rate`` events/s; latency of every price of the events sent after ``warmup``."""
+    AIOKafkaConsumer, AIOKafkaProducer, TopicPartition = _clients()
+    consumer = AIOKafkaConsumer(bootstrap_servers=s.kafka_bootstrap, group_id=None, enable_auto_commit=False)
+    producer = AIOKafkaProducer(bootstrap_servers=s.kafka_bootstrap, linger_ms=0)
+    await consumer.start()
+    await producer.start()
+    tps = [TopicPartition(s.topic_prices, p) for p in range(s.partitions)]
+    consumer.assign(tps)
+    await consumer.seek_to_end(*tps)
+    for tp in tps:
+        await consumer.position(tp)
+    total = int(rate * (warmup + duration))
+    templates = maker.events(np.zeros(total))
+    triggers = set(s.triggers)
+    n_prices_per_trigger = 1 + s.top_k
+    got: list[tuple[float, float, float]] = []  # (event ts = send time, append time, receive time)
+    sending = True
+
+    async def consume() -> None:
+        while True:
+            batch = await consumer.getmany(timeout_ms=100)
+            recv = time.time()
+            for msgs in batch.values():
+                for m in msgs:
+                    got.append((orjson.loads(m.value)["ts"], m.timestamp / 1000, recv))
+            if not sending and len(got) >= expected_total:
+                return
+
+    expected_total = 1 << 62
+    task = asyncio.create_task(consume())
+    t0 = time.time()
+    cpu0, w0 = worker.cpu(), time.monotonic()
+    sent = n_trig = n_trig_measured = 0
+    futs = []
+    try:
+        while sent < total:
+            target = min(total, int(rate * (time.time() - t0)) + 1)
+            while sent < target:
+                ts = time.time()
+                ev = dataclasses.replace(templates[sent], ts=ts)
+                futs.append(await producer.send(s.topic_clickstream, dumps(ev), key=ev.user_id.encode()))
+                if ev.type in triggers:
+                    n_trig += 1
+                    n_trig_measured += ts >= t0 + warmup
+                sent += 1
+            if len(futs) > 2000:
+                await asyncio.gather(*futs)
+                futs.clear()
+            worker.check()
+            await asyncio.sleep(0.002)
+        t_sent = time.time()
+        await asyncio.gather(*futs)
+        sending = False
+        expected_total = n_trig * n_prices_per_trigger
+        try:
+            await asyncio.wait_for(task, drain)
+        except TimeoutError:
+            log(f"latency run: {len(got)} of {expected_total} prices after {drain:.0f} s of drain")
+        cpu = (worker.cpu() - cpu0) / (time.monotonic() - w0)
+    finally:
+        task.cancel()
+        await producer.stop()
+        await consumer.stop()
+    measured = [g for g in got if g[0] >= t0 + warmup]
+    lat_append = [(a - ts) * 1e3 for ts, a, _ in measured]
+    lat_recv = [(r - ts) * 1e3 for ts, _, r in measured]
+    res = {"offered": sent / (t_sent - t0), "prices": len(measured),
+           "missing": n_trig_measured * n_prices_per_trigger - len(measured), "cpu": cpu}
+    for name, vals in (("append", lat_append), ("recv", lat_recv)):
+        for q in (50, 90, 99):
+            res[f"{name}_p{q}"] = percentile(vals, q)
+        res[f"{name}_max"] = max(vals) if vals else float("nan")
+    return res
+
+
+def run_config(args: argparse.Namespace, model_dir: Path, items: list[CatalogItem], size: int,
+               within: float) -> dict:
+    tag = uuid.uuid4().hex[:8]
+    run_dir = CACHE / "runs" / tag
+    run_dir.mkdir(parents=True, exist_ok=True)
+    env = bench_env(tag, model_dir, run_dir / "worker", BATCH_SIZE=size, BATCH_WITHIN_S=within,
+                    TOP_K=args.top_k, ONNX_THREADS=args.onnx_threads)
+    s = settings_from(env)
+    out_topic = f"bench-{tag}-passthrough"
+    create_topics(s, extra=[out_topic])
+    res: dict = {"batch_size": size, "within": within, "top_k": args.top_k, "tag": tag,
+                 "load_before": load_str()}
+    worker = None
+    try:
+        from kafka import KafkaProducer
+
+        from streams.source import publish
+
+        kp = KafkaProducer(bootstrap_servers=s.kafka_bootstrap)
+        publish(kp, s.topic_catalog, [(c.item_id.encode(), dumps(c)) for c in items])
+        kp.close()
+        maker = EventMaker(items, args.users, seed=11, prefix=f"{tag}-")
+        t = time.time()
+        evs = maker.events(np.linspace(t - 3600, t - 60, args.events))
+        n_trig = sum(e.type in s.triggers for e in evs)
+        log(f"[{size}/{within}] pre-loading {len(evs)} events ({n_trig} triggers, {args.users} users) into "
+            f"{s.topic_clickstream}")
+        asyncio.run(produce_all(s.kafka_bootstrap, s.topic_clickstream, records(evs)))
+        log(f"[{size}/{within}] passthrough")
+        res["passthrough"] = asyncio.run(passthrough(s.kafka_bootstrap, s.topic_clickstream, out_topic,
+                                                     len(evs), f"bench-{tag}-passthrough"))
+        log(f"[{size}/{within}] passthrough {res['passthrough']['rate']:.0f} events/s; starting the worker")
+        worker = Worker(env, run_dir / "worker.log")
+        res["worker"] = asyncio.run(worker_throughput(s, worker, len(evs), n_trig * (1 + args.top_k),
+                                                      args.timeout))
+        log(f"[{size}/{within}] worker {res['worker']['rate']:.0f} events/s "
+            f"({res['worker']['prices']}/{res['worker']['expected']} prices); latency at {args.rate:.0f}/s")
+        if args.latency_s > 0:
+            res["latency"] = asyncio.run(latency_run(s, worker, maker, args.rate, args.warmup_s, args.latency_s))
+            lat = res["latency"]
+            log(f"[{size}/{within}] latency p50 {lat['append_p50']:.1f} ms p99 {lat['append_p99']:.1f} ms "
+                f"(offered {lat['offered']:.0f}/s, missing {lat['missing']})")
+    finally:
+        if worker is not None:
+            worker.stop()
+        res["load_after"] = load_str()
+        if not args.keep:
+            try:
+                delete_topics(s.kafka_bootstrap, f"bench-{tag}")
+            except Exception as exc:  # noqa: BLE001 - cleanup must not hide the result
+                log(f"could not delete topics of {tag}: {exc!r}")
+            shutil.rmtree(run_dir, ignore_errors=True)
+    return res
+
+
+def summary(results: list[dict], args: argparse.Namespace) -> str:
+    rows = []
+    for r in results:
+        pt, w, lat = r.get("passthrough", {}), r.get("worker", {}), r.get("latency", {})
+        ratio = w.get("rate", float("nan")) / pt.get("rate", float("nan"))
+        rows.append([f"{r['batch_size']}/{r['within']:g}/{r['top_k']}", pt.get("rate", float("nan")),
+                     w.get("rate", float("nan")), ratio, "yes" if ratio >= 0.25 else "NO",
+                     w.get("prices_rate", float("nan")), w.get("cpu", float("nan")) * 100,
+                     lat.get("offered", float("nan")), lat.get("append_p50", float("nan")),
+                     lat.get("append_p90", float("nan")), lat.get("append_p99", float("nan")),
+                     lat.get("append_max", float("nan")), lat.get("recv_p99", float("nan")),
+                     "yes" if lat.get("append_p99", float("inf")) <= 100 else "NO",
+                     f"{r['load_before']} -> {r['load_after']}"])
+    return table(["batch/within/top_k", "passthru ev/s", "worker ev/s", "ratio", ">=0.25", "prices/s",
+                  "worker cpu%", "offered/s", "p50 ms", "p90 ms", "p99 ms", "max ms", "p99 recv ms",
+                  "p99<=100", "loadavg before -> after"], rows,
+                 f"End to end, one worker vs passthrough ({args.events} pre-loaded events, {args.users} users, "
+                 f"{args.items} items; latency at {args.rate:.0f} events/s for {args.latency_s:.0f} s after "
+                 f"{args.warmup_s:.0f} s warm-up; {os.cpu_count()} cores)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bench_pipeline", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, default=50_000, help="pre-loaded events per configuration")
+    parser.add_argument("--users", type=int, default=10_000, help="distinct users in the clickstream")
+    parser.add_argument("--items", type=int, default=400, help="catalog items (the default simulated market)")
+    parser.add_argument("--configs", default="64:0.02,256:0.05,16:0.01",
+                        help="comma-separated batch_size:batch_within_s to run (first = the default settings)")
+    parser.add_argument("--top-k", type=int, default=3, help="PRICING_TOP_K")
+    parser.add_argument("--onnx-threads", type=int, default=1, help="PRICING_ONNX_THREADS")
+    parser.add_argument("--rate", type=float, default=1000.0, help="offered events/s of the latency run")
+    parser.add_argument("--warmup-s", type=float, default=5.0, help="latency run: seconds not measured")
+    parser.add_argument("--latency-s", type=float, default=30.0, help="latency run: seconds measured (0 = skip)")
+    parser.add_argument("--timeout", type=float, default=600.0, help="longest wait for the worker to catch up")
+    parser.add_argument("--scoring-events", type=int, default=4096, help="events timed per scoring variant")
+    parser.add_argument("--scoring-users", type=int, default=2000, help="users of the scoring-cost run")
+    parser.add_argument("--skip-scoring", action="store_true", help="no in-process scoring-cost table")
+    parser.add_argument("--skip-kafka", action="store_true", help="only the in-process scoring-cost table")
+    parser.add_argument("--profile", action="store_true", help="cProfile Pipeline.process (onnx) and print it")
+    parser.add_argument("--profile-batch", type=int, default=64, help="batch size of the profiled run")
+    parser.add_argument("--keep", action="store_true", help="keep the run's topics and worker data dir")
+    parser.add_argument("--json", type=Path, help="also write the raw results here")
+    args = parser.parse_args(argv)
+
+    model_dir = ensure_bundle(log=log)
+    items = make_catalog(args.items)
+    print(f"machine: {os.cpu_count()} cores, loadavg {load_str()}; bundle {model_dir}", flush=True)
+    if not args.skip_scoring:
+        print(scoring_cost(args, model_dir, items) + "\n", flush=True)
+    results: list[dict] = []
+    if not args.skip_kafka:
+        for spec in args.configs.split(","):
+            size, within = spec.split(":")
+            results.append(run_config(args, model_dir, items, int(size), float(within)))
+            print(summary(results[-1:], args) + "\n", flush=True)
+        print(summary(results, args))
+        print("\nratio = worker ev/s / passthrough ev/s (acceptance >= 0.25); p50..max = price appended "
+              f"(LogAppendTime) - event send time, ms, at {args.rate:.0f} events/s (acceptance p99 <= 100 ms); "
+              "p99 recv = to the bench consumer's receipt")
+    if args.json:
+        args.json.write_text(orjson.dumps(results, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY).decode())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
