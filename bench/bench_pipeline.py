@@ -177,8 +177,13 @@ async def produce_all(bootstrap: str, topic: str, recs: list[tuple[bytes, bytes]
         await producer.stop()
 
 
-async def passthrough(bootstrap: str, src: str, dst: str, n: int, group: str, timeout: float = 300) -> dict:
-    """Copy ``n`` records src -> dst, acking each fetched batch before the next (like the worker)."""
+async def passthrough(bootstrap: str, src: str, dst: str, n: int, group: str, timeout: float = 300,
+                      fanout: tuple[frozenset[str], int] | None = None) -> dict:
+    """Copy ``n`` records src -> dst, acking each fetched batch before the next (like the worker).
+
+    ``fanout=(triggers, k)``: instead write what the worker writes, with no processing: ``k`` copies
+    per trigger event (its prices) plus one record per event (its table write's changelog record).
+    """
     AIOKafkaConsumer, AIOKafkaProducer, _ = _clients()
     consumer = AIOKafkaConsumer(src, bootstrap_servers=bootstrap, group_id=group, auto_offset_reset="earliest",
                                 enable_auto_commit=True)
@@ -196,9 +201,13 @@ async def passthrough(bootstrap: str, src: str, dst: str, n: int, group: str, ti
                 if msgs and t_first is None:
                     t_first = time.perf_counter()
                 for m in msgs:
-                    futs.append(await producer.send(dst, m.value, key=m.key))
+                    copies = 1
+                    if fanout is not None:
+                        copies += fanout[1] if orjson.loads(m.value).get("type") in fanout[0] else 0
+                    for _ in range(copies):
+                        futs.append(await producer.send(dst, m.value, key=m.key))
+                    count += 1
             await asyncio.gather(*futs)
-            count += len(futs)
         t_end = time.perf_counter()
     finally:
         await producer.stop()
@@ -234,13 +243,59 @@ async def _edge_timestamps(bootstrap: str, topic: str, partitions: int) -> tuple
     return min(first), max(last)
 
 
-class Worker:
-    """One ``python -m streams.app`` subprocess with its own PRICING_* environment and log file."""
+VARIANTS = {
+    "stock": "python -m streams.app, unchanged",
+    "null": "Faust worker with Pipeline.process replaced by a stub that writes the same records "
+            "(1+top_k copies of the input per trigger, one table write per user): Faust + Kafka cost only",
+    "patched": "stock + candidate speed-ups monkeypatched in (schemas.dumps via orjson's native dataclass "
+               "support, cached reason_names, cached assign_arm): same output bytes",
+}
 
-    def __init__(self, env: dict[str, str], logfile: Path) -> None:
+
+def _patch(variant: str) -> None:
+    """Monkeypatch ``streams`` for a worker variant (measurement only; the source is untouched)."""
+    import functools
+
+    import streams.pipeline as pl
+
+    if variant == "patched":
+        from streams import pricing
+
+        pl.dumps = orjson.dumps  # type: ignore[assignment]  # orjson serialises slotted dataclasses natively
+        pl.reason_names = functools.lru_cache(maxsize=256)(pricing.reason_names)  # type: ignore[assignment]
+        pl.assign_arm = functools.lru_cache(maxsize=1 << 16)(pl.assign_arm)  # type: ignore[assignment]
+    elif variant == "null":
+        def process(self: Pipeline, batch: list[RawRecord], load: Callable[[str], bytes | None]) -> object:
+            out, copies = pl.BatchOutput(), 1 + self.s.top_k
+            for i, raw in enumerate(batch):
+                if orjson.loads(raw.value)["type"] in self.triggers:
+                    out.prices.extend([(raw.key or b"", raw.value)] * copies)
+                out.records[(raw.key or b"").decode()] = (raw.value, i)
+            return out
+
+        pl.Pipeline.process = process  # type: ignore[assignment,method-assign]
+    elif variant != "stock":
+        raise SystemExit(f"unknown worker variant {variant!r}; known: {sorted(VARIANTS)}")
+
+
+def run_worker_variant(variant: str) -> int:
+    """Entry point of a worker subprocess: patch, then run ``streams.app.main``."""
+    _patch(variant)
+    from streams import app
+
+    return app.main(["--loglevel", "info"])
+
+
+class Worker:
+    """One ``python -m streams.app`` subprocess (or a patched variant) with its own PRICING_* environment."""
+
+    def __init__(self, env: dict[str, str], logfile: Path, profile: Path | None = None, variant: str = "stock") -> None:
         base = {k: v for k, v in os.environ.items() if not k.startswith("PRICING_")}
         self.log = logfile
-        self.proc = subprocess.Popen([sys.executable, "-m", "streams.app", "--loglevel", "info"], cwd=ROOT,
+        prof = ["-m", "cProfile", "-o", str(profile)] if profile else []
+        cmd = ["-m", "streams.app", "--loglevel", "info"] if variant == "stock" else \
+            [str(Path(__file__).resolve()), "--run-worker", variant]
+        self.proc = subprocess.Popen([sys.executable, *prof, *cmd], cwd=ROOT,
                                      env=base | env, stdout=logfile.open("ab"), stderr=subprocess.STDOUT)
         self.started = time.monotonic()
 
@@ -371,17 +426,31 @@ async def latency_run(s: Settings, worker: Worker, maker: EventMaker, rate: floa
     return res
 
 
+def _worker_profile(path: Path) -> str:
+    for _ in range(50):
+        if path.exists():
+            break
+        time.sleep(0.2)
+    buf = io.StringIO()
+    st = pstats.Stats(str(path), stream=buf)
+    st.sort_stats("tottime").print_stats(35)
+    st.sort_stats("cumulative").print_stats(60)
+    return buf.getvalue()
+
+
 def run_config(args: argparse.Namespace, model_dir: Path, items: list[CatalogItem], size: int,
-               within: float) -> dict:
+               within: float, variant: str = "stock") -> dict:
+    """One deployment on fresh topics: pre-load, both passthroughs, then the worker (throughput, latency)."""
     tag = uuid.uuid4().hex[:8]
+    name = f"{variant} {size}/{within:g}"
     run_dir = CACHE / "runs" / tag
     run_dir.mkdir(parents=True, exist_ok=True)
     env = bench_env(tag, model_dir, run_dir / "worker", BATCH_SIZE=size, BATCH_WITHIN_S=within,
                     TOP_K=args.top_k, ONNX_THREADS=args.onnx_threads)
     s = settings_from(env)
     out_topic = f"bench-{tag}-passthrough"
-    create_topics(s, extra=[out_topic])
-    res: dict = {"batch_size": size, "within": within, "top_k": args.top_k, "tag": tag,
+    create_topics(s, extra=[out_topic, out_topic + "-fanout"])
+    res: dict = {"variant": variant, "batch_size": size, "within": within, "top_k": args.top_k, "tag": tag,
                  "load_before": load_str()}
     worker = None
     try:
@@ -396,22 +465,30 @@ def run_config(args: argparse.Namespace, model_dir: Path, items: list[CatalogIte
         t = time.time()
         evs = maker.events(np.linspace(t - 3600, t - 60, args.events))
         n_trig = sum(e.type in s.triggers for e in evs)
-        log(f"[{size}/{within}] pre-loading {len(evs)} events ({n_trig} triggers, {args.users} users) into "
+        log(f"[{name}] pre-loading {len(evs)} events ({n_trig} triggers, {args.users} users) into "
             f"{s.topic_clickstream}")
         asyncio.run(produce_all(s.kafka_bootstrap, s.topic_clickstream, records(evs)))
-        log(f"[{size}/{within}] passthrough")
         res["passthrough"] = asyncio.run(passthrough(s.kafka_bootstrap, s.topic_clickstream, out_topic,
                                                      len(evs), f"bench-{tag}-passthrough"))
-        log(f"[{size}/{within}] passthrough {res['passthrough']['rate']:.0f} events/s; starting the worker")
-        worker = Worker(env, run_dir / "worker.log")
+        res["fanout"] = asyncio.run(passthrough(s.kafka_bootstrap, s.topic_clickstream, out_topic + "-fanout",
+                                                len(evs), f"bench-{tag}-fanout",
+                                                fanout=(frozenset(s.triggers), 1 + args.top_k)))
+        log(f"[{name}] passthrough {res['passthrough']['rate']:.0f} events/s, with the worker's fan-out "
+            f"{res['fanout']['rate']:.0f} events/s; starting the worker")
+        prof = CACHE / f"worker-{variant}-{size}-{within:g}.prof" if args.profile_worker else None
+        worker = Worker(env, run_dir / "worker.log", prof, variant)
         res["worker"] = asyncio.run(worker_throughput(s, worker, len(evs), n_trig * (1 + args.top_k),
                                                       args.timeout))
-        log(f"[{size}/{within}] worker {res['worker']['rate']:.0f} events/s "
-            f"({res['worker']['prices']}/{res['worker']['expected']} prices); latency at {args.rate:.0f}/s")
-        if args.latency_s > 0:
+        log(f"[{name}] worker {res['worker']['rate']:.0f} events/s "
+            f"({res['worker']['prices']}/{res['worker']['expected']} prices)")
+        if prof:  # the throughput phase only: stop the worker so cProfile writes its stats
+            worker.stop()
+            res["profile"] = _worker_profile(prof)
+        elif args.latency_s > 0:
+            log(f"[{name}] latency at {args.rate:.0f} events/s")
             res["latency"] = asyncio.run(latency_run(s, worker, maker, args.rate, args.warmup_s, args.latency_s))
             lat = res["latency"]
-            log(f"[{size}/{within}] latency p50 {lat['append_p50']:.1f} ms p99 {lat['append_p99']:.1f} ms "
+            log(f"[{name}] latency p50 {lat['append_p50']:.1f} ms p99 {lat['append_p99']:.1f} ms "
                 f"(offered {lat['offered']:.0f}/s, missing {lat['missing']})")
     finally:
         if worker is not None:
@@ -426,22 +503,24 @@ def run_config(args: argparse.Namespace, model_dir: Path, items: list[CatalogIte
     return res
 
 
+NAN = float("nan")
+
+
 def summary(results: list[dict], args: argparse.Namespace) -> str:
     rows = []
     for r in results:
-        pt, w, lat = r.get("passthrough", {}), r.get("worker", {}), r.get("latency", {})
-        ratio = w.get("rate", float("nan")) / pt.get("rate", float("nan"))
-        rows.append([f"{r['batch_size']}/{r['within']:g}/{r['top_k']}", pt.get("rate", float("nan")),
-                     w.get("rate", float("nan")), ratio, "yes" if ratio >= 0.25 else "NO",
-                     w.get("prices_rate", float("nan")), w.get("cpu", float("nan")) * 100,
-                     lat.get("offered", float("nan")), lat.get("append_p50", float("nan")),
-                     lat.get("append_p90", float("nan")), lat.get("append_p99", float("nan")),
-                     lat.get("append_max", float("nan")), lat.get("recv_p99", float("nan")),
-                     "yes" if lat.get("append_p99", float("inf")) <= 100 else "NO",
-                     f"{r['load_before']} -> {r['load_after']}"])
-    return table(["batch/within/top_k", "passthru ev/s", "worker ev/s", "ratio", ">=0.25", "prices/s",
-                  "worker cpu%", "offered/s", "p50 ms", "p90 ms", "p99 ms", "max ms", "p99 recv ms",
-                  "p99<=100", "loadavg before -> after"], rows,
+        pt, fo = r.get("passthrough", {}).get("rate", NAN), r.get("fanout", {}).get("rate", NAN)
+        w, lat = r.get("worker", {}), r.get("latency", {})
+        rate = w.get("rate", NAN)
+        rows.append([r["variant"], f"{r['batch_size']}/{r['within']:g}/{r['top_k']}", pt, rate, rate / pt,
+                     "yes" if rate / pt >= 0.25 else "NO", fo, rate / fo, 1e6 / rate - 1e6 / fo,
+                     w.get("cpu", NAN) * 100, lat.get("offered", NAN), lat.get("append_p50", NAN),
+                     lat.get("append_p90", NAN), lat.get("append_p99", NAN), lat.get("append_max", NAN),
+                     lat.get("recv_p99", NAN), "yes" if lat.get("append_p99", float("inf")) <= 100 else "NO",
+                     lat.get("missing", NAN), f"{r['load_before']} -> {r['load_after']}"])
+    return table(["worker", "batch/within/k", "passthru ev/s", "worker ev/s", "ratio", ">=.25", "fan-out ev/s",
+                  "w/fan-out", "extra us/ev", "cpu%", "offered/s", "p50 ms", "p90 ms", "p99 ms", "max ms",
+                  "p99 recv", "p99<=100", "missing", "loadavg before -> after"], rows,
                  f"End to end, one worker vs passthrough ({args.events} pre-loaded events, {args.users} users, "
                  f"{args.items} items; latency at {args.rate:.0f} events/s for {args.latency_s:.0f} s after "
                  f"{args.warmup_s:.0f} s warm-up; {os.cpu_count()} cores)")
@@ -455,6 +534,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--items", type=int, default=400, help="catalog items (the default simulated market)")
     parser.add_argument("--configs", default="64:0.02,256:0.05,16:0.01",
                         help="comma-separated batch_size:batch_within_s to run (first = the default settings)")
+    parser.add_argument("--variants", default="stock",
+                        help="worker variants for the FIRST config, comma-separated: "
+                             + "; ".join(f"{k} = {v}" for k, v in VARIANTS.items())
+                             + " (later configs run stock only)")
+    parser.add_argument("--run-worker", metavar="VARIANT", help=argparse.SUPPRESS)
     parser.add_argument("--top-k", type=int, default=3, help="PRICING_TOP_K")
     parser.add_argument("--onnx-threads", type=int, default=1, help="PRICING_ONNX_THREADS")
     parser.add_argument("--rate", type=float, default=1000.0, help="offered events/s of the latency run")
@@ -466,10 +550,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-scoring", action="store_true", help="no in-process scoring-cost table")
     parser.add_argument("--skip-kafka", action="store_true", help="only the in-process scoring-cost table")
     parser.add_argument("--profile", action="store_true", help="cProfile Pipeline.process (onnx) and print it")
+    parser.add_argument("--profile-worker", action="store_true",
+                        help="run the worker under cProfile (throughput phase only, no latency run); "
+                             "prints its stats; the rates are then profiler-inflated")
     parser.add_argument("--profile-batch", type=int, default=64, help="batch size of the profiled run")
     parser.add_argument("--keep", action="store_true", help="keep the run's topics and worker data dir")
     parser.add_argument("--json", type=Path, help="also write the raw results here")
     args = parser.parse_args(argv)
+    if args.run_worker:
+        return run_worker_variant(args.run_worker)
 
     model_dir = ensure_bundle(log=log)
     items = make_catalog(args.items)
@@ -478,14 +567,22 @@ def main(argv: list[str] | None = None) -> int:
         print(scoring_cost(args, model_dir, items) + "\n", flush=True)
     results: list[dict] = []
     if not args.skip_kafka:
-        for spec in args.configs.split(","):
+        runs = []
+        for n, spec in enumerate(args.configs.split(",")):
             size, within = spec.split(":")
-            results.append(run_config(args, model_dir, items, int(size), float(within)))
+            runs += [(int(size), float(within), v) for v in (args.variants.split(",") if n == 0 else ["stock"])]
+        for size, within, variant in runs:
+            results.append(run_config(args, model_dir, items, size, within, variant))
             print(summary(results[-1:], args) + "\n", flush=True)
+            if "profile" in results[-1]:
+                print(results[-1].pop("profile"), flush=True)
         print(summary(results, args))
-        print("\nratio = worker ev/s / passthrough ev/s (acceptance >= 0.25); p50..max = price appended "
-              f"(LogAppendTime) - event send time, ms, at {args.rate:.0f} events/s (acceptance p99 <= 100 ms); "
-              "p99 recv = to the bench consumer's receipt")
+        print("\nratio = worker ev/s / passthrough ev/s (acceptance >= 0.25); fan-out = the passthrough writing "
+              "what the worker writes (1+top_k records per trigger + 1 per event), no processing; extra us/ev = "
+              "1e6/worker - 1e6/fan-out; cpu% = worker process CPU during its throughput run; p50..max = price "
+              f"appended (LogAppendTime) - event send time, ms, at {args.rate:.0f} events/s "
+              "(acceptance p99 <= 100 ms); "
+              "p99 recv = to the bench consumer's receipt; missing = expected prices not seen")
     if args.json:
         args.json.write_text(orjson.dumps(results, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY).decode())
     return 0
