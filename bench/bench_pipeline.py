@@ -247,9 +247,14 @@ VARIANTS = {
     "stock": "python -m streams.app, unchanged",
     "null": "Faust worker with Pipeline.process replaced by a stub that writes the same records "
             "(1+top_k copies of the input per trigger, one table write per user): Faust + Kafka cost only",
+    "table": "like null but no prices (one small marker record per batch): Faust consume + table writes",
+    "consume": "like null but neither prices nor table writes (one marker per batch): Faust consume only",
     "patched": "stock + candidate speed-ups monkeypatched in (schemas.dumps via orjson's native dataclass "
                "support, cached reason_names, cached assign_arm): same output bytes",
 }
+
+
+MARKER_VARIANTS = ("table", "consume")
 
 
 def _patch(variant: str) -> None:
@@ -274,6 +279,16 @@ def _patch(variant: str) -> None:
             return out
 
         pl.Pipeline.process = process  # type: ignore[assignment,method-assign]
+    elif variant in MARKER_VARIANTS:
+        def marker(self: Pipeline, batch: list[RawRecord], load: Callable[[str], bytes | None]) -> object:
+            out = pl.BatchOutput()
+            if variant == "table":
+                for i, raw in enumerate(batch):
+                    out.records[(raw.key or b"").decode()] = (raw.value, i)
+            out.prices.append((b"marker", b"%d" % len(batch)))  # how many events this batch took
+            return out
+
+        pl.Pipeline.process = marker  # type: ignore[assignment,method-assign]
     elif variant != "stock":
         raise SystemExit(f"unknown worker variant {variant!r}; known: {sorted(VARIANTS)}")
 
@@ -345,6 +360,38 @@ async def worker_throughput(s: Settings, worker: Worker, n_events: int, expected
     t0, t1 = await _edge_timestamps(s.kafka_bootstrap, s.topic_prices, s.partitions)
     return {"rate": n_events / (t1 - t0), "seconds": t1 - t0, "prices": have, "expected": expected,
             "prices_rate": have / (t1 - t0), "dead_letters": dlq, "startup_s": (wall_first or 0) - worker.started,
+            "cpu": (cpu_last - cpu_first) / (wall_last - wall_first) if wall_first and wall_last > wall_first
+            else float("nan")}
+
+
+async def marker_throughput(s: Settings, worker: Worker, n_events: int, timeout: float) -> dict:
+    """For the marker variants: read the per-batch markers until they count ``n_events``."""
+    AIOKafkaConsumer, _, TopicPartition = _clients()
+    c = AIOKafkaConsumer(bootstrap_servers=s.kafka_bootstrap, group_id=None, enable_auto_commit=False,
+                         auto_offset_reset="earliest")
+    await c.start()
+    tps = [TopicPartition(s.topic_prices, p) for p in range(s.partitions)]
+    c.assign(tps)
+    await c.seek_to_beginning(*tps)
+    seen, ts, markers = 0, [], 0
+    cpu_first = wall_first = None
+    deadline = time.monotonic() + timeout
+    try:
+        while seen < n_events and time.monotonic() < deadline:
+            worker.check()
+            for msgs in (await c.getmany(timeout_ms=250)).values():
+                for m in msgs:
+                    if cpu_first is None:
+                        cpu_first, wall_first = worker.cpu(), time.monotonic()
+                    seen += int(m.value)
+                    markers += 1
+                    ts.append(m.timestamp / 1000)
+        cpu_last, wall_last = worker.cpu(), time.monotonic()
+    finally:
+        await c.stop()
+    span = max(ts) - min(ts)
+    return {"rate": seen / span, "seconds": span, "prices": seen, "expected": n_events, "batches": markers,
+            "prices_rate": float("nan"), "startup_s": (wall_first or 0) - worker.started,
             "cpu": (cpu_last - cpu_first) / (wall_last - wall_first) if wall_first and wall_last > wall_first
             else float("nan")}
 
@@ -477,14 +524,17 @@ def run_config(args: argparse.Namespace, model_dir: Path, items: list[CatalogIte
             f"{res['fanout']['rate']:.0f} events/s; starting the worker")
         prof = CACHE / f"worker-{variant}-{size}-{within:g}.prof" if args.profile_worker else None
         worker = Worker(env, run_dir / "worker.log", prof, variant)
-        res["worker"] = asyncio.run(worker_throughput(s, worker, len(evs), n_trig * (1 + args.top_k),
-                                                      args.timeout))
+        if variant in MARKER_VARIANTS:
+            res["worker"] = asyncio.run(marker_throughput(s, worker, len(evs), args.timeout))
+        else:
+            res["worker"] = asyncio.run(worker_throughput(s, worker, len(evs), n_trig * (1 + args.top_k),
+                                                          args.timeout))
         log(f"[{name}] worker {res['worker']['rate']:.0f} events/s "
             f"({res['worker']['prices']}/{res['worker']['expected']} prices)")
         if prof:  # the throughput phase only: stop the worker so cProfile writes its stats
             worker.stop()
             res["profile"] = _worker_profile(prof)
-        elif args.latency_s > 0:
+        elif args.latency_s > 0 and variant not in MARKER_VARIANTS:
             log(f"[{name}] latency at {args.rate:.0f} events/s")
             res["latency"] = asyncio.run(latency_run(s, worker, maker, args.rate, args.warmup_s, args.latency_s))
             lat = res["latency"]
