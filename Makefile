@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 BROKER := $(PY) deploy/kafka/broker.py
 STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 
-.PHONY: help venv kafka-up kafka-down kafka-status kafka-logs topics settings test test-unit lint bench demo clean
+.PHONY: help venv demo demo-homogeneous kafka-up kafka-down kafka-status kafka-logs topics settings test test-unit lint bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -17,6 +17,12 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[train,dev]'
 	@rm -f $(VENV)/.installed-* && touch $@
+
+demo: venv  ## the whole loop on a simulated market: broker, history, training, export, worker, closed-loop A/B, report
+	@bash deploy/demo.sh
+
+demo-homogeneous: venv  ## the demo in a market where all users are alike (personalization must do no harm)
+	@bash deploy/demo.sh --homogeneous
 
 kafka-up: venv  ## start the local Kafka broker (idempotent), create the topics; prints the bootstrap address
 	@boot=$$($(BROKER) up | tail -n 1) && PRICING_KAFKA_BOOTSTRAP=$$boot $(PY) -m streams.topics >&2 && echo $$boot
