@@ -9,8 +9,9 @@
 #   --homogeneous      a market with no heterogeneity (all users alike): personalization cannot
 #                      help there, so treatment should earn >= 98 % of the best uniform price.
 # Environment (optional): DEMO_DAYS (simulated days, default 4), DEMO_DURATION (wall seconds for
-#   them, default 240), DEMO_USERS (first N users of the market, default all 8,000),
-#   DEMO_KEEP_TOPICS=1 (keep the run's topics for `pricing-evaluate --kafka`).
+#   them, default 240), DEMO_WARM_DAYS (simulated days of history replayed into the worker first,
+#   as if it had been running, default 3; 0 starts every user cold), DEMO_USERS (first N users
+#   of the market, default all 8,000), DEMO_KEEP_TOPICS=1 (keep the run's topics for `pricing-evaluate --kafka`).
 # It stops what it started: the worker always, the broker only if it was not already running.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,6 +28,7 @@ done
 PY=.venv/bin/python
 DAYS=${DEMO_DAYS:-4}
 DURATION=${DEMO_DURATION:-240}
+WARM_DAYS=${DEMO_WARM_DAYS:-3}
 RUN="demo-$(date +%Y%m%d-%H%M%S)"
 VARIANT=default
 TRAIN_ARGS=()
@@ -113,12 +115,12 @@ step 4 "simulating 14 days of history and training the models (market: $VARIANT)
 step 5 "exporting the ONNX bundle (parity-checked) ..."
 "$PY" -m export --train-dir "$VAR/train" --model-dir "$VAR/models" --no-progress 2>"$VAR/export.stderr" | tail -n 3
 
-step 6 "starting the pricing worker and the closed-loop market ($DAYS simulated days in ~${DURATION}s)"
+step 6 "starting the pricing worker; $WARM_DAYS days of history into it, then the closed-loop market ($DAYS simulated days in ~${DURATION}s)"
 "$PY" -m streams.app >"$VAR/worker.log" 2>&1 &
 WORKER_PID=$!
 echo "worker pid $WORKER_PID, log $VAR/worker.log"
 MARKET_ARGS=(--train-dir "$VAR/train" --out "$VAR/run" --days "$DAYS" --duration "$DURATION"
-             --publish-catalog --run-id "$RUN")
+             --publish-catalog --run-id "$RUN" --warm-days "$WARM_DAYS")
 [[ -n ${DEMO_USERS:-} ]] && MARKET_ARGS+=(--users "$DEMO_USERS")
 # in the background + wait: a TERM to this script then reaches the trap at once
 "$PY" -m models.live_market "${MARKET_ARGS[@]}" &

@@ -67,6 +67,7 @@ class LoopConfig:
     run_id: str = ""
     listing: str = "personalized"   # prices on the listing: the user's newest decided price, or "base"
     max_wall_s: float | None = None  # start no session after this many wall seconds (None: 1.5 x duration + 60)
+    warm_days: float = 0.0          # simulated history replayed first, so the worker starts with user state
 
     @property
     def speed(self) -> float:
@@ -313,8 +314,9 @@ class LiveMarket:
             with (self.out / "exposures.jsonl").open("wb") as xf, (self.out / "events.jsonl").open("wb") as ef:
                 self._exposures, self._events = xf, ef
                 ready_s = await self._wait_ready(wait_ready_s)
+                warm = await self._warm_up(progress_s) if self.cfg.warm_days > 0 else {}
                 meta = await self._run_sessions(progress_s)
-                meta["worker_ready_s"] = ready_s
+                meta["worker_ready_s"], meta["warm_up"] = ready_s, warm
         finally:
             if follower is not None:
                 follower.cancel()
@@ -351,6 +353,73 @@ class LiveMarket:
                 return time.monotonic() - t0
             n += 1
         raise RuntimeError(f"no price from the worker within {timeout:.0f} s: is it running on these topics?")
+
+    async def _warm_up(self, progress_s: float) -> dict[str, Any]:
+        """Replay ``warm_days`` of simulated history, then wait until the worker has consumed it.
+
+        A worker that has been running sees users with a history; a worker started for the demo
+        would otherwise price every user as a newcomer (empty features), which is not what the
+        models were trained on. The history of the participating users is shifted to end before
+        the loop's simulated clock starts, sent as fast as the broker takes it, and the loop starts
+        once the worker's consumer group has committed every clickstream partition to its end.
+        These events are not exposures: they are not logged and not evaluated.
+        """
+        t0 = time.time()
+        log = self.m.simulate(days=self.cfg.warm_days)
+        n_users = self.m.cfg.n_users if self.cfg.users is None else min(self.cfg.users, self.m.cfg.n_users)
+        keep = np.flatnonzero(log.user < n_users)
+        # end one minute before the earliest possible start of the loop's clock
+        shift = (time.time() - self.cfg.days * _DAY - 60.0) - float(log.ts[keep[-1]]) if len(keep) else 0.0
+        sent, last = 0, time.monotonic()
+        for n, ev in enumerate(log.events()):
+            if log.user[n] >= n_users:
+                continue
+            ev = replace(ev, event_id=f"{self.run_id}-w{n}", session_id=f"{self.run_id}-w{ev.session_id}",
+                         ts=ev.ts + shift)
+            await self.producer.send(self.s.topic_clickstream, dumps(ev), key=ev.user_id.encode())
+            sent += 1
+            if time.monotonic() - last > progress_s:
+                print(f"[market] warm-up: sent {sent:,}/{len(keep):,} history events", flush=True)
+                last = time.monotonic()
+        await self.producer.flush()
+        print(f"[market] warm-up: {sent:,} events of {self.cfg.warm_days:g} simulated days sent in "
+              f"{time.time() - t0:.0f} s; waiting for the worker to consume them", flush=True)
+        lag = await self._wait_consumed(await asyncio.to_thread(self._clickstream_end), progress_s)
+        print(f"[market] warm-up done in {time.time() - t0:.0f} s (lag {lag})", flush=True)
+        return {"events": sent, "days": self.cfg.warm_days, "wall_s": round(time.time() - t0, 1)}
+
+    def _clickstream_end(self) -> dict[int, int]:
+        """End offset of every clickstream partition (kafka-python, in a thread)."""
+        from kafka import KafkaConsumer, TopicPartition
+
+        c = KafkaConsumer(bootstrap_servers=self.s.kafka_bootstrap, enable_auto_commit=False)
+        try:
+            tps = [TopicPartition(self.s.topic_clickstream, p)
+                   for p in sorted(c.partitions_for_topic(self.s.topic_clickstream) or ())]
+            return {tp.partition: off for tp, off in c.end_offsets(tps).items()}
+        finally:
+            c.close()
+
+    async def _wait_consumed(self, end: dict[int, int], progress_s: float, timeout: float = 1800.0) -> int:
+        """Wait until the worker's group (``PRICING_APP_ID``) has committed ``end`` on the clickstream."""
+        from kafka import KafkaAdminClient
+
+        admin = KafkaAdminClient(bootstrap_servers=self.s.kafka_bootstrap, client_id="market-warm-up")
+        deadline, last, lag = time.monotonic() + timeout, 0.0, -1
+        try:
+            while time.monotonic() < deadline:
+                got = (await asyncio.to_thread(admin.list_group_offsets, self.s.app_id)).get(self.s.app_id, {})
+                done = {tp.partition: om.offset for tp, om in got.items() if tp.topic == self.s.topic_clickstream}
+                lag = sum(max(0, off - done.get(p, 0)) for p, off in end.items())
+                if lag == 0:
+                    return 0
+                if time.monotonic() - last > progress_s:
+                    print(f"[market] warm-up: worker lag {lag:,} events", flush=True)
+                    last = time.monotonic()
+                await asyncio.sleep(1.0)
+        finally:
+            admin.close()
+        raise RuntimeError(f"the worker did not consume the warm-up history within {timeout:.0f} s (lag {lag})")
 
     async def _run_sessions(self, progress_s: float) -> dict[str, Any]:
         """Start every scheduled session at its time (one user's sessions run one after another)."""
@@ -437,6 +506,8 @@ def parser() -> argparse.ArgumentParser:
                    help="prices on the listings users pick from: their newest decided price, or the base price")
     p.add_argument("--max-wall", type=float, default=None,
                    help="start no session after this many wall seconds (default 1.5 x duration + 60)")
+    p.add_argument("--warm-days", type=float, default=d.warm_days,
+                   help="first replay this many days of simulated history, so the worker starts with user state")
     p.add_argument("--run-id", default="", help="prefix of event and session ids (default: random)")
     p.add_argument("--publish-catalog", action="store_true", help="send the market's catalog first")
     p.add_argument("--wait-ready", type=float, default=180.0, help="seconds to wait for the worker")
@@ -449,7 +520,7 @@ def main(argv: list[str] | None = None) -> int:
     s = cli_settings()
     market = market_from_args(args)
     cfg = LoopConfig(args.days, args.duration, args.users, args.price_timeout, args.max_sessions, args.seed,
-                     args.run_id, args.listing, args.max_wall)
+                     args.run_id, args.listing, args.max_wall, args.warm_days)
     if args.publish_catalog:
         publish_catalog(market, s)
     live = LiveMarket(market, s, cfg, args.out)

@@ -106,3 +106,36 @@ def test_closed_loop_run_is_priced_within_guardrails_and_evaluated(
         assert kafka["arms"][arm]["exposures"] == result["arms"][arm]["exposures"]
         assert kafka["arms"][arm]["purchases"] == result["arms"][arm]["purchases"]
         assert kafka["arms"][arm]["profit_per_user"] == pytest.approx(result["arms"][arm]["profit_per_user"])
+
+
+def test_warm_up_history_is_consumed_before_the_loop_starts(
+        loop_env: tuple[Settings, dict[str, str]], model_dir: Path, tmp_path: Path) -> None:
+    # the demo first replays recent history so the worker starts with user state; the loop may
+    # only start once the worker's group has committed the whole history
+    from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
+
+    s, env = loop_env
+    out = tmp_path / "run"
+    run(["-m", "models.live_market", "--train-dir", str(model_dir.parent / "train"), "--out", str(out),
+         "--days", "0.1", "--duration", "8", "--warm-days", "0.5", "--publish-catalog", "--wait-ready", "120"],
+        env, timeout=300)
+    meta = json.loads((out / "meta.json").read_text())
+    warm = meta["warm_up"]
+    assert warm["events"] > 100 and warm["days"] == 0.5, warm
+    assert meta["delivery_failures"] == 0 and meta["views"] > 0
+    # warm-up events are not exposures, and they precede the loop's clock
+    exposures = [json.loads(line) for line in (out / "exposures.jsonl").read_text().splitlines()]
+    assert exposures and all(row["ts"] >= meta["sim_start"] for row in exposures)
+    events = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
+    assert len(events) >= meta["events"]  # the loop's events (and the readiness probes), no history
+    assert not any(e["event_id"].startswith(f"{meta['run_id']}-w") for e in events)
+    # the clickstream holds the warm-up history (before sim_start) and the worker consumed all of it
+    consumer = KafkaConsumer(bootstrap_servers=s.kafka_bootstrap, enable_auto_commit=False)
+    tps = [TopicPartition(s.topic_clickstream, p) for p in consumer.partitions_for_topic(s.topic_clickstream)]
+    end = sum(consumer.end_offsets(tps).values())
+    consumer.close()
+    assert end >= warm["events"] + meta["events"]
+    admin = KafkaAdminClient(bootstrap_servers=s.kafka_bootstrap)
+    committed = admin.list_group_offsets(s.app_id)[s.app_id]
+    admin.close()
+    assert sum(om.offset for tp, om in committed.items() if tp.topic == s.topic_clickstream) >= warm["events"]
