@@ -392,9 +392,13 @@ def load_exposure_log(path: str | Path) -> tuple[Exposures, Purchases, dict[str,
     return exp, pur, meta
 
 
-def load_kafka(s: Settings, *, exclude_prefix: str = "probe-", timeout_s: float = 60.0) -> tuple[
-        Exposures, Purchases, dict[str, Any]]:
+def load_kafka(s: Settings, *, exclude_prefix: str = "probe-", timeout_s: float = 60.0,
+               since: float = -math.inf, until: float = math.inf) -> tuple[Exposures, Purchases, dict[str, Any]]:
     """Exposures and purchases from the topics of ``s`` (everything up to their current end).
+
+    Only views with event time in ``[since, until)`` are exposures, and only purchases from
+    ``since`` on count: the experiment's window, without the history before it (for instance a
+    closed loop's warm-up); purchases after ``until`` still attribute to the window's views.
 
     An exposure is a ``view`` on the clickstream with the decision the worker made for that
     view's own item (``decision_id(event_id, item_id)``); a view without one is an exposure at
@@ -406,8 +410,9 @@ def load_kafka(s: Settings, *, exclude_prefix: str = "probe-", timeout_s: float 
     prices = {pe.decision_id: pe for pe in _read_topic(s, s.topic_prices, parse_price, timeout_s)}
     cost = {c.item_id: c.unit_cost for c in _read_topic(s, s.topic_catalog, parse_catalog, timeout_s)}
     clicks = [ev for ev in _read_topic(s, s.topic_clickstream, lambda b: parse_click(b, now=math.inf), timeout_s)
-              if not ev.user_id.startswith(exclude_prefix or "\x00")]
-    views, buys = [e for e in clicks if e.type == "view"], [e for e in clicks if e.type == "purchase"]
+              if not ev.user_id.startswith(exclude_prefix or "\x00") and since <= ev.ts]
+    views = [e for e in clicks if e.type == "view" and e.ts < until]
+    buys = [e for e in clicks if e.type == "purchase"]
     rows = []
     for v in views:
         pe = prices.get(decision_id(v.event_id, v.item_id))
@@ -478,6 +483,10 @@ def main(argv: list[str] | None = None) -> int:
     src.add_argument("--exposures", type=Path, help="closed-loop run directory (or its exposures.jsonl)")
     src.add_argument("--kafka", action="store_true", help="read the PRICING_* prices/clickstream/catalog topics")
     p.add_argument("--train-dir", type=Path, help="with --kafka: the training run of the simulated market (truth)")
+    p.add_argument("--since", type=float, default=-math.inf,
+                   help="with --kafka: first event time (epoch s) of the experiment window")
+    p.add_argument("--until", type=float, default=math.inf,
+                   help="with --kafka: end (exclusive) of the experiment window, event time")
     p.add_argument("--window", type=float, default=86400.0, help="attribution window, event-time seconds")
     p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap replicates")
     p.add_argument("--seed", type=int, default=0)
@@ -492,7 +501,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         from .settings import cli_settings
 
-        exp, pur, meta = load_kafka(cli_settings())
+        exp, pur, meta = load_kafka(cli_settings(), since=args.since, until=args.until)
         if args.train_dir:
             meta["market"] = json.loads((args.train_dir / "training_summary.json").read_text())["knobs"]["market"]
             exp = _with_market_index(exp, market_of(meta))

@@ -58,7 +58,7 @@ class Settings(BaseSettings):
     batch_size: int = Field(64, ge=1, le=10_000)
     batch_within_s: float = Field(0.01, gt=0, le=5, description="longest wait to fill a scoring batch")
     onnx_threads: int = Field(1, ge=1, le=64)
-    fetch_max_wait_ms: int = Field(20, ge=1, le=5000,
+    fetch_max_wait_ms: int = Field(1500, ge=1, le=5000,
                                    description="longest a fetch waits at the broker for new records")
     web_port: int | None = Field(None, ge=1, le=65535, description="Faust's web/stats server; off when unset")
     session_timeout_s: float = Field(30.0, ge=6, le=300,

@@ -139,3 +139,10 @@ def test_warm_up_history_is_consumed_before_the_loop_starts(
     committed = admin.list_group_offsets(s.app_id)[s.app_id]
     admin.close()
     assert sum(om.offset for tp, om in committed.items() if tp.topic == s.topic_clickstream) >= warm["events"]
+    # the topics-only evaluation, windowed at the loop's start, sees the loop's exposures, not the history
+    whole = json.loads(run(["-m", "streams.evaluate", "--kafka", "--no-report", "--json", "--bootstrap", "50"],
+                           env, timeout=300).stdout)
+    windowed = json.loads(run(["-m", "streams.evaluate", "--kafka", "--since", str(meta["sim_start"]), "--no-report",
+                               "--json", "--bootstrap", "50"], env, timeout=300).stdout)
+    assert windowed["counts"]["exposures"] == len(exposures) == meta["views"]
+    assert whole["counts"]["exposures"] > windowed["counts"]["exposures"]
