@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# `make demo`: the whole system end to end on this machine, in about 7-8 minutes.
+# `make demo`: the whole system end to end on this machine, in about 7 minutes.
 #
 #   broker -> fresh topics -> simulated history -> train -> export ONNX bundle -> pricing worker
 #   -> closed-loop market (simulated users see the worker's prices and buy by the true demand)
