@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/bench_pipeline.py                  # everything (~6-10 min)
     .venv/bin/python bench/bench_pipeline.py --skip-kafka     # only the in-process scoring cost
-    .venv/bin/python bench/bench_pipeline.py --configs 64:0.01 --events 20000 --latency-s 15
+    .venv/bin/python bench/bench_pipeline.py --configs 64:0.02 --events 20000 --latency-s 15
 
 Per batch configuration (``batch_size:batch_within_s``), on fresh topics of its own:
 
@@ -582,7 +582,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--events", type=int, default=50_000, help="pre-loaded events per configuration")
     parser.add_argument("--users", type=int, default=10_000, help="distinct users in the clickstream")
     parser.add_argument("--items", type=int, default=400, help="catalog items (the default simulated market)")
-    parser.add_argument("--configs", default="64:0.01,64:0.02,256:0.05",
+    parser.add_argument("--configs", default="64:0.02,64:0.01,256:0.05",
                         help="comma-separated batch_size:batch_within_s to run (first = the default settings)")
     parser.add_argument("--variants", default="stock",
                         help="worker variants for the FIRST config, comma-separated: "

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# `make demo`: the whole system end to end on this machine, in about 7 minutes.
+# `make demo`: the whole system end to end on this machine, in 7-9 minutes.
 #
 #   broker -> fresh topics -> simulated history -> train -> export ONNX bundle -> pricing worker
 #   -> closed-loop market (simulated users see the worker's prices and buy by the true demand)
@@ -105,8 +105,6 @@ export PRICING_APP_ID="$RUN" PRICING_TOPIC_CLICKSTREAM="$RUN-clickstream" PRICIN
 export PRICING_TOPIC_PRICES="$RUN-prices" PRICING_TOPIC_DEAD_LETTER="$RUN-clickstream-dlq"
 export PRICING_MODEL_DIR="$VAR/models" PRICING_DATA_DIR="$VAR/worker" PRICING_USER_HASH_KEY="demo-$RUN"
 export PRICING_EXPERIMENT_SALT="$RUN"
-# the closed loop is latency-bound: without this, Faust's 1.5 s fetch wait can stall it (bench/README.md)
-export PRICING_FETCH_MAX_WAIT_MS=${PRICING_FETCH_MAX_WAIT_MS:-20}
 rm -rf "$VAR"
 mkdir -p "$VAR"
 "$PY" -m streams.topics

@@ -19,7 +19,6 @@ from typing import Any
 
 import faust
 from faust.streams import _current_event
-from faust.transport.drivers import aiokafka as faust_aiokafka
 
 from .catalog import Catalog
 from .pipeline import Pipeline, RawRecord
@@ -29,41 +28,6 @@ from .settings import Settings, cli_settings
 from .topics import kafka_client_config
 
 log = logging.getLogger("pricing.worker")
-
-
-class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
-    """Faust's aiokafka consumer with the app's fetch wait instead of Faust's hard-coded 1,500 ms.
-
-    aiokafka keeps one fetch in flight per broker and leaves out partitions whose records are still
-    buffered. When a fetch names only partitions without new data, the broker holds it for the full
-    ``fetch_max_wait_ms``, and the buffered partitions cannot be fetched again until it returns:
-    with Faust's 1,500 ms, prices then came 1.5-1.8 s late (measured in the benchmark and in the
-    closed loop, where late prices also slow the producers down, so the stall feeds itself).
-    """
-
-    def _create_worker_consumer(self, transport: Any) -> Any:
-        consumer = super()._create_worker_consumer(transport)
-        # read by the Fetcher that the consumer builds on start()
-        consumer._fetch_max_wait_ms = getattr(self.app, "fetch_max_wait_ms", consumer._fetch_max_wait_ms)
-        return consumer
-
-
-class _Consumer(faust_aiokafka.Consumer):
-    def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
-        return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
-
-
-class _Transport(faust_aiokafka.Transport):
-    Consumer = _Consumer
-
-
-class _App(faust.App):
-    """faust.App whose worker consumer waits at most ``fetch_max_wait_ms`` per fetch."""
-
-    fetch_max_wait_ms: int = 1500
-
-    def _new_transport(self) -> Any:
-        return _Transport(self.conf.broker_consumer, self)
 
 
 def _credentials(s: Settings) -> Any:
@@ -98,7 +62,7 @@ def create_app(s: Settings, *, deterministic_scorer: bool = False,
 
     ``sender(topic, key, value)`` replaces the Kafka producer in agent tests.
     """
-    app = _App(
+    app = faust.App(
         s.app_id, broker=[f"kafka://{h}" for h in s.kafka_bootstrap.split(",")],
         broker_credentials=_credentials(s), store=s.store, datadir=str(s.data_dir),
         topic_partitions=s.partitions, topic_replication_factor=s.replication_factor,
@@ -106,7 +70,6 @@ def create_app(s: Settings, *, deterministic_scorer: bool = False,
         broker_commit_interval=1.0, producer_linger_ms=1,
         broker_session_timeout=s.session_timeout_s, broker_heartbeat_interval=min(3.0, s.session_timeout_s / 3),
     )
-    app.fetch_max_wait_ms = s.fetch_max_wait_ms
     clicks = app.topic(s.topic_clickstream, partitions=s.partitions, key_type=bytes, value_type=bytes,
                        key_serializer="raw", value_serializer="raw")
     users = app.Table("users", default=None, partitions=s.partitions,
@@ -116,7 +79,6 @@ def create_app(s: Settings, *, deterministic_scorer: bool = False,
     scorer, watcher = _scorer_source(s, deterministic_scorer)
     pipeline = Pipeline(s, catalog, scorer, clock)
     stats: Counter[str] = Counter()
-    timing = _BatchTimes()
 
     async def send(topic: str, key: bytes, value: bytes) -> Any:
         # enqueue; returns the delivery future (None in agent tests)
@@ -129,7 +91,6 @@ def create_app(s: Settings, *, deterministic_scorer: bool = False,
         await catalog_ready.wait()
         async for events in stream.take_events(s.batch_size, within=s.batch_within_s):  # type: ignore[attr-defined]
             # events: raw clickstream records of one batch, from any partitions we own
-            t0 = time.monotonic()
             out = pipeline.process([RawRecord(e.message.key, e.message.value, e.message.topic,
                                               e.message.partition, e.message.offset) for e in events],
                                    lambda k: users.get(k.encode()))
@@ -144,10 +105,7 @@ def create_app(s: Settings, *, deterministic_scorer: bool = False,
             pending += [await send(s.topic_prices, k, v) for k, v in out.prices]
             # at-least-once: the batch is acked (its offsets become committable) only after every
             # price and dead letter it produced is in Kafka; a failed delivery crashes the batch
-            t1 = time.monotonic()
             await asyncio.gather(*(f for f in pending if f is not None))
-            timing.add(len(events), t1 - t0, time.monotonic() - t1,
-                       clock() - min(e.message.timestamp or 0.0 for e in events))
             stats.update(out.counts)
 
     @app.task
@@ -163,47 +121,13 @@ def create_app(s: Settings, *, deterministic_scorer: bool = False,
     @app.timer(30.0)
     async def report() -> None:
         if stats:
-            log.info("last 30 s: %s; catalog items %d; model %s; %s", dict(sorted(stats.items())),
-                     len(catalog), scorer().version, timing.summary())
+            log.info("last 30 s: %s; catalog items %d; model %s", dict(sorted(stats.items())),
+                     len(catalog), scorer().version)
             stats.clear()
-        timing.clear()
 
     # handles for tests and tools
     app.pricing, app.catalog_ready, app.users = pipeline, catalog_ready, users  # type: ignore[attr-defined]
     return app
-
-
-class _BatchTimes:
-    """Per-batch timings for the periodic log line: where a slow price comes from at 3 a.m."""
-
-    def __init__(self) -> None:
-        self.clear()
-
-    def clear(self) -> None:
-        """Start a new period."""
-        self.batches, self.events = 0, 0
-        self.process: list[float] = []
-        self.deliver: list[float] = []
-        self.age: list[float] = []
-
-    def add(self, n: int, process_s: float, deliver_s: float, age_s: float) -> None:
-        """One batch: its size, pipeline time, wait for delivery, age of its oldest record at pick-up."""
-        self.batches, self.events = self.batches + 1, self.events + n
-        self.process.append(process_s)
-        self.deliver.append(deliver_s)
-        self.age.append(age_s)
-
-    def summary(self) -> str:
-        """``batches``, mean size, and p50/max ms of process, delivery and record age."""
-        if not self.batches:
-            return "no batches"
-
-        def ms(xs: list[float]) -> str:
-            xs = sorted(xs)
-            return f"{1000 * xs[len(xs) // 2]:.0f}/{1000 * xs[-1]:.0f}"
-
-        return (f"{self.batches} batches of {self.events / self.batches:.1f}; ms p50/max: process {ms(self.process)}, "
-                f"delivery {ms(self.deliver)}, record age at pick-up {ms(self.age)}")
 
 
 async def _follow_catalog(app: faust.App, s: Settings, catalog: Catalog, ready: asyncio.Event,
