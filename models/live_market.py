@@ -354,6 +354,11 @@ class LiveMarket:
             n += 1
         raise RuntimeError(f"no price from the worker within {timeout:.0f} s: is it running on these topics?")
 
+    def _participants(self) -> int:
+        """How many users take part: the first ``cfg.users`` of the market, or all of them."""
+        n = self.m.cfg.n_users
+        return n if self.cfg.users is None else min(self.cfg.users, n)
+
     async def _warm_up(self, progress_s: float) -> dict[str, Any]:
         """Replay ``warm_days`` of simulated history, then wait until the worker has consumed it.
 
@@ -366,13 +371,13 @@ class LiveMarket:
         """
         t0 = time.time()
         log = self.m.simulate(days=self.cfg.warm_days)
-        n_users = self.m.cfg.n_users if self.cfg.users is None else min(self.cfg.users, self.m.cfg.n_users)
-        keep = np.flatnonzero(log.user < n_users)
+        mine = log.user < self._participants()
+        keep = np.flatnonzero(mine)
         # end one minute before the earliest possible start of the loop's clock
         shift = (time.time() - self.cfg.days * _DAY - 60.0) - float(log.ts[keep[-1]]) if len(keep) else 0.0
         sent, last = 0, time.monotonic()
         for n, ev in enumerate(log.events()):
-            if log.user[n] >= n_users:
+            if not mine[n]:
                 continue
             ev = replace(ev, event_id=f"{self.run_id}-w{n}", session_id=f"{self.run_id}-w{ev.session_id}",
                          ts=ev.ts + shift)
@@ -424,7 +429,7 @@ class LiveMarket:
     async def _run_sessions(self, progress_s: float) -> dict[str, Any]:
         """Start every scheduled session at its time (one user's sessions run one after another)."""
         m, cfg = self.m, self.cfg
-        users = np.arange(m.cfg.n_users if cfg.users is None else min(cfg.users, m.cfg.n_users))
+        users = np.arange(self._participants())
         plan = session_schedule(m, users, cfg.days, np.random.default_rng([cfg.seed, 1 << 20]))
         clock = SimClock(time.time(), cfg.days, cfg.speed)
         gate = asyncio.Semaphore(cfg.max_sessions)

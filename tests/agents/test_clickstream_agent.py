@@ -66,4 +66,3 @@ async def test_valid_events_priced_and_bad_ones_dead_lettered(app_and_sent) -> N
     record = decode_record(app.users[hashed])
     assert app.users.get(b"alice") is None
     assert record.features.counts[0] > 0 and record.offset >= 0
-
