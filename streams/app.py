@@ -22,6 +22,7 @@ from faust.streams import _current_event
 
 from .catalog import Catalog
 from .pipeline import Pipeline, RawRecord
+from .recovery import PricingApp, PricingTableManager
 from .schemas import DeadLetter, SchemaError, dead_letter_bytes, parse_catalog
 from .scoring import BundleWatcher, DeterministicScorer, Scorer
 from .settings import Settings, cli_settings
@@ -62,13 +63,14 @@ def create_app(s: Settings, *, deterministic_scorer: bool = False,
 
     ``sender(topic, key, value)`` replaces the Kafka producer in agent tests.
     """
-    app = faust.App(
+    app = PricingApp(
         s.app_id, broker=[f"kafka://{h}" for h in s.kafka_bootstrap.split(",")],
         broker_credentials=_credentials(s), store=s.store, datadir=str(s.data_dir),
         topic_partitions=s.partitions, topic_replication_factor=s.replication_factor,
         consumer_auto_offset_reset="earliest", web_enabled=False, broker_commit_every=1000,
         broker_commit_interval=1.0, producer_linger_ms=1,
         broker_session_timeout=s.session_timeout_s, broker_heartbeat_interval=min(3.0, s.session_timeout_s / 3),
+        TableManager=PricingTableManager,  # seek before resuming after recovery (streams/recovery.py)
     )
     clicks = app.topic(s.topic_clickstream, partitions=s.partitions, key_type=bytes, value_type=bytes,
                        key_serializer="raw", value_serializer="raw")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import orjson
 import pytest
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 
 from export.bundle import read_current
 from streams.features import FeatureSpec, new_state, update
@@ -148,6 +148,22 @@ def read_topic(s: Settings, topic: str, until: Callable[[list], bool], timeout: 
     pytest.fail(f"timed out with {len(records)} records on {topic}\n{worker_logs()}", pytrace=False)
 
 
+def wait_for_commit(s: Settings, timeout: float, worker_logs: Callable[[], str]) -> dict[int, int]:
+    """Poll the worker group's committed clickstream offsets until any is above zero."""
+    admin = KafkaAdminClient(bootstrap_servers=s.kafka_bootstrap)
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            got = admin.list_group_offsets(s.app_id).get(s.app_id, {})
+            committed = {tp.partition: om.offset for tp, om in got.items() if tp.topic == s.topic_clickstream}
+            if any(offset > 0 for offset in committed.values()):
+                return committed
+            time.sleep(0.02)
+    finally:
+        admin.close()
+    pytest.fail(f"no offset committed within {timeout} s\n{worker_logs()}", pytrace=False)
+
+
 def read_all(s: Settings, topic: str) -> list:
     """Every record of ``topic`` up to its end offsets now."""
     consumer = KafkaConsumer(bootstrap_servers=s.kafka_bootstrap, enable_auto_commit=False,
@@ -238,8 +254,11 @@ def test_kill_9_and_restart_loses_nothing(deployment) -> None:
     def ids(recs: list) -> set[str]:
         return {parse_price(r.value).decision_id for r in recs}
 
-    read_topic(s, s.topic_prices, lambda r: len(ids(r) & want) >= len(want) // 5, 120, worker.tail)
-    worker.kill(signal.SIGKILL)  # mid-stream: some events processed, offsets partly committed
+    # kill -9 right after the group's first offset commit: restart must resume from committed
+    # offsets (not from the start) while part of the stream is still unprocessed
+    committed = wait_for_commit(s, 60, worker.tail)
+    worker.kill(signal.SIGKILL)
+    assert sum(committed.values()) < len(evs), "killed too late to test"
     assert not (want <= ids(read_all(s, s.topic_prices))), "killed too late to test"
     worker = start("a")  # same data dir: rocksdb state plus changelog recovery
     read_topic(s, s.topic_prices, lambda r: want <= ids(r), 180, worker.tail)

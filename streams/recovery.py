@@ -1,0 +1,159 @@
+"""Faust's recovery and fetch path, fixed so that a restart or a takeover loses no event.
+
+When table recovery ends, faust-streaming 0.15 resumes the stream partitions *first* and then
+seeks them to their committed offsets, with its fetcher already running (it was started to read
+the changelog). Records fetched in between, from wherever the fetcher's position happened to
+be, reach the agent's queue and move Faust's read offsets; the seek then moves the read offsets
+back while the tail of that stale fetch is still being drained, and resuming flow clears the
+queue. Two things then go wrong, both seen in the kill -9 and two-worker integration tests:
+
+* a jump from the reset read offset to a stale record counts as a *gap*, and Faust treats gap
+  offsets as acknowledged: events that were only ever in the cleared queue are committed without
+  being processed (their prices never come, and the user's features miss them);
+* re-fetched records below a stale read offset are dropped as already read, yet never acked:
+  the partition's committed offset stops moving for good (the "stall").
+
+:class:`OrderedRecovery` seeks the stream partitions while they are still paused and resumes
+them only afterwards, so every record delivered to an agent comes from the committed position.
+:class:`PricingTableManager` makes Faust use it (``faust.App(..., TableManager=...)``).
+
+Two more holes are in Faust's aiokafka consumer thread, closed by :class:`SafeConsumerThread`
+(installed by :class:`PricingApp`):
+
+* records that reach Faust while its flow is stopped, or for a partition paused meanwhile, are
+  thrown away after aiokafka has already moved past them, and the "seek back to committed"
+  that should follow skips a partition with no committed offset yet (a fresh group, or a
+  takeover of a worker that died before its first commit): those records were never seen again.
+  Here a partition without a commit goes back to the start (or the end, per
+  ``consumer_auto_offset_reset``);
+* a fetch collected before a seek can reach Faust after it. Every seek bumps an epoch on the
+  consumer's own thread; a batch collected under an older epoch is dropped, which is safe
+  because the seek has moved those partitions back and the records come again. Faust is also
+  given a frozen copy of its active partitions: aiokafka reads an empty set as "all partitions",
+  and Faust's live set could be emptied by a rebalance while a fetch was waiting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import faust
+from faust.tables.manager import TableManager
+from faust.tables.recovery import Recovery
+from faust.transport.drivers import aiokafka as faust_aiokafka
+
+
+class OrderedRecovery(Recovery):
+    """Recovery whose last step is: seek (partitions paused), then resume, then start the flow."""
+
+    async def on_recovery_completed(self, generation_id: int = 0) -> None:
+        """Active tables are restored: position the stream partitions, then let records flow."""
+        app: Any = self.app
+        consumer: Any = app.consumer
+        self.log.info("Restore complete!")
+        await app.on_rebalance_complete.send()
+        self._set_recovery_ended()
+        callbacks = [asyncio.ensure_future(table.on_recovery_completed(self.actives_for_table[table],
+                                                                       self.standbys_for_table[table]))
+                     for table in self.tables.values()]
+        if callbacks:
+            await asyncio.wait(callbacks)
+        if app.consumer_generation_id != generation_id:
+            self.log.warning("Recovery rebalancing again (generation %r, now %r)",
+                             generation_id, app.consumer_generation_id)
+            return
+        streams = {tp for tp in consumer.assignment() if not self._is_changelog_tp(tp)}
+        if streams:
+            # still paused here: no record of these partitions reaches an agent while they move;
+            # a partition left "buffered" from before the rebalance would bypass the pause
+            consumer._buffered_partitions.difference_update(streams)
+            self.log.info("Seek stream partitions to committed offsets.")
+            await self._wait(consumer.perform_seek(), timeout=app.conf.broker_request_timeout)
+            if app.consumer_generation_id != generation_id:
+                self.log.warning("Recovery rebalancing again after the seek")
+                return
+        # no await from here to resume_flow: nothing can be queued between resuming the
+        # partitions and flow_control.resume() clearing the (so far empty) agent queues
+        consumer.resume_partitions(streams)
+        self.completed.set()
+        app.flow_control.resume()
+        consumer.resume_flow()
+        await app._fetcher.maybe_start()
+        self.tables.on_actives_ready()
+        if not app.assignor.assigned_standbys():
+            self.tables.on_standbys_ready()
+        app.on_rebalance_end()
+        self.log.info("Worker ready")
+
+
+class PricingTableManager(TableManager):
+    """Faust's table manager with :class:`OrderedRecovery` as its recovery service."""
+
+    @property
+    def recovery(self) -> Recovery:
+        """The recovery service (created on first use, as Faust's own)."""
+        if self._recovery is None:
+            self._recovery = OrderedRecovery(self.app, self, beacon=self.beacon, loop=self.loop)
+        return self._recovery
+
+
+class SafeConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    """Faust's aiokafka consumer thread with complete seeks and epoch-checked fetches."""
+
+    _seek_epoch = 0  # bumped on the consumer thread whenever positions are moved
+
+    async def seek_to_committed(self) -> Any:
+        """Seek every stream partition to its committed offset, or per the reset policy if none."""
+        return await self.call_thread(self._seek_to_committed)  # type: ignore[no-any-return]
+
+    async def _seek_to_committed(self) -> dict[Any, int | None]:
+        # on the consumer thread's loop: every await comes first, then all seeks and the epoch
+        # bump in one step, so no fetch can be collected from a half-moved assignment
+        consumer = self._ensure_consumer()
+        assigned = consumer.assignment()
+        streams = [tp for tp in assigned if not self.consumer._is_changelog_tp(tp)]
+        committed = {tp: await consumer.committed(tp) for tp in streams}
+        fresh = [tp for tp, offset in committed.items() if offset is None]
+        latest = self.app.conf.consumer_auto_offset_reset == "latest"
+        reset = (await (consumer.end_offsets if latest else consumer.beginning_offsets)(fresh)) if fresh else {}
+        for tp in streams:
+            offset = committed[tp]
+            consumer.seek(tp, offset if offset is not None else reset[tp])
+        self._seek_epoch += 1
+        # changelog partitions are positioned by recovery, not here (as in Faust: no commit, no seek)
+        return {**{tp: None for tp in assigned}, **committed}
+
+    async def getmany(self, active_partitions: Any, timeout: float) -> Any:
+        """Records of the active partitions; none from a fetch collected before the latest seek."""
+        if active_partitions is not None and not active_partitions:
+            return {}  # aiokafka would read an empty set as "every partition"
+        consumer = self._ensure_consumer()
+        frozen = frozenset(active_partitions) if active_partitions is not None else None
+        records, epoch = await self.call_thread(self._fetch_tagged, consumer, frozen, timeout,
+                                                consumer._max_poll_records)
+        if epoch != self._seek_epoch:
+            return {}  # collected before a seek moved these partitions back: they come again
+        return records
+
+    async def _fetch_tagged(self, consumer: Any, partitions: Any, timeout: float,
+                            max_records: int | None) -> tuple[Any, int]:
+        # the epoch is read in the same step as the fetch returns, on the consumer thread
+        records = await self._fetch_records(consumer, partitions, timeout=timeout, max_records=max_records)
+        return records, self._seek_epoch
+
+
+class _Consumer(faust_aiokafka.Consumer):
+    def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
+        return SafeConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+
+class _Transport(faust_aiokafka.Transport):
+    Consumer = _Consumer
+
+
+class PricingApp(faust.App):
+    """faust.App on the aiokafka transport with :class:`SafeConsumerThread`."""
+
+    def _new_transport(self) -> Any:
+        return _Transport(self.conf.broker_consumer, self)
