@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/bench_pipeline.py                  # everything (~6-10 min)
     .venv/bin/python bench/bench_pipeline.py --skip-kafka     # only the in-process scoring cost
-    .venv/bin/python bench/bench_pipeline.py --configs 64:0.02 --events 20000 --latency-s 15
+    .venv/bin/python bench/bench_pipeline.py --configs 64:0.01 --events 20000 --latency-s 15
 
 Per batch configuration (``batch_size:batch_within_s``), on fresh topics of its own:
 
@@ -486,18 +486,20 @@ def _worker_profile(path: Path) -> str:
 
 
 def run_config(args: argparse.Namespace, model_dir: Path, items: list[CatalogItem], size: int,
-               within: float, variant: str = "stock") -> dict:
+               within: float, variant: str = "stock", fetch_ms: int | None = None) -> dict:
     """One deployment on fresh topics: pre-load, both passthroughs, then the worker (throughput, latency)."""
     tag = uuid.uuid4().hex[:8]
     name = f"{variant} {size}/{within:g}"
     run_dir = CACHE / "runs" / tag
     run_dir.mkdir(parents=True, exist_ok=True)
+    fetch = {} if fetch_ms is None else {"FETCH_MAX_WAIT_MS": fetch_ms}
     env = bench_env(tag, model_dir, run_dir / "worker", BATCH_SIZE=size, BATCH_WITHIN_S=within,
-                    TOP_K=args.top_k, ONNX_THREADS=args.onnx_threads)
+                    TOP_K=args.top_k, ONNX_THREADS=args.onnx_threads, **fetch)
     s = settings_from(env)
     out_topic = f"bench-{tag}-passthrough"
     create_topics(s, extra=[out_topic, out_topic + "-fanout"])
     res: dict = {"variant": variant, "batch_size": size, "within": within, "top_k": args.top_k, "tag": tag,
+                 "fetch_ms": s.fetch_max_wait_ms,
                  "load_before": load_str()}
     worker = None
     try:
@@ -562,14 +564,16 @@ def summary(results: list[dict], args: argparse.Namespace) -> str:
         pt, fo = r.get("passthrough", {}).get("rate", NAN), r.get("fanout", {}).get("rate", NAN)
         w, lat = r.get("worker", {}), r.get("latency", {})
         rate = w.get("rate", NAN)
-        rows.append([r["variant"], f"{r['batch_size']}/{r['within']:g}/{r['top_k']}", pt, rate, rate / pt,
+        config = f"{r['batch_size']}/{r['within']:g}/{r['top_k']}/{r.get('fetch_ms', '-')}"
+        rows.append([r["variant"], config, pt, rate, rate / pt,
                      "yes" if rate / pt >= 0.25 else "NO", fo, rate / fo, 1e6 / rate - 1e6 / fo,
                      w.get("cpu", NAN) * 100, lat.get("offered", NAN), lat.get("append_p50", NAN),
                      lat.get("append_p90", NAN), lat.get("append_p99", NAN), lat.get("append_max", NAN),
                      lat.get("recv_p99", NAN), "yes" if lat.get("append_p99", float("inf")) <= 100 else "NO",
                      lat.get("missing", NAN), f"{r['load_before']} -> {r['load_after']}"])
-    return table(["worker", "batch/within/k", "passthru ev/s", "worker ev/s", "ratio", ">=.25", "fan-out ev/s",
-                  "w/fan-out", "extra us/ev", "cpu%", "offered/s", "p50 ms", "p90 ms", "p99 ms", "max ms",
+    return table(["worker", "batch/within/k/fetch", "passthru ev/s", "worker ev/s", "ratio", ">=.25",
+                  "fan-out ev/s", "w/fan-out", "extra us/ev", "cpu%", "offered/s", "p50 ms", "p90 ms", "p99 ms",
+                  "max ms",
                   "p99 recv", "p99<=100", "missing", "loadavg before -> after"], rows,
                  f"End to end, one worker vs passthrough ({args.events} pre-loaded events, {args.users} users, "
                  f"{args.items} items; latency at {args.rate:.0f} events/s for {args.latency_s:.0f} s after "
@@ -582,8 +586,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--events", type=int, default=50_000, help="pre-loaded events per configuration")
     parser.add_argument("--users", type=int, default=10_000, help="distinct users in the clickstream")
     parser.add_argument("--items", type=int, default=400, help="catalog items (the default simulated market)")
-    parser.add_argument("--configs", default="64:0.02,64:0.01,256:0.05",
-                        help="comma-separated batch_size:batch_within_s to run (first = the default settings)")
+    parser.add_argument("--configs", default="64:0.01,64:0.01:1500,256:0.05",
+                        help="comma-separated batch_size:batch_within_s[:fetch_max_wait_ms] to run "
+                             "(first = the default settings; fetch wait defaults to PRICING_FETCH_MAX_WAIT_MS)")
     parser.add_argument("--variants", default="stock",
                         help="worker variants for the FIRST config, comma-separated: "
                              + "; ".join(f"{k} = {v}" for k, v in VARIANTS.items())
@@ -619,10 +624,12 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_kafka:
         runs = []
         for n, spec in enumerate(args.configs.split(",")):
-            size, within = spec.split(":")
-            runs += [(int(size), float(within), v) for v in (args.variants.split(",") if n == 0 else ["stock"])]
-        for size, within, variant in runs:
-            results.append(run_config(args, model_dir, items, size, within, variant))
+            size, within, *fetch = spec.split(":")
+            fetch_ms = int(fetch[0]) if fetch else None
+            runs += [(int(size), float(within), v, fetch_ms)
+                     for v in (args.variants.split(",") if n == 0 else ["stock"])]
+        for size, within, variant, fetch_ms in runs:
+            results.append(run_config(args, model_dir, items, size, within, variant, fetch_ms))
             print(summary(results[-1:], args) + "\n", flush=True)
             if "profile" in results[-1]:
                 print(results[-1].pop("profile"), flush=True)

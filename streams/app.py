@@ -72,6 +72,7 @@ def create_app(s: Settings, *, deterministic_scorer: bool = False,
         broker_session_timeout=s.session_timeout_s, broker_heartbeat_interval=min(3.0, s.session_timeout_s / 3),
         TableManager=PricingTableManager,  # seek before resuming after recovery (streams/recovery.py)
     )
+    app.fetch_max_wait_ms = s.fetch_max_wait_ms
     clicks = app.topic(s.topic_clickstream, partitions=s.partitions, key_type=bytes, value_type=bytes,
                        key_serializer="raw", value_serializer="raw")
     users = app.Table("users", default=None, partitions=s.partitions,

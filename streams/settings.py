@@ -56,8 +56,10 @@ class Settings(BaseSettings):
     model_dir: Path = Field(Path("var/models"), description="directory of model bundles; newest wins")
     model_reload_s: float = Field(10.0, gt=0, description="how often to look for a newer bundle")
     batch_size: int = Field(64, ge=1, le=10_000)
-    batch_within_s: float = Field(0.02, gt=0, le=5, description="longest wait to fill a scoring batch")
+    batch_within_s: float = Field(0.01, gt=0, le=5, description="longest wait to fill a scoring batch")
     onnx_threads: int = Field(1, ge=1, le=64)
+    fetch_max_wait_ms: int = Field(20, ge=1, le=5000,
+                                   description="longest a consumer fetch waits at the broker for new records")
     web_port: int | None = Field(None, ge=1, le=65535, description="Faust's web/stats server; off when unset")
     session_timeout_s: float = Field(30.0, ge=6, le=300,
                                      description="a dead worker's partitions move after this long")
