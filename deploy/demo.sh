@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# `make demo`: the whole system end to end on this machine, in 7-9 minutes.
+# `make demo`: the whole system end to end on this machine, in about 12 minutes (2 cores).
 #
 #   broker -> fresh topics -> simulated history -> train -> export ONNX bundle -> pricing worker
 #   -> closed-loop market (simulated users see the worker's prices and buy by the true demand)
@@ -10,7 +10,8 @@
 #                      help there, so treatment should earn >= 98 % of the best uniform price.
 # Environment (optional): DEMO_DAYS (simulated days, default 4), DEMO_DURATION (wall seconds for
 #   them, default 240), DEMO_WARM_DAYS (simulated days of history replayed into the worker first,
-#   as if it had been running, default 3; 0 starts every user cold), DEMO_USERS (first N users
+#   as if it had been running, default 7: the longest feature window, so that no decayed counter
+#   starts underfilled compared with training; 0 starts every user cold), DEMO_USERS (first N users
 #   of the market, default all 8,000), DEMO_KEEP_TOPICS=1 (keep the run's topics for `pricing-evaluate --kafka`).
 # It stops what it started: the worker always, the broker only if it was not already running.
 set -euo pipefail
@@ -28,7 +29,7 @@ done
 PY=.venv/bin/python
 DAYS=${DEMO_DAYS:-4}
 DURATION=${DEMO_DURATION:-240}
-WARM_DAYS=${DEMO_WARM_DAYS:-3}
+WARM_DAYS=${DEMO_WARM_DAYS:-7}
 RUN="demo-$(date +%Y%m%d-%H%M%S)"
 VARIANT=default
 TRAIN_ARGS=()
