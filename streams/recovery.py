@@ -27,8 +27,9 @@ Two more holes are in Faust's aiokafka consumer thread, closed by :class:`SafeCo
   Here a partition without a commit goes back to the start (or the end, per
   ``consumer_auto_offset_reset``);
 * a fetch collected before a seek can reach Faust after it. Every seek bumps an epoch on the
-  consumer's own thread; a batch collected under an older epoch is dropped, which is safe
-  because the seek has moved those partitions back and the records come again. Faust is also
+  consumer's own thread; the stream records of a batch collected under an older epoch are
+  dropped, which is safe because the seek has moved those partitions back and the records come
+  again (changelog records in the same batch are kept: the seek does not move them). Faust is also
   given a frozen copy of its active partitions: aiokafka reads an empty set as "all partitions",
   and Faust's live set could be emptied by a rebalance while a fetch was waiting.
 """
@@ -145,7 +146,9 @@ class SafeConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         records, epoch = await self.call_thread(self._fetch_tagged, consumer, frozen, timeout,
                                                 consumer._max_poll_records)
         if epoch != self._seek_epoch:
-            return {}  # collected before a seek moved these partitions back: they come again
+            # collected before a seek moved the stream partitions back: their records come again;
+            # changelog records (standby tables) were not moved and must not be dropped
+            return {tp: recs for tp, recs in records.items() if self.consumer._is_changelog_tp(tp)}
         return records
 
     async def _fetch_tagged(self, consumer: Any, partitions: Any, timeout: float,
