@@ -177,9 +177,9 @@ class Pipeline:
                            prev_ts=np.array([(p[1] - trig[k].ev.ts) if p else -math.inf
                                              for (k, _), p in zip(rows, prev, strict=True)]))
         base_conv = conversion(a, b, base, base)
+        arms = [assign_arm(t.user_key, self.s.experiment_salt, self.s.treatment_share) for t in trig]
         for r, (k, j) in enumerate(rows):
-            t, item_id = trig[k], cols.ids[j]
-            arm = assign_arm(t.user_key, self.s.experiment_salt, self.s.treatment_share)
+            t, item_id, arm = trig[k], cols.ids[j], arms[k]
             if arm == "treatment":
                 price, conv, reasons = float(dec.price[r]), float(dec.expected_conversion[r]), \
                     reason_names(int(dec.reasons[r]))

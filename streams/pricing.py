@@ -29,6 +29,7 @@ cent, the nearest band edge. It is always finite and always inside the band.
 from __future__ import annotations
 
 import enum
+import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -132,6 +133,7 @@ class Reason(enum.IntFlag):
     BAND_EMPTY = 128
 
 
+@functools.lru_cache(maxsize=1024)
 def reason_names(flags: int) -> tuple[str, ...]:
     """Reason flags as names in declaration order.
 

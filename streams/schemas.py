@@ -19,7 +19,7 @@ streams.schemas.SchemaError: NOT_JSON: payload is not valid JSON
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Final, Literal
 
 import orjson
@@ -215,8 +215,12 @@ def parse_price(data: bytes, *, max_bytes: int = MAX_PAYLOAD_BYTES) -> PriceEven
 
 
 def dumps(record: ClickEvent | CatalogItem | PriceEvent) -> bytes:
-    """Serialize a record to its wire bytes (optional fields at their default are kept)."""
-    return orjson.dumps(asdict(record))
+    """Serialize a record to its wire bytes (optional fields at their default are kept).
+
+    orjson serialises slotted dataclasses natively, field by field in declaration order: the
+    same bytes as ``orjson.dumps(asdict(record))`` without building the dict (a hot path).
+    """
+    return orjson.dumps(record)
 
 
 def dead_letter_bytes(letter: DeadLetter) -> bytes:

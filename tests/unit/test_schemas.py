@@ -111,6 +111,21 @@ def test_price_event_round_trip() -> None:
         parse_price(dumps(pe).replace(b"treatment", b"placebo"))
 
 
+@given(st.text(max_size=20), st.floats(allow_nan=False, allow_infinity=False), st.sampled_from(["control", "treatment"]),
+       st.one_of(st.none(), st.floats(0, 1)), st.lists(st.sampled_from(["OPTIMAL", "CLIP_MAX_PRICE"]), max_size=3))
+def test_dumps_writes_the_fields_in_declaration_order(uid: str, price: float, arm: str, conv: float | None,
+                                                      reasons: list[str]) -> None:
+    # dumps hands the slotted dataclass to orjson directly; the bytes must be those of its field dict
+    from dataclasses import asdict
+
+    pe = PriceEvent("d1", NOW, uid, "i1", price, 10.0, arm, conv, None, "v1", tuple(reasons))  # type: ignore[arg-type]
+    assert dumps(pe) == orjson.dumps(asdict(pe))
+    ev = ClickEvent("e1", NOW, uid, "s1", "review", "i1", price, 2, 4.0)
+    assert dumps(ev) == orjson.dumps(asdict(ev))
+    item = CatalogItem("i1", "shoes", 10.0, 4.0, 8.0, 12.0, "EUR")
+    assert dumps(item) == orjson.dumps(asdict(item))
+
+
 @given(st.binary(max_size=200), st.text(max_size=30))
 def test_dead_letter_keeps_original_bytes(original: bytes, message: str) -> None:
     letter = DeadLetter(original, "clickstream", 3, 42, "NOT_JSON", message, NOW)
