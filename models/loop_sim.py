@@ -1,0 +1,195 @@
+"""The closed-loop market without a broker: the worker's pipeline called in-process.
+
+``python -m models.loop_sim --train-dir var/demo/default/train --model-dir var/demo/default/models``
+(``pricing-loop-sim``) runs the same users, sessions and funnel as :mod:`models.live_market`, and
+the same per-batch logic as the worker (:class:`streams.pipeline.Pipeline` with the exported ONNX
+bundle), but in one process on a simulated clock: no Kafka, no Faust, no waiting. A 4-day run on
+the default market takes a few minutes instead of the demo's twelve, so a change to the features,
+the models or the pricing can be judged in the closed loop, feedback of its own prices included,
+before it is tried live.
+
+What it shares with the live loop, exactly: the market, the session schedule, the listing rule
+(users pick from listings at the newest price the pipeline sent them), the funnel by the true
+demand, the warm-up history, and the pipeline (parsing, features, scoring, guardrails, A/B arms).
+What it leaves out: Kafka itself, batching across users (per-user results do not depend on it) and
+price timeouts (every view gets its decision). Users are independent, so running their sessions
+one after another in start order gives the same per-user event sequences as running them
+concurrently.
+
+Writes ``exposures.jsonl``, ``events.jsonl`` and ``meta.json`` to ``--out`` like the live loop,
+so ``pricing-evaluate --exposures <out>`` reads it; ``--evaluate`` prints the table right away.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from streams.catalog import Catalog
+from streams.pipeline import Pipeline, RawRecord, decision_id
+from streams.schemas import ClickEvent, PriceEvent, dumps, parse_price
+from streams.scoring import Scorer
+from streams.settings import Settings, cli_settings
+
+from .live_market import LiveMarket, LoopConfig, SimClock, market_from_args, session_schedule
+from .simulator import Market
+
+_DAY = 86400.0
+
+
+class _InstantClock(SimClock):
+    """A simulated clock that never waits: event times are the schedule's, nothing sleeps."""
+
+    async def sleep_until(self, sim: float) -> None:
+        return None
+
+
+class InProcessMarket(LiveMarket):
+    """:class:`LiveMarket` with :class:`Pipeline` in place of Kafka and the worker."""
+
+    def __init__(self, market: Market, s: Settings, cfg: LoopConfig, out: Path, scorer: Scorer) -> None:
+        super().__init__(market, s, cfg, out)
+        catalog = Catalog()
+        for item in market.catalog():
+            catalog.put(item)
+        self.pipeline = Pipeline(s, catalog, lambda: scorer, clock=lambda: float("inf"))
+        self.table: dict[str, bytes] = {}
+        self.offset = 0
+        self.dead_letters = 0
+        self.decisions: dict[str, PriceEvent] = {}
+
+    def _process(self, events: list[ClickEvent]) -> None:
+        """Events through the pipeline as one batch; prices become known, as the follower does."""
+        raws = []
+        for ev in events:
+            raws.append(RawRecord(ev.user_id.encode(), dumps(ev), self.s.topic_clickstream, 0, self.offset))
+            self.offset += 1
+        out = self.pipeline.process(raws, self.table.get)
+        for key, (blob, _) in out.records.items():
+            self.table[key] = blob
+        self.dead_letters += len(out.dead_letters)
+        for _, value in out.prices:
+            pe = parse_price(value)
+            self.known[(pe.user_id, pe.item_id)] = pe.price
+            self.decisions[pe.decision_id] = pe
+
+    async def _send(self, ev: ClickEvent) -> None:
+        assert self._events is not None
+        self._events.write(dumps(ev) + b"\n")
+        self.counts.events += 1
+        self._process([ev])
+
+    async def _price_for(self, ev: ClickEvent) -> tuple[PriceEvent | None, float]:
+        await self._send(ev)
+        return self.decisions.pop(decision_id(ev.event_id, ev.item_id), None), 0.0
+
+    def warm_up(self, sim_start: float, batch: int = 256) -> dict[str, Any]:
+        """``warm_days`` of simulated history through the pipeline, ending a minute before ``sim_start``."""
+        t0 = time.time()
+        log = self.m.simulate(days=self.cfg.warm_days)
+        mine = log.user < self._participants()
+        keep = np.flatnonzero(mine)
+        shift = (sim_start - 60.0) - float(log.ts[keep[-1]]) if len(keep) else 0.0
+        pending: list[ClickEvent] = []
+        for n, ev in enumerate(log.events()):
+            if not mine[n]:
+                continue
+            pending.append(replace(ev, event_id=f"{self.run_id}-w{n}",
+                                   session_id=f"{self.run_id}-w{ev.session_id}", ts=ev.ts + shift))
+            if len(pending) == batch:
+                self._process(pending)
+                pending = []
+        if pending:
+            self._process(pending)
+        self.decisions.clear()
+        return {"events": int(len(keep)), "days": self.cfg.warm_days, "wall_s": round(time.time() - t0, 1)}
+
+    async def run_in_process(self, progress_s: float = 10.0) -> dict[str, Any]:
+        """Warm up, run every scheduled session in start order, write the run files; returns the meta."""
+        m, cfg = self.m, self.cfg
+        self.out.mkdir(parents=True, exist_ok=True)
+        sim_start = m.cfg.start_ts + m.cfg.days * _DAY + cfg.warm_days * _DAY
+        clock = _InstantClock(0.0, cfg.days, cfg.speed)
+        clock.sim_start, clock.sim_end = sim_start, sim_start + cfg.days * _DAY
+        users = np.arange(self._participants())
+        plan = session_schedule(m, users, cfg.days, np.random.default_rng([cfg.seed, 1 << 20]))
+        t_run = time.time()
+        with (self.out / "exposures.jsonl").open("wb") as xf, (self.out / "events.jsonl").open("wb") as ef:
+            self._exposures, self._events = xf, ef
+            warm = self.warm_up(sim_start) if cfg.warm_days > 0 else {}
+            if warm:
+                print(f"[loop-sim] warm-up: {warm['events']:,} events of {cfg.warm_days:g} simulated days "
+                      f"in {warm['wall_s']:.0f} s", flush=True)
+            t0 = last = time.time()
+            for k, (start, u) in enumerate(plan):
+                await self.session(k, u, sim_start + start, clock)
+                if time.time() - last > progress_s:
+                    last = time.time()
+                    print(f"[loop-sim] sim day {start / _DAY:5.2f}  sessions {k + 1:,}/{len(plan):,}  "
+                          f"views {self.counts.views:,}  ({(k + 1) / (last - t0):,.0f} sessions/s)", flush=True)
+        meta = {"run_id": self.run_id, "source": "in-process", "market": asdict(m.cfg), "loop": asdict(cfg),
+                "sim_start": sim_start, "sim_end": sim_start + cfg.days * _DAY, "wall_s": round(time.time() - t_run, 1),
+                "users": int(len(users)), "sessions_planned": len(plan), "warm_up": warm,
+                "dead_letters": self.dead_letters}
+        meta.update(self.counts.summary())
+        (self.out / "meta.json").write_text(json.dumps(meta, indent=2, default=str))
+        return meta
+
+
+def parser() -> argparse.ArgumentParser:
+    """Arguments of ``python -m models.loop_sim``."""
+    p = argparse.ArgumentParser(prog="python -m models.loop_sim", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                                epilog="Pipeline settings (top-K, guardrails, A/B share, salt): PRICING_* "
+                                       "environment variables (see pricing-settings).")
+    d = LoopConfig()
+    p.add_argument("--train-dir", type=Path, required=True, help="training run whose simulated market to use")
+    p.add_argument("--model-dir", type=Path, required=True, help="model bundle directory (CURRENT is used)")
+    p.add_argument("--heterogeneity", type=float, default=None, help="override the market's heterogeneity")
+    p.add_argument("--out", type=Path, default=Path("var/loop-sim"), help="exposure log, events and meta")
+    p.add_argument("--days", type=float, default=4.0, help="simulated days of the loop")
+    p.add_argument("--warm-days", type=float, default=7.0, help="simulated history through the pipeline first")
+    p.add_argument("--users", type=int, default=None, help="first N users of the market take part")
+    p.add_argument("--seed", type=int, default=d.seed, help="the loop's randomness (the market's is its own)")
+    p.add_argument("--listing", choices=["personalized", "base"], default=d.listing,
+                   help="prices on the listings users pick from: their newest decided price, or the base price")
+    p.add_argument("--run-id", default="sim", help="prefix of event and session ids")
+    p.add_argument("--evaluate", action="store_true", help="print the evaluation table at the end (no report)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``python -m models.loop_sim`` (``pricing-loop-sim``)."""
+    from streams.features import FeatureSpec, feature_names
+    from streams.scoring import BundleWatcher
+
+    args = parser().parse_args(argv)
+    args.small = False
+    s = cli_settings()
+    market = market_from_args(args)
+    scorer = BundleWatcher(args.model_dir, 1e9, feature_names(FeatureSpec.from_settings(s)), threads=1).scorer
+    cfg = LoopConfig(days=args.days, duration_s=args.days * _DAY, users=args.users, seed=args.seed,
+                     run_id=args.run_id, listing=args.listing, warm_days=args.warm_days)
+    sim = InProcessMarket(market, s, cfg, args.out, scorer)
+    print(f"[loop-sim] {cfg.warm_days:g} warm-up + {cfg.days:g} loop days, {cfg.users or market.cfg.n_users:,} "
+          f"users, model {scorer.version}", flush=True)
+    meta = asyncio.run(sim.run_in_process())
+    print(json.dumps({k: meta[k] for k in ("wall_s", "sessions", "views", "events", "purchases", "dead_letters")}))
+    if args.evaluate:
+        from streams.evaluate import evaluate, load_exposure_log, market_of
+        from streams.report import text_table
+
+        exp, pur, meta = load_exposure_log(args.out)
+        print(text_table(evaluate(exp, pur, market=market_of(meta), reps=500), meta))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
