@@ -28,6 +28,7 @@ from streams.features import (
     FEATURE_NAMES,
     FeatureSpec,
     category_bucket,
+    category_levels,
     feature_names,
     item_features,
     new_state,
@@ -181,7 +182,9 @@ def build_rows(log: EventLog, catalog: Catalog, spec: FeatureSpec | None = None,
     """Replay ``log`` in event-time order and cut the three row sets (see the module docstring)."""
     spec = spec or FeatureSpec()
     order = np.argsort(log.ts, kind="stable")
-    base, cost, cat, _ = _catalog_columns(log, catalog)
+    base, cost, cat, crow = _catalog_columns(log, catalog)
+    levels = category_levels([it.category for it in catalog.items], [it.base_price for it in catalog.items])
+    level = [levels[r] if r >= 0 else None for r in crow]
     n_views = int(np.sum(log.etype == VIEW))
     X = np.zeros((n_views, len(feature_names(spec))), np.float32)
     XI = np.zeros((n_views, 3), np.float32)
@@ -202,7 +205,7 @@ def build_rows(log: EventLog, catalog: Catalog, spec: FeatureSpec | None = None,
             st = states[u] = new_state(spec)
         ev = ClickEvent("", t, log.user_ids[u], log.session_name(sk), EVENT_TYPES[e], log.item_ids[i], p, 1,
                         None if rt != rt else rt)
-        update(st, ev, spec, base_price=base[i], category=cat[i])  # type: ignore[arg-type]
+        update(st, ev, spec, base_price=base[i], category=cat[i], level=level[i])  # type: ignore[arg-type]
         feats = None
         if sk not in seen:
             seen.add(sk)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from .features import category_bucket
+from .features import category_bucket, category_levels
 from .schemas import CatalogItem
 
 
@@ -41,6 +41,7 @@ class Catalog:
     def __init__(self, n_buckets: int = 8) -> None:
         self._items: dict[str, CatalogItem] = {}
         self._columns: CatalogColumns | None = None
+        self._levels: dict[str, float] | None = None
         self._n_buckets = n_buckets
 
     def __len__(self) -> int:
@@ -50,16 +51,24 @@ class Catalog:
         """Insert or replace an item."""
         if self._items.get(item.item_id) != item:
             self._items[item.item_id] = item
-            self._columns = None
+            self._columns = self._levels = None
 
     def remove(self, item_id: str) -> None:
         """Forget an item (a tombstone on the compacted topic)."""
         if self._items.pop(item_id, None) is not None:
-            self._columns = None
+            self._columns = self._levels = None
 
     def get(self, item_id: str) -> CatalogItem | None:
         """The item, or None when unknown."""
         return self._items.get(item_id)
+
+    def level(self, item_id: str) -> float | None:
+        """The item's price level within its category (:func:`~streams.features.category_levels`)."""
+        if self._levels is None:
+            items = list(self._items.values())
+            self._levels = dict(zip((i.item_id for i in items), category_levels(
+                [i.category for i in items], [i.base_price for i in items]), strict=True))
+        return self._levels.get(item_id)
 
     def columns(self) -> CatalogColumns:
         """Column arrays over all items (rebuilt only after a change)."""

@@ -22,7 +22,7 @@ whose names differ.
 >>> round(user_features(s, spec, now=1000.0)[FEATURE_NAMES.index("view_price_ratio")], 3)
 0.9
 >>> len(FEATURE_NAMES), ITEM_FEATURE_NAMES
-(32, ('log_base_price', 'cat_affinity', 'cost_ratio'))
+(33, ('log_base_price', 'cat_affinity', 'cost_ratio'))
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ import orjson
 from .schemas import EVENT_TYPES, ClickEvent
 
 STATE_VERSION = 1
+N_SUMS = 10  # states written before the level-in-category sums had 8: decode pads them with zeros
 _TYPE_INDEX = {t: i for i, t in enumerate(EVENT_TYPES)}
 
 
@@ -73,13 +74,31 @@ def feature_names(spec: FeatureSpec = FeatureSpec()) -> tuple[str, ...]:
     long = _window_label(max(spec.windows_s))
     names += [f"click_rate_{long}", f"cart_rate_{long}", f"purchase_rate_{long}"]
     names += ["gap_log_s", "session_depth_log", "view_price_ratio", "discount_response",
-              "log_price_level", "review_mean"]
+              "view_log_base_price", "view_level_in_category", "review_mean"]
     names += [f"cat_share_{k}" for k in range(spec.n_buckets)]
     return tuple(names)
 
 
 FEATURE_NAMES: tuple[str, ...] = feature_names()
 ITEM_FEATURE_NAMES: tuple[str, ...] = ("log_base_price", "cat_affinity", "cost_ratio")
+
+
+def category_levels(categories: list[str], base_prices: list[float]) -> list[float]:
+    """Each item's price level within its category: ``log(base) - mean log(base)`` of the category.
+
+    A policy-invariant trace of price sensitivity: which items a user chooses to view, at
+    catalog prices, not at the prices we charged; within the category, so that a taste for
+    expensive categories does not pass for insensitivity.
+
+    >>> [round(x, 3) for x in category_levels(["a", "a", "b"], [10.0, 40.0, 7.0])]
+    [-0.693, 0.693, 0.0]
+    """
+    sums: dict[str, list[float]] = {}
+    for c, b in zip(categories, base_prices, strict=True):
+        acc = sums.setdefault(c, [0.0, 0.0])
+        acc[0] += math.log(b)
+        acc[1] += 1.0
+    return [math.log(b) - sums[c][0] / sums[c][1] for c, b in zip(categories, base_prices, strict=True)]
 
 
 def category_bucket(category: str, n_buckets: int = 8) -> int:
@@ -95,8 +114,9 @@ class UserState:
     prev_t: float = -math.inf     # event time of the event before the newest
     counts: list[float] = field(default_factory=list)   # len(windows) x len(EVENT_TYPES)
     # decayed sums over the longest window: views with a known base price, their price/base,
-    # buys (cart or purchase) with a known base, their price/base, log price of views, reviews
-    sums: list[float] = field(default_factory=lambda: [0.0] * 8)
+    # buys (cart or purchase) with a known base, their price/base, log base price of views, reviews,
+    # level in category of views (sum, weight)
+    sums: list[float] = field(default_factory=lambda: [0.0] * N_SUMS)
     buckets: list[float] = field(default_factory=list)  # decayed views per category bucket
     session: str = ""
     depth: int = 0
@@ -114,11 +134,11 @@ def _decay(values: list[float], factor: float, start: int = 0, stop: int | None 
 
 
 def update(state: UserState, ev: ClickEvent, spec: FeatureSpec, *, base_price: float | None = None,
-           category: str | None = None) -> UserState:
+           category: str | None = None, level: float | None = None) -> UserState:
     """Fold one event into ``state`` (in place, and returned for re-assignment into a table).
 
-    ``base_price`` and ``category`` come from the catalog; unknown items update the counters
-    but not the price-ratio or category features.
+    ``base_price``, ``category`` and ``level`` (:func:`category_levels`) come from the catalog;
+    unknown items update the counters but not the price or category features.
     """
     if ev.ts < state.t - spec.max_lateness_s:
         raise LateEvent(f"event at {ev.ts:.0f} is {state.t - ev.ts:.0f} s behind the user's newest event")
@@ -146,12 +166,14 @@ def update(state: UserState, ev: ClickEvent, spec: FeatureSpec, *, base_price: f
     s = state.sums
     ratio = ev.price / base_price if base_price and base_price > 0 else None
     if ev.type == "view":
-        if ev.price > 0:
-            s[4] += wl * math.log(ev.price)
-            s[5] += wl
-        if ratio is not None:
+        if ratio is not None:  # the catalog's base price: what the user chose, not what we charged
             s[0] += wl
             s[1] += wl * ratio
+            s[4] += wl * math.log(base_price)  # type: ignore[arg-type]
+            s[5] += wl
+        if level is not None:
+            s[8] += wl * level
+            s[9] += wl
         if category is not None:
             state.buckets[category_bucket(category, spec.n_buckets)] += wl
     elif ev.type in ("add_to_cart", "purchase") and ratio is not None:
@@ -183,7 +205,8 @@ def user_features(state: UserState, spec: FeatureSpec, now: float) -> list[float
     s = state.sums
     view_ratio = (s[1] + 1.0) / (s[0] + 1.0)
     buy_ratio = (s[3] + view_ratio) / (s[2] + 1.0)
-    out += [view_ratio, buy_ratio - view_ratio, s[4] / (s[5] + 1.0), (s[6] + 3.0) / (s[7] + 1.0)]
+    out += [view_ratio, buy_ratio - view_ratio, s[4] / (s[5] + 1.0), s[8] / (s[9] + 1.0),
+            (s[6] + 3.0) / (s[7] + 1.0)]
     total = sum(state.buckets)
     out += [b / (total + 1.0) for b in state.buckets]
     return out
@@ -210,4 +233,4 @@ def decode_state(data: bytes) -> UserState:
     if v != STATE_VERSION:
         raise ValueError(f"user state version {v} is not {STATE_VERSION}")
     return UserState(-math.inf if t is None else t, -math.inf if prev_t is None else prev_t,
-                     counts, sums, buckets, session, depth)
+                     counts, sums + [0.0] * (N_SUMS - len(sums)), buckets, session, depth)

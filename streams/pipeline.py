@@ -110,7 +110,8 @@ class Pipeline:
                 item = self.catalog.get(ev.item_id)
                 try:
                     update(rec.features, ev, self.spec, base_price=item.base_price if item else None,
-                           category=item.category if item else None)
+                           category=item.category if item else None,
+                           level=self.catalog.level(ev.item_id) if item else None)
                 except LateEvent as exc:
                     self._dead_letter(out, raw, LateEvent.code, str(exc), now)
                     rec.offset = raw.offset

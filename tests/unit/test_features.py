@@ -11,6 +11,7 @@ from streams.features import (
     FEATURE_NAMES,
     FeatureSpec,
     LateEvent,
+    category_levels,
     decode_state,
     encode_state,
     feature_names,
@@ -100,3 +101,28 @@ def test_session_depth_and_item_features() -> None:
     assert s.depth == 1
     f = item_features(s, SPEC, base_price=20.0, unit_cost=5.0, category="shoes")
     assert f[0] == pytest.approx(math.log(20.0)) and f[1] == pytest.approx(4 / 5, rel=1e-4) and f[2] == 0.25
+
+
+def test_level_in_category_reads_the_catalog_price_not_the_shown_one() -> None:
+    """Which items a user views, at catalog prices: the same whatever price we showed."""
+    lv = dict(zip(["cheap", "dear", "other"], category_levels(["c", "c", "d"], [10.0, 40.0, 99.0]), strict=True))
+    k, b = FEATURE_NAMES.index("view_level_in_category"), FEATURE_NAMES.index("view_log_base_price")
+    out = []
+    for shown in (8.0, 12.0):  # the same views at two different shown prices
+        s = new_state(SPEC)
+        for n in range(4):
+            update(s, ClickEvent(f"e{n}", 1000.0 + n, "u", "s", "view", "cheap", shown), SPEC,
+                   base_price=10.0, category="c", level=lv["cheap"])
+        out.append(user_features(s, SPEC, now=1004.0))
+    assert out[0][k] == out[1][k] == pytest.approx(4 * math.log(0.5) / 5)  # 4 views, pseudo-count 1
+    assert out[0][b] == out[1][b] == pytest.approx(4 * math.log(10.0) / 5)
+    assert out[0][FEATURE_NAMES.index("view_price_ratio")] != out[1][FEATURE_NAMES.index("view_price_ratio")]
+
+
+def test_state_written_before_the_level_sums_still_decodes() -> None:
+    import orjson
+
+    old = orjson.dumps([1, 5.0, 4.0, [0.0] * 15, [1.0] * 8, [0.0] * 8, "s", 2])
+    s = decode_state(old)
+    assert s.sums == [1.0] * 8 + [0.0, 0.0]
+    assert len(user_features(s, SPEC, now=6.0)) == len(FEATURE_NAMES)
