@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from streams.features import FEATURE_NAMES
 from streams.pricing import Guardrails, ItemBatch, band_batch, decide_batch
 
 from .simulator import Market, MarketConfig
@@ -211,7 +212,7 @@ def run(cfg: MarketConfig, holdout_days: float = 3.0, price_cfg: Any = None, pro
     model = pm.fit_price_model(data.user[fit], data.item[fit], data.price_ratio[fit], data.label[fit],
                                cfg=price_cfg or pm.PriceModelConfig(),
                                validation=(data.user[val], data.item[val], data.price_ratio[val], data.label[val]),
-                               verbose=2 if progress else 0)
+                               verbose=2 if progress else 0, feature_names=FEATURE_NAMES)
     u, i = data_market_index(market, data)
     rep = evaluate_policies(market, model, data.user[hold], data.item[hold], u[hold], i[hold])
     return {"report": rep, "seconds": time.perf_counter() - t0}

@@ -66,6 +66,10 @@ class PriceModelConfig:
     pooled_init: bool = True                # output biases from a pooled logistic fit
     calibrate: bool = True                  # ML affine calibration of t and u on validation rows
     b_user_only: bool = False               # slope tower sees the user features only
+    # user features the model must not read (zeroed in the graph): those that measure the prices the
+    # user was shown. History priced at random, so there they reveal sensitivity; live, the worker's
+    # own prices set them, and a model reading them feeds its decisions back into its inputs
+    ignore: tuple[str, ...] = ("view_price_ratio", "discount_response")
     seed: int = 0
 
 
@@ -82,19 +86,35 @@ def _identity_dense(name: str) -> layers.Dense:
     return layers.Dense(1, kernel_initializer="ones", bias_initializer="zeros", trainable=False, name=name)
 
 
+def feature_mask(names: tuple[str, ...], ignore: tuple[str, ...]) -> np.ndarray:
+    """1 per user feature the price model reads, 0 for the ``ignore``d ones (unknown names raise)."""
+    unknown = set(ignore) - set(names)
+    if unknown:
+        raise ValueError(f"cannot ignore unknown features {sorted(unknown)}")
+    return np.array([0.0 if n in ignore else 1.0 for n in names], np.float32)
+
+
 def build_price_model(user: np.ndarray, item: np.ndarray, cfg: PriceModelConfig = PriceModelConfig(),
-                      u0: float = 0.0, b0: float = 1.0) -> keras.Model:
+                      u0: float = 0.0, b0: float = 1.0, mask: np.ndarray | None = None) -> keras.Model:
     """The model with normalisation adapted on ``user [N, U]`` and ``item [N, 3]`` rows; ``u0`` and
-    ``b0`` are the starting conversion logit at base and slope (output biases)."""
+    ``b0`` are the starting conversion logit at base and slope (output biases). ``mask [U]`` (0/1)
+    zeroes user features inside the graph: the model takes the full vector but cannot read them."""
     u_in = keras.Input((user.shape[1],), name="user", dtype="float32")
     i_in = keras.Input((item.shape[1],), name="item", dtype="float32")
     p_in = keras.Input((1,), name="price_ratio", dtype="float32")
     u_norm, i_norm = layers.Normalization(name="user_norm"), layers.Normalization(name="item_norm")
+    u_x = u_in
+    if mask is not None and not np.all(mask == 1.0):
+        m = np.asarray(mask, np.float32).reshape(-1)
+        u_mask = layers.Dense(len(m), use_bias=False, trainable=False, name="user_mask")
+        u_x = u_mask(u_in)
+        u_mask.set_weights([np.diag(m)])
+        user = np.asarray(user, np.float32) * m
     u_norm.adapt(np.asarray(user, np.float32))
     i_norm.adapt(np.asarray(item, np.float32))
-    x = layers.Concatenate(name="features")([u_norm(u_in), i_norm(i_in)])  # [B, U + 3] standardised
+    x = layers.Concatenate(name="features")([u_norm(u_x), i_norm(i_in)])  # [B, U + 3] standardised
     u = _identity_dense("u_calib")(_tower(x, cfg.hidden, "u", bias=u0))
-    xb = u_norm(u_in) if cfg.b_user_only else x
+    xb = u_norm(u_x) if cfg.b_user_only else x
     t = _identity_dense("b_calib")(_tower(xb, cfg.b_hidden, "b", cfg.l2, bias=float(np.log(b0))))
     b = layers.ReLU(max_value=B_MAX, name="b_cap")(layers.Activation("exponential", name="b_exp")(t))
     b = layers.Rescaling(1.0, offset=B_EPS, name="b")(b)             # in (0, B_MAX + B_EPS] by construction
@@ -165,12 +185,19 @@ def calibrate(model: keras.Model, user: np.ndarray, item: np.ndarray, price_rati
 
 def fit_price_model(user: np.ndarray, item: np.ndarray, price_ratio: np.ndarray, label: np.ndarray,
                     cfg: PriceModelConfig = PriceModelConfig(), validation: tuple[np.ndarray, ...] | None = None,
-                    verbose: int = 0) -> keras.Model:
+                    verbose: int = 0, feature_names: tuple[str, ...] | None = None) -> keras.Model:
     """Train on exposure rows; ``validation`` = (user, item, price_ratio, label) for early stopping and
-    for the calibration of ``u``/``b`` (``model.calibration`` holds what it did)."""
+    for the calibration of ``u``/``b`` (``model.calibration`` holds what it did). ``feature_names``
+    (the user columns) are needed when ``cfg.ignore`` names features."""
     keras.utils.set_random_seed(cfg.seed)
-    u0, b0 = pooled_start(user, item, price_ratio, label, seed=cfg.seed) if cfg.pooled_init else (0.0, 1.0)
-    model = build_price_model(user, item, cfg, u0=u0, b0=b0)
+    mask = None
+    if cfg.ignore:
+        if feature_names is None or len(feature_names) != user.shape[1]:
+            raise ValueError("cfg.ignore needs the names of the user feature columns")
+        mask = feature_mask(tuple(feature_names), cfg.ignore)
+    um = user if mask is None else np.asarray(user, np.float32) * mask
+    u0, b0 = pooled_start(um, item, price_ratio, label, seed=cfg.seed) if cfg.pooled_init else (0.0, 1.0)
+    model = build_price_model(user, item, cfg, u0=u0, b0=b0, mask=mask)
     # train through a view with only the p_buy head; the weights are shared with `model`
     trainer = keras.Model(model.inputs, model.outputs["p_buy"] if isinstance(model.outputs, dict)
                           else model.get_layer("p_buy").output)

@@ -111,7 +111,8 @@ def train_all(log: EventLog, catalog: Catalog, out: Path, *, market: Market | No
     cols = (data.user, data.item, data.price_ratio, data.label)
     t0 = time.perf_counter()
     price = pm.fit_price_model(data.user[fit], data.item[fit], data.price_ratio[fit], data.label[fit], cfg=cfg,
-                               validation=tuple(c[val] for c in cols), verbose=2 if progress else 0)
+                               validation=tuple(c[val] for c in cols), verbose=2 if progress else 0,
+                               feature_names=FEATURE_NAMES)
     timings["price_model_s"] = time.perf_counter() - t0
     ph = pm.predict(price, data.user[hold], data.item[hold], data.price_ratio[hold])
     metrics: dict[str, Any] = {"price_model": binary_metrics(ph["p_buy"], data.label[hold])}
@@ -295,6 +296,9 @@ def parser() -> argparse.ArgumentParser:
     tr.add_argument("--holdout-days", type=float, default=None, help="time holdout (default 3, --small 0.25)")
     tr.add_argument("--epochs", type=int, default=None, help="price model max epochs (early stopping; "
                                                              "default: PriceModelConfig)")
+    tr.add_argument("--price-ignore", default=None, metavar="NAMES",
+                    help="comma-separated user features the price model must not read (default: "
+                         "PriceModelConfig.ignore; '' reads them all)")
     tr.add_argument("--rec-epochs", type=int, default=30, help="recommend model max epochs (early stopping)")
     tr.add_argument("--rec-linear", action="store_true", help="recommend model in linear (conditional logit) mode")
     tr.add_argument("--no-plots", action="store_true")
@@ -331,6 +335,8 @@ def main(argv: list[str] | None = None) -> int:
     load_s = time.perf_counter() - t0
     holdout = args.holdout_days if args.holdout_days is not None else (0.25 if args.small else 3.0)
     price_cfg = PriceModelConfig() if args.epochs is None else PriceModelConfig(epochs=args.epochs)
+    if args.price_ignore is not None:
+        price_cfg = replace(price_cfg, ignore=tuple(n for n in args.price_ignore.split(",") if n))
     summary = train_all(log, catalog, args.out, market=market, holdout_days=holdout,
                         price_cfg=price_cfg, rec_epochs=args.rec_epochs,
                         rec_linear=args.rec_linear, plots=not args.no_plots, progress=not args.quiet, knobs=knobs)

@@ -14,6 +14,7 @@ from models.policy_eval import (
     uniform_policy_prices,
 )
 from models.simulator import Market, MarketConfig
+from streams.features import FEATURE_NAMES
 from streams.pricing import Guardrails, ItemBatch, band_batch, decide_batch
 
 
@@ -93,7 +94,7 @@ def test_homogeneous_market_learned_policy_does_no_harm() -> None:
     hold, fit, val = split_rows(data.row_ts, float(log.ts.max()) - 0.5 * 86400.0)
     cols = (data.user, data.item, data.price_ratio, data.label)
     model = pm.fit_price_model(*(c[fit] for c in cols), cfg=pm.PriceModelConfig(epochs=4),
-                               validation=tuple(c[val] for c in cols))
+                               validation=tuple(c[val] for c in cols), feature_names=FEATURE_NAMES)
     u, i = data_market_index(m, data)
     rep = evaluate_policies(m, model, data.user[hold], data.item[hold], u[hold], i[hold], n_boot=100)
     # all users alike: the oracle's only edge over one price per item is item-level, and the

@@ -100,6 +100,36 @@ def test_price_model_demand_falls_in_price(tiny: tuple[Path, dict]) -> None:
     np.testing.assert_allclose(o["p_buy"], expit(o["a"] - o["b"]), rtol=1e-4, atol=1e-6)
 
 
+def test_price_model_cannot_read_the_features_it_ignores(tiny: tuple[Path, dict]) -> None:
+    """The shown-price features are zeroed inside the graph: changing them changes no output."""
+    import keras
+
+    from models.price_model import PriceModelConfig, predict
+
+    model = keras.models.load_model(tiny[0] / "price_model.keras")
+    ignored = [FEATURE_NAMES.index(n) for n in PriceModelConfig().ignore]
+    assert ignored
+    rng = np.random.default_rng(1)
+    user, item = rng.normal(0, 1, (100, len(FEATURE_NAMES))), rng.normal(0, 1, (100, 3))
+    moved = user.copy()
+    moved[:, ignored] += rng.normal(0, 5, (100, len(ignored)))
+    a, b = predict(model, user, item, np.ones(100)), predict(model, moved, item, np.ones(100))
+    np.testing.assert_array_equal(a["b"], b["b"])
+    np.testing.assert_array_equal(a["a"], b["a"])
+    read = FEATURE_NAMES.index("view_level_in_category")  # a feature it does read moves it
+    moved = user.copy()
+    moved[:, read] += 3.0
+    assert not np.allclose(predict(model, moved, item, np.ones(100))["a"], a["a"])
+
+
+def test_feature_mask_rejects_unknown_names() -> None:
+    from models.price_model import feature_mask
+
+    assert feature_mask(("x", "y", "z"), ("y",)).tolist() == [1.0, 0.0, 1.0]
+    with pytest.raises(ValueError, match="unknown"):
+        feature_mask(("x",), ("nope",))
+
+
 def test_tiny_end_to_end_run_writes_the_agreed_layout(tiny: tuple[Path, dict]) -> None:
     import joblib
 
