@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# `make demo`: the whole system end to end on this machine, in about 12 minutes (2 cores).
+# `make demo`: the whole system end to end on this machine, in about 9 to 12 minutes (2 cores).
 #
 #   broker -> fresh topics -> simulated history -> train -> export ONNX bundle -> pricing worker
 #   -> closed-loop market (simulated users see the worker's prices and buy by the true demand)
