@@ -316,10 +316,18 @@ def format_storage(cfg: Config, java: str) -> None:
 
 
 def base64_uuid() -> str:
-    """Kafka cluster ids are 16 random bytes, URL-safe base64 without padding."""
+    """Kafka cluster ids are 16 random bytes, URL-safe base64 without padding.
+
+    Never one that starts with ``-``: StorageTool's argument parser would read it as an option
+    ("argument --cluster-id/-t: expected one argument"), one run in 64. Kafka's own
+    ``Uuid.randomUuid`` draws again in that case too.
+    """
     import base64
 
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    while True:
+        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cid.startswith("-"):
+            return cid
 
 
 def wait_ready(cfg: Config, proc: subprocess.Popen[bytes] | None, pid: int) -> None:
