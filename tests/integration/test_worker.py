@@ -21,7 +21,7 @@ import pytest
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 
 from export.bundle import read_current
-from streams.features import FeatureSpec, new_state, update
+from streams.features import FeatureSpec, category_levels, new_state, update
 from streams.pipeline import decision_id
 from streams.privacy import UserHasher
 from streams.schemas import CatalogItem, ClickEvent, dumps, parse_dead_letter, parse_price
@@ -196,11 +196,14 @@ def reference_features(s: Settings, evs: list[ClickEvent]) -> dict[bytes, object
     """Each user's features from folding their events in order: a run that never crashed."""
     spec, hasher = FeatureSpec.from_settings(s), UserHasher(s.user_hash_key.get_secret_value())
     items = {c.item_id: c for c in CATALOG}
+    levels = dict(zip(items, category_levels([c.category for c in CATALOG], [c.base_price for c in CATALOG]),
+                      strict=True))
     states: dict[bytes, object] = {}
     for ev in evs:
         key = hasher.hash(ev.user_id).encode()
         st = states.setdefault(key, new_state(spec))
-        update(st, ev, spec, base_price=items[ev.item_id].base_price, category=items[ev.item_id].category)
+        update(st, ev, spec, base_price=items[ev.item_id].base_price, category=items[ev.item_id].category,
+               level=levels[ev.item_id])
     return states
 
 
