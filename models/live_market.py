@@ -36,6 +36,7 @@ import contextlib
 import json
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any
@@ -370,21 +371,14 @@ class LiveMarket:
         These events are not exposures: they are not logged and not evaluated.
         """
         t0 = time.time()
-        log = self.m.simulate(days=self.cfg.warm_days)
-        mine = log.user < self._participants()
-        keep = np.flatnonzero(mine)
         # end one minute before the earliest possible start of the loop's clock
-        shift = (time.time() - self.cfg.days * _DAY - 60.0) - float(log.ts[keep[-1]]) if len(keep) else 0.0
+        events, total = self.warm_events(time.time() - self.cfg.days * _DAY)
         sent, last = 0, time.monotonic()
-        for n, ev in enumerate(log.events()):
-            if not mine[n]:
-                continue
-            ev = replace(ev, event_id=f"{self.run_id}-w{n}", session_id=f"{self.run_id}-w{ev.session_id}",
-                         ts=ev.ts + shift)
+        for ev in events:
             await self.producer.send(self.s.topic_clickstream, dumps(ev), key=ev.user_id.encode())
             sent += 1
             if time.monotonic() - last > progress_s:
-                print(f"[market] warm-up: sent {sent:,}/{len(keep):,} history events", flush=True)
+                print(f"[market] warm-up: sent {sent:,}/{total:,} history events", flush=True)
                 last = time.monotonic()
         await self.producer.flush()
         print(f"[market] warm-up: {sent:,} events of {self.cfg.warm_days:g} simulated days sent in "
@@ -392,6 +386,26 @@ class LiveMarket:
         lag = await self._wait_consumed(await asyncio.to_thread(self._clickstream_end), progress_s)
         print(f"[market] warm-up done in {time.time() - t0:.0f} s (lag {lag})", flush=True)
         return {"events": sent, "days": self.cfg.warm_days, "wall_s": round(time.time() - t0, 1)}
+
+    def warm_events(self, loop_start: float) -> tuple[Iterator[ClickEvent], int]:
+        """``warm_days`` of simulated history of the participating users, shifted to end one minute
+        before event time ``loop_start``, with run-scoped ids; ``(events, how many)``."""
+        log = self.m.simulate(days=self.cfg.warm_days)
+        mine = log.user < self._participants()
+        keep = np.flatnonzero(mine)
+        shift = (loop_start - 60.0) - float(log.ts[keep[-1]]) if len(keep) else 0.0
+
+        def events() -> Iterator[ClickEvent]:
+            for n, ev in enumerate(log.events()):
+                if mine[n]:
+                    yield replace(ev, event_id=f"{self.run_id}-w{n}", session_id=f"{self.run_id}-w{ev.session_id}",
+                                  ts=ev.ts + shift)
+        return events(), int(len(keep))
+
+    def session_plan(self) -> list[tuple[float, int]]:
+        """The run's sessions, ``(start offset in simulated seconds, user index)``, by start."""
+        users = np.arange(self._participants())
+        return session_schedule(self.m, users, self.cfg.days, np.random.default_rng([self.cfg.seed, 1 << 20]))
 
     def _clickstream_end(self) -> dict[int, int]:
         """End offset of every clickstream partition (kafka-python, in a thread)."""
@@ -429,8 +443,7 @@ class LiveMarket:
     async def _run_sessions(self, progress_s: float) -> dict[str, Any]:
         """Start every scheduled session at its time (one user's sessions run one after another)."""
         m, cfg = self.m, self.cfg
-        users = np.arange(self._participants())
-        plan = session_schedule(m, users, cfg.days, np.random.default_rng([cfg.seed, 1 << 20]))
+        plan = self.session_plan()
         clock = SimClock(time.time(), cfg.days, cfg.speed)
         gate = asyncio.Semaphore(cfg.max_sessions)
         last: dict[int, asyncio.Task[None]] = {}
@@ -461,7 +474,7 @@ class LiveMarket:
         wall = time.time() - clock.wall_start
         return {"run_id": self.run_id, "market": asdict(m.cfg), "loop": asdict(cfg), "speed": cfg.speed,
                 "sim_start": clock.sim_start, "sim_end": clock.sim_end, "wall_start": clock.wall_start,
-                "wall_s": round(wall, 1), "users": int(len(users)), "sessions_planned": len(plan),
+                "wall_s": round(wall, 1), "users": self._participants(), "sessions_planned": len(plan),
                 "events_per_s": round(self.counts.events / max(wall, 1e-9), 1),
                 "topics": {"clickstream": self.s.topic_clickstream, "prices": self.s.topic_prices}}
 

@@ -26,11 +26,9 @@ import argparse
 import asyncio
 import json
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from streams.catalog import Catalog
 from streams.pipeline import Pipeline, RawRecord, decision_id
@@ -38,7 +36,7 @@ from streams.schemas import ClickEvent, PriceEvent, dumps, parse_price
 from streams.scoring import Scorer
 from streams.settings import Settings, cli_settings
 
-from .live_market import LiveMarket, LoopConfig, SimClock, market_from_args, session_schedule
+from .live_market import LiveMarket, LoopConfig, SimClock, market_from_args
 from .simulator import Market
 
 _DAY = 86400.0
@@ -93,23 +91,17 @@ class InProcessMarket(LiveMarket):
     def warm_up(self, sim_start: float, batch: int = 256) -> dict[str, Any]:
         """``warm_days`` of simulated history through the pipeline, ending a minute before ``sim_start``."""
         t0 = time.time()
-        log = self.m.simulate(days=self.cfg.warm_days)
-        mine = log.user < self._participants()
-        keep = np.flatnonzero(mine)
-        shift = (sim_start - 60.0) - float(log.ts[keep[-1]]) if len(keep) else 0.0
+        events, total = self.warm_events(sim_start)
         pending: list[ClickEvent] = []
-        for n, ev in enumerate(log.events()):
-            if not mine[n]:
-                continue
-            pending.append(replace(ev, event_id=f"{self.run_id}-w{n}",
-                                   session_id=f"{self.run_id}-w{ev.session_id}", ts=ev.ts + shift))
+        for ev in events:
+            pending.append(ev)
             if len(pending) == batch:
                 self._process(pending)
                 pending = []
         if pending:
             self._process(pending)
         self.decisions.clear()
-        return {"events": int(len(keep)), "days": self.cfg.warm_days, "wall_s": round(time.time() - t0, 1)}
+        return {"events": total, "days": self.cfg.warm_days, "wall_s": round(time.time() - t0, 1)}
 
     async def run_in_process(self, progress_s: float = 10.0) -> dict[str, Any]:
         """Warm up, run every scheduled session in start order, write the run files; returns the meta."""
@@ -118,8 +110,7 @@ class InProcessMarket(LiveMarket):
         sim_start = m.cfg.start_ts + m.cfg.days * _DAY + cfg.warm_days * _DAY
         clock = _InstantClock(0.0, cfg.days, cfg.speed)
         clock.sim_start, clock.sim_end = sim_start, sim_start + cfg.days * _DAY
-        users = np.arange(self._participants())
-        plan = session_schedule(m, users, cfg.days, np.random.default_rng([cfg.seed, 1 << 20]))
+        plan = self.session_plan()
         t_run = time.time()
         with (self.out / "exposures.jsonl").open("wb") as xf, (self.out / "events.jsonl").open("wb") as ef:
             self._exposures, self._events = xf, ef
@@ -136,7 +127,7 @@ class InProcessMarket(LiveMarket):
                           f"views {self.counts.views:,}  ({(k + 1) / (last - t0):,.0f} sessions/s)", flush=True)
         meta = {"run_id": self.run_id, "source": "in-process", "market": asdict(m.cfg), "loop": asdict(cfg),
                 "sim_start": sim_start, "sim_end": sim_start + cfg.days * _DAY, "wall_s": round(time.time() - t_run, 1),
-                "users": int(len(users)), "sessions_planned": len(plan), "warm_up": warm,
+                "users": self._participants(), "sessions_planned": len(plan), "warm_up": warm,
                 "dead_letters": self.dead_letters}
         meta.update(self.counts.summary())
         (self.out / "meta.json").write_text(json.dumps(meta, indent=2, default=str))
@@ -162,6 +153,7 @@ def parser() -> argparse.ArgumentParser:
                    help="prices on the listings users pick from: their newest decided price, or the base price")
     p.add_argument("--run-id", default="sim", help="prefix of event and session ids")
     p.add_argument("--evaluate", action="store_true", help="print the evaluation table at the end (no report)")
+    p.set_defaults(small=False)  # market_from_args: the market always comes from --train-dir here
     return p
 
 
@@ -171,7 +163,6 @@ def main(argv: list[str] | None = None) -> int:
     from streams.scoring import BundleWatcher
 
     args = parser().parse_args(argv)
-    args.small = False
     s = cli_settings()
     market = market_from_args(args)
     scorer = BundleWatcher(args.model_dir, 1e9, feature_names(FeatureSpec.from_settings(s)), threads=1).scorer

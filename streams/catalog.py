@@ -24,7 +24,7 @@ from .schemas import CatalogItem
 
 @dataclass(frozen=True, slots=True)
 class CatalogColumns:
-    """All items as columns: ids, terms, and the category bucket of each."""
+    """All items as columns: ids, terms, and the category bucket and level in category of each."""
 
     ids: tuple[str, ...]
     index: dict[str, int]
@@ -33,6 +33,7 @@ class CatalogColumns:
     min_price: NDArray[np.float64]
     max_price: NDArray[np.float64]
     bucket: NDArray[np.int64]
+    level: NDArray[np.float64]
 
 
 class Catalog:
@@ -41,7 +42,6 @@ class Catalog:
     def __init__(self, n_buckets: int = 8) -> None:
         self._items: dict[str, CatalogItem] = {}
         self._columns: CatalogColumns | None = None
-        self._levels: dict[str, float] | None = None
         self._n_buckets = n_buckets
 
     def __len__(self) -> int:
@@ -51,12 +51,12 @@ class Catalog:
         """Insert or replace an item."""
         if self._items.get(item.item_id) != item:
             self._items[item.item_id] = item
-            self._columns = self._levels = None
+            self._columns = None
 
     def remove(self, item_id: str) -> None:
         """Forget an item (a tombstone on the compacted topic)."""
         if self._items.pop(item_id, None) is not None:
-            self._columns = self._levels = None
+            self._columns = None
 
     def get(self, item_id: str) -> CatalogItem | None:
         """The item, or None when unknown."""
@@ -64,11 +64,9 @@ class Catalog:
 
     def level(self, item_id: str) -> float | None:
         """The item's price level within its category (:func:`~streams.features.category_levels`)."""
-        if self._levels is None:
-            items = list(self._items.values())
-            self._levels = dict(zip((i.item_id for i in items), category_levels(
-                [i.category for i in items], [i.base_price for i in items]), strict=True))
-        return self._levels.get(item_id)
+        cols = self.columns()
+        k = cols.index.get(item_id)
+        return None if k is None else float(cols.level[k])
 
     def columns(self) -> CatalogColumns:
         """Column arrays over all items (rebuilt only after a change)."""
@@ -79,5 +77,6 @@ class Catalog:
             base, cost, lo, hi = terms.T
             self._columns = CatalogColumns(
                 tuple(i.item_id for i in items), {i.item_id: k for k, i in enumerate(items)}, base, cost, lo, hi,
-                np.array([category_bucket(i.category, self._n_buckets) for i in items], np.int64))
+                np.array([category_bucket(i.category, self._n_buckets) for i in items], np.int64),
+                np.array(category_levels([i.category for i in items], [i.base_price for i in items]), np.float64))
         return self._columns
