@@ -73,8 +73,21 @@ def export_train_dir(train_dir: Path, model_dir: Path, *, tol: float, rows: int,
             ref = convert.keras_outputs(model, inputs)
         data[name] = proto.SerializeToString()
         parity[name] = convert.check_parity(name, data[name], inputs, ref, tol).as_dict()
-    bundle = write_bundle(model_dir, data, spec=spec, training=summary, parity=parity)
+    bundle = write_bundle(model_dir, data, item_table=_item_table(train_dir), spec=spec, training=summary,
+                          parity=parity)
     return bundle, parity
+
+
+def _item_table(train_dir: Path) -> dict[str, float]:
+    """The item table training wrote (``item_table.json``)."""
+    path = train_dir / "item_table.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} missing: a training run of this version writes it")
+    try:
+        obj = json.loads(path.read_text())
+        return {str(k): float(v) for k, v in obj["values"].items()}
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise ValueError(f"{path}: not an item table: {exc}") from exc
 
 
 def _holdout(sample: dict[str, np.ndarray], model: str) -> dict[str, np.ndarray]:

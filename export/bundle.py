@@ -7,9 +7,12 @@ Layout::
     <model_dir>/<version>/user.onnx     X [N,U] -> probabilities [N,2]
     <model_dir>/<version>/price.onnx    user, item, price_ratio [N,1] -> p_buy, a, b [N,1]
     <model_dir>/<version>/recommend.onnx user, items [N,K,I], price_ratio, mask [N,K] -> probs [N,K]
+    <model_dir>/<version>/items.json    the item table: {"feature": ..., "values": {item_id: value}}
 
-``version`` is a content hash (ONNX bytes + feature names), so re-exporting identical models
-is a no-op. Imports only onnxruntime, the standard library and ``streams.features``: the
+The item table holds ``item_conv_lift`` per item, a statistic of the training history (see
+:func:`models.dataset.item_conv_lift`); an item it does not list gets 0, the neutral value.
+``version`` is a content hash (ONNX bytes + item table + feature names), so re-exporting
+identical models is a no-op. Imports only onnxruntime, the standard library and ``streams.features``: the
 serving process loads bundles without TensorFlow (or even numpy, until it scores).
 """
 
@@ -33,6 +36,7 @@ from streams.features import FEATURE_NAMES, ITEM_FEATURE_NAMES, FeatureSpec, fea
 FORMAT = 1
 MANIFEST, CURRENT = "manifest.json", "CURRENT"
 MODEL_FILES = {"user": "user.onnx", "price": "price.onnx", "recommend": "recommend.onnx"}
+ITEM_TABLE_FILE, ITEM_TABLE_FEATURE = "items.json", "item_conv_lift"
 # Per model: contract inputs (exactly these) and outputs (at least these). Dims: "N" dynamic
 # batch, "U"/"I" user/item feature counts, "K" candidate slots (same everywhere in the model).
 CONTRACT: dict[str, tuple[dict[str, tuple[Any, ...]], dict[str, tuple[Any, ...]]]] = {
@@ -99,13 +103,36 @@ def check_contract(name: str, sig: Mapping[str, list[dict[str, Any]]], n_user: i
                                   f"wants {list(dims)} with U={n_user}, I={n_item}, K={sizes.get('K')}")
 
 
-def bundle_version(data: Mapping[str, bytes], names: Sequence[str], item_names: Sequence[str]) -> str:
-    """Content hash: sha256 over each model's name and bytes plus the feature names, 12 hex."""
+def bundle_version(data: Mapping[str, bytes], names: Sequence[str], item_names: Sequence[str],
+                   item_table: bytes = b"") -> str:
+    """Content hash: sha256 over each model's name and bytes, the item table bytes and the feature
+    names, 12 hex."""
     h = hashlib.sha256()
     for model in sorted(data):
         h.update(model.encode() + b"\0" + hashlib.sha256(data[model]).digest())
+    h.update(b"items\0" + hashlib.sha256(item_table).digest())
     h.update(json.dumps([list(names), list(item_names)]).encode())
     return h.hexdigest()[:12]
+
+
+def item_table_bytes(values: Mapping[str, float]) -> bytes:
+    """The item table file for ``values`` (item id -> ``item_conv_lift``), keys sorted."""
+    for k, v in values.items():
+        if not isinstance(k, str) or not isinstance(v, (int, float)) or v != v or abs(v) == float("inf"):
+            raise BundleError(f"item table: {k!r} -> {v!r} is not an item id with a finite number")
+    return json.dumps({"feature": ITEM_TABLE_FEATURE, "values": {k: float(values[k]) for k in sorted(values)}},
+                      separators=(",", ":")).encode()
+
+
+def _parse_item_table(raw: bytes, where: Path) -> dict[str, float]:
+    try:
+        obj = json.loads(raw)
+        values = obj["values"]
+        if obj.get("feature") != ITEM_TABLE_FEATURE or not isinstance(values, dict):
+            raise ValueError(f"feature {obj.get('feature')!r} is not {ITEM_TABLE_FEATURE!r}, or no values")
+        return {str(k): float(v) for k, v in values.items()}
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise BundleError(f"{where}: not an item table: {exc}") from exc
 
 
 @dataclass(frozen=True)
@@ -115,6 +142,7 @@ class Bundle:
     path: Path
     manifest: dict[str, Any]
     data: Mapping[str, bytes]
+    item_table: Mapping[str, float] = field(default_factory=dict)  # item id -> item_conv_lift
     _sessions: dict[tuple[str, int], ort.InferenceSession] = field(default_factory=dict, repr=False)
 
     @property
@@ -194,15 +222,18 @@ def _fsync_dir(path: Path) -> None:
 
 
 def write_bundle(model_dir: str | os.PathLike[str], data: Mapping[str, bytes], *,
-                 spec: FeatureSpec | None = None, training: Mapping[str, Any] | None = None,
-                 parity: Mapping[str, Any] | None = None, now: datetime | None = None) -> Bundle:
-    """Verify ``data`` (model -> ONNX bytes), write ``<model_dir>/<version>/`` atomically and
-    point CURRENT at it. An existing, valid bundle of the same version is reused as is."""
+                 item_table: Mapping[str, float] | None = None, spec: FeatureSpec | None = None,
+                 training: Mapping[str, Any] | None = None, parity: Mapping[str, Any] | None = None,
+                 now: datetime | None = None) -> Bundle:
+    """Verify ``data`` (model -> ONNX bytes), write ``<model_dir>/<version>/`` with ``item_table``
+    (item id -> ``item_conv_lift``; none = every item neutral) atomically and point CURRENT at
+    it. An existing, valid bundle of the same version is reused as is."""
     root, spec = Path(model_dir), spec or FeatureSpec()
     root.mkdir(parents=True, exist_ok=True)
     names = feature_names(spec)
     sigs, _ = _verify(data, len(names), len(ITEM_FEATURE_NAMES))
-    version = bundle_version(data, names, ITEM_FEATURE_NAMES)
+    items = item_table_bytes(item_table or {})
+    version = bundle_version(data, names, ITEM_FEATURE_NAMES, items)
     if not (root / version).exists():
         training = dict(training or {})
         manifest = {
@@ -212,6 +243,8 @@ def write_bundle(model_dir: str | os.PathLike[str], data: Mapping[str, bytes], *
             "feature_spec": asdict(spec), "onnxruntime": ort.__version__,
             "models": {m: {"file": f, "sha256": hashlib.sha256(data[m]).hexdigest(), **sigs[m]}
                        for m, f in MODEL_FILES.items()},
+            "item_table": {"file": ITEM_TABLE_FILE, "sha256": hashlib.sha256(items).hexdigest(),
+                           "feature": ITEM_TABLE_FEATURE, "items": len(item_table or {})},
             "training": training, "holdout_metrics": training.get("metrics", {}),
             "parity": dict(parity or {}),
         }
@@ -220,6 +253,7 @@ def write_bundle(model_dir: str | os.PathLike[str], data: Mapping[str, bytes], *
             os.chmod(tmp, 0o755)  # mkdtemp makes 0700; serving may run as another user
             for m, f in MODEL_FILES.items():
                 _fsync_write(tmp / f, data[m])
+            _fsync_write(tmp / ITEM_TABLE_FILE, items)
             _fsync_write(tmp / MANIFEST, json.dumps(manifest, indent=2, default=str).encode())
             os.rename(tmp, root / version)  # the version dir appears complete or not at all
         except OSError:
@@ -272,11 +306,19 @@ def load_bundle(path: str | os.PathLike[str], *, spec: FeatureSpec | None = None
         if (digest := hashlib.sha256(data[model]).hexdigest()) != entry.get("sha256"):
             raise BundleError(f"{bdir / entry['file']}: sha256 {digest[:12]}... does not match the "
                               f"manifest's {str(entry.get('sha256'))[:12]}...: file altered or corrupt")
-    if (version := bundle_version(data, want, item_names)) != manifest.get("version"):
+    entry = manifest.get("item_table")
+    try:
+        items = (bdir / entry["file"]).read_bytes()
+    except (OSError, KeyError, TypeError) as exc:
+        raise BundleError(f"{bdir}: item table unreadable: {exc}") from exc
+    if (digest := hashlib.sha256(items).hexdigest()) != entry.get("sha256"):
+        raise BundleError(f"{bdir / entry['file']}: sha256 {digest[:12]}... does not match the "
+                          f"manifest's {str(entry.get('sha256'))[:12]}...: file altered or corrupt")
+    if (version := bundle_version(data, want, item_names, items)) != manifest.get("version"):
         raise BundleError(f"{bdir}: content version {version} != manifest version {manifest.get('version')}")
     sigs, sessions = _verify(data, len(want), len(item_names))
     for model, sig in sigs.items():
         listed = {k: manifest["models"][model].get(k) for k in ("inputs", "outputs")}
         if listed != sig:
             raise BundleError(f"{bdir}: model {model!r} graph signature {sig} differs from manifest {listed}")
-    return Bundle(bdir, manifest, data, sessions)
+    return Bundle(bdir, manifest, data, _parse_item_table(items, bdir / entry["file"]), sessions)

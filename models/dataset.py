@@ -10,6 +10,11 @@ row sets come out of one pass:
 * **choice sets** (recommend model): sessions that end in a purchase; candidates = the items viewed
   in the session at their shown price ratio, chosen = the first item bought; user and item features
   as of the session's first event.
+
+The item feature ``item_conv_lift`` is not in the user's state: it is a statistic of the history
+itself (:func:`item_conv_lift`), which the model bundle ships as its item table. Rows come out
+with it at 0; :func:`fill_item_lift` sets it, out of fold for the rows it was computed from, so
+that no row's own label leaks into its feature.
 """
 
 from __future__ import annotations
@@ -22,13 +27,16 @@ from pathlib import Path
 from typing import IO
 
 import numpy as np
+from scipy.special import logit
 from tqdm import tqdm
 
 from streams.features import (
     FEATURE_NAMES,
+    ITEM_FEATURE_NAMES,
     FeatureSpec,
     category_bucket,
     category_levels,
+    category_profile,
     feature_names,
     item_features,
     new_state,
@@ -38,6 +46,7 @@ from streams.features import (
 from streams.schemas import EVENT_TYPES, CatalogItem, ClickEvent, dumps, parse_catalog, parse_click
 
 VIEW, PURCHASE = EVENT_TYPES.index("view"), EVENT_TYPES.index("purchase")
+LIFT = ITEM_FEATURE_NAMES.index("item_conv_lift")
 
 
 @dataclass
@@ -148,7 +157,7 @@ class TrainingData:
     """Row sets for the three models; ``*_uid``/``*_iid`` index the log's ids, ``*_ts`` event time."""
 
     user: np.ndarray            # [N, U] exposure rows (price model)
-    item: np.ndarray            # [N, 3]
+    item: np.ndarray            # [N, I] (ITEM_FEATURE_NAMES)
     price_ratio: np.ndarray     # [N]
     label: np.ndarray           # [N] bought that item later in the same session
     row_uid: np.ndarray
@@ -159,12 +168,13 @@ class TrainingData:
     sess_uid: np.ndarray
     sess_ts: np.ndarray
     ch_user: np.ndarray         # [M, U] choice sets (recommend model)
-    ch_items: np.ndarray        # [M, K, 3]
+    ch_items: np.ndarray        # [M, K, I]
     ch_price_ratio: np.ndarray  # [M, K]
     ch_mask: np.ndarray         # [M, K] 1 = real candidate
     ch_chosen: np.ndarray       # [M]
     ch_ts: np.ndarray
     ch_uid: np.ndarray
+    ch_iid: np.ndarray          # [M, K] item index per slot, -1 = padding
     user_ids: Sequence[str]
     item_ids: Sequence[str]
 
@@ -187,9 +197,10 @@ def build_rows(log: EventLog, catalog: Catalog, spec: FeatureSpec | None = None,
     level = [levels[r] if r >= 0 else None for r in crow]
     n_views = int(np.sum(log.etype == VIEW))
     X = np.zeros((n_views, len(feature_names(spec))), np.float32)
-    XI = np.zeros((n_views, 3), np.float32)
+    XI = np.zeros((n_views, len(ITEM_FEATURE_NAMES)), np.float32)
     view_n = np.zeros(n_views, np.int64)     # log row of each kept view
     SX = np.zeros((len(np.unique(log.session)), X.shape[1]), np.float32)
+    SP = np.zeros((len(SX), 3, spec.n_buckets), np.float32)  # category profile at the session's first event
     sess_n = np.zeros(len(SX), np.int64)
     states: dict[int, object] = {}
     seen: set[int] = set()
@@ -210,19 +221,20 @@ def build_rows(log: EventLog, catalog: Catalog, spec: FeatureSpec | None = None,
         if sk not in seen:
             seen.add(sk)
             feats = user_features(st, spec, now=t)  # type: ignore[arg-type]
-            SX[s], sess_n[s] = feats, n
+            SX[s], SP[s], sess_n[s] = feats, category_profile(st, spec), n  # type: ignore[arg-type]
             s += 1
         if e == VIEW and base[i] is not None:
             X[r] = feats if feats is not None else user_features(st, spec, now=t)  # type: ignore[arg-type]
             XI[r] = item_features(st, spec, base_price=base[i], unit_cost=cost[i], category=cat[i])  # type: ignore
             view_n[r] = n
             r += 1
-    X, XI, view_n, SX, sess_n = X[:r], XI[:r], view_n[:r], SX[:s], sess_n[:s]
-    return _labels_and_choices(log, catalog, spec, X, XI, view_n, SX, sess_n, max_candidates)
+    X, XI, view_n, SX, SP, sess_n = X[:r], XI[:r], view_n[:r], SX[:s], SP[:s], sess_n[:s]
+    return _labels_and_choices(log, catalog, spec, X, XI, view_n, SX, SP, sess_n, max_candidates)
 
 
 def _labels_and_choices(log: EventLog, catalog: Catalog, spec: FeatureSpec, X: np.ndarray, XI: np.ndarray,
-                        view_n: np.ndarray, SX: np.ndarray, sess_n: np.ndarray, max_k: int) -> TrainingData:
+                        view_n: np.ndarray, SX: np.ndarray, SP: np.ndarray, sess_n: np.ndarray,
+                        max_k: int) -> TrainingData:
     """Labels (later purchase of the same item in the same session) and the choice sets, vectorised."""
     # position of every log row in replay order: "later" means later in that order
     pos = np.empty(len(log), np.int64)
@@ -240,7 +252,7 @@ def _labels_and_choices(log: EventLog, catalog: Catalog, spec: FeatureSpec, X: n
         j = np.minimum(np.searchsorted(ukey, vkey), len(ukey) - 1)
         label = (ukey[j] == vkey) & (bpos[last[j]] > pos[view_n])
     sess_label = np.isin(log.session[sess_n], log.session[buys])
-    ch = _choices(log, catalog, spec, XI, view_n, SX, sess_n, buys[np.argsort(pos[buys])], max_k)
+    ch = _choices(log, catalog, spec, view_n, SX, SP, sess_n, buys[np.argsort(pos[buys])], max_k)
     base = np.array([np.nan if b is None else b for b in _catalog_columns(log, catalog)[0]])
     return TrainingData(X, XI, (log.price[view_n] / base[log.item[view_n]]).astype(np.float32),
                         label.astype(np.int8), log.user[view_n], log.item[view_n], log.ts[view_n],
@@ -248,8 +260,8 @@ def _labels_and_choices(log: EventLog, catalog: Catalog, spec: FeatureSpec, X: n
                         user_ids=log.user_ids, item_ids=log.item_ids)
 
 
-def _choices(log: EventLog, catalog: Catalog, spec: FeatureSpec, XI: np.ndarray, view_n: np.ndarray,
-             SX: np.ndarray, sess_n: np.ndarray, buys: np.ndarray, max_k: int) -> tuple[np.ndarray, ...]:
+def _choices(log: EventLog, catalog: Catalog, spec: FeatureSpec, view_n: np.ndarray, SX: np.ndarray,
+             SP: np.ndarray, sess_n: np.ndarray, buys: np.ndarray, max_k: int) -> tuple[np.ndarray, ...]:
     """Choice sets of purchase sessions: viewed items (first view each) and the first item bought."""
     base, cost, cat, _ = _catalog_columns(log, catalog)
     first_buy: dict[int, int] = {}
@@ -261,16 +273,16 @@ def _choices(log: EventLog, catalog: Catalog, spec: FeatureSpec, XI: np.ndarray,
         if sk in first_buy:
             views.setdefault(sk, {}).setdefault(int(log.item[n]), float(log.price[n]))
     srow = {int(log.session[n]): k for k, n in enumerate(sess_n.tolist())}
-    share0 = list(feature_names(spec)).index("cat_share_0")
-    cu, ci, cp, cm, cc, cts, cuid = [], [], [], [], [], [], []
+    cu, ci, cp, cm, cc, cts, cuid, ciid = [], [], [], [], [], [], [], []
     for sk, chosen in first_buy.items():
         cands = views.get(sk, {})
         if chosen not in cands or len(cands) < 2:
             continue
         items = [chosen] + [i for i in cands if i != chosen][:max_k - 1]  # chosen first, then shuffled below
-        urow = SX[srow[sk]]
-        feats = [[math.log(base[i]), urow[share0 + category_bucket(cat[i], spec.n_buckets)], cost[i] / base[i]]
-                 for i in items]  # == streams.features.item_features at the session's first event
+        urow, prof = SX[srow[sk]], SP[srow[sk]]
+        bks = [category_bucket(cat[i], spec.n_buckets) for i in items]
+        feats = [[math.log(base[i]), prof[0, bk], cost[i] / base[i], prof[1, bk], prof[2, bk], 0.0]
+                 for i, bk in zip(items, bks, strict=True)]  # == item_features at the session's first event
         perm = np.random.default_rng(sk).permutation(len(items))
         k = len(items)
         cu.append(urow)
@@ -280,12 +292,53 @@ def _choices(log: EventLog, catalog: Catalog, spec: FeatureSpec, XI: np.ndarray,
         cc.append(int(np.flatnonzero(perm == 0)[0]))
         cts.append(log.ts[sess_n[srow[sk]]])
         cuid.append(log.user[sess_n[srow[sk]]])
-    U = SX.shape[1]
+        ciid.append(np.pad(np.array(items, np.int64)[perm], (0, max_k - k), constant_values=-1))
+    U, NI = SX.shape[1], len(ITEM_FEATURE_NAMES)
     if not cu:
-        return (np.zeros((0, U), np.float32), np.zeros((0, max_k, 3), np.float32), np.zeros((0, max_k), np.float32),
-                np.zeros((0, max_k), np.float32), np.zeros(0, np.int64), np.zeros(0), np.zeros(0, np.int32))
+        return (np.zeros((0, U), np.float32), np.zeros((0, max_k, NI), np.float32), np.zeros((0, max_k), np.float32),
+                np.zeros((0, max_k), np.float32), np.zeros(0, np.int64), np.zeros(0), np.zeros(0, np.int32),
+                np.zeros((0, max_k), np.int64))
     return (np.array(cu, np.float32), np.array(ci), np.array(cp), np.array(cm), np.array(cc, np.int64),
-            np.array(cts), np.array(cuid, np.int32))
+            np.array(cts), np.array(cuid, np.int32), np.array(ciid))
+
+
+# ---------------------------------------------------------------- the item table
+def item_conv_lift(iid: np.ndarray, label: np.ndarray, n_items: int, prior_views: float = 50.0) -> np.ndarray:
+    """Per item: the log-odds of a view converting, shrunk toward the overall rate with
+    ``prior_views`` pseudo-views, minus the overall log-odds (0 = an average item, or one with no
+    views). Prices in the history were randomized, so this is the item's appeal at its usual price.
+
+    >>> iid, label = np.array([0] * 100 + [1] * 100), np.array([1] * 30 + [0] * 170)
+    >>> [round(float(x), 2) for x in item_conv_lift(iid, label, 3, prior_views=10)]
+    [0.82, -2.55, 0.0]
+    """
+    views = np.bincount(iid, minlength=n_items).astype(np.float64)
+    buys = np.bincount(iid, np.asarray(label, np.float64), minlength=n_items)
+    p0 = float(np.clip(buys.sum() / max(views.sum(), 1.0), 1e-4, 1 - 1e-4))
+    return np.asarray(logit((buys + prior_views * p0) / (views + prior_views)) - logit(p0))
+
+
+def fill_item_lift(data: TrainingData, train: np.ndarray, ch_train: np.ndarray, folds: int = 5,
+                   seed: int = 0) -> np.ndarray:
+    """Set the ``item_conv_lift`` column of ``data`` (in place) from the exposure rows ``train``;
+    returns the table (per log item index) that the bundle ships.
+
+    Training rows and choice sets (``ch_train``) get the value computed without their user's fold
+    of rows (users split in ``folds`` at random), so a row's own label never feeds its feature;
+    every other row gets the table itself, as serving will.
+    """
+    n_items, n_users = len(data.item_ids), len(data.user_ids)
+    table = item_conv_lift(data.row_iid[train], data.label[train], n_items)
+    ufold = np.random.default_rng(seed).integers(0, folds, n_users)
+    oof = np.stack([item_conv_lift(data.row_iid[train & (ufold[data.row_uid] != f)],
+                                   data.label[train & (ufold[data.row_uid] != f)], n_items) for f in range(folds)])
+    data.item[:, LIFT] = np.where(train, oof[ufold[data.row_uid], data.row_iid], table[data.row_iid])
+    real = data.ch_iid >= 0
+    iid = np.where(real, data.ch_iid, 0)
+    fold = ufold[data.ch_uid][:, None]
+    lift = np.where(ch_train[:, None], oof[fold, iid], table[iid])
+    data.ch_items[..., LIFT] = np.where(real, lift, 0.0)
+    return table
 
 
 assert FEATURE_NAMES == feature_names(FeatureSpec())

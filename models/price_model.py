@@ -2,7 +2,7 @@
 
 A Keras *functional* model (tf2onnx cannot convert a Sequential one)::
 
-    inputs   user [B, U], item [B, 3], price_ratio [B, 1]     raw features, float32
+    inputs   user [B, U], item [B, I], price_ratio [B, 1]     raw features, float32
     x      = concat(norm(user), norm(item))                     standardised inside the graph
     u      = MLP_u(x)                                           [B, 1]  logit at the base price
     t      = calib_b(MLP_b(x))                                  [B, 1]  slope, pre-activation
@@ -96,7 +96,7 @@ def feature_mask(names: tuple[str, ...], ignore: tuple[str, ...]) -> np.ndarray:
 
 def build_price_model(user: np.ndarray, item: np.ndarray, cfg: PriceModelConfig = PriceModelConfig(),
                       u0: float = 0.0, b0: float = 1.0, mask: np.ndarray | None = None) -> keras.Model:
-    """The model with normalisation adapted on ``user [N, U]`` and ``item [N, 3]`` rows; ``u0`` and
+    """The model with normalisation adapted on ``user [N, U]`` and ``item [N, I]`` rows; ``u0`` and
     ``b0`` are the starting conversion logit at base and slope (output biases). ``mask [U]`` (0/1)
     zeroes user features inside the graph: the model takes the full vector but cannot read them."""
     u_in = keras.Input((user.shape[1],), name="user", dtype="float32")
@@ -112,7 +112,7 @@ def build_price_model(user: np.ndarray, item: np.ndarray, cfg: PriceModelConfig 
         user = np.asarray(user, np.float32) * m
     u_norm.adapt(np.asarray(user, np.float32))
     i_norm.adapt(np.asarray(item, np.float32))
-    x = layers.Concatenate(name="features")([u_norm(u_x), i_norm(i_in)])  # [B, U + 3] standardised
+    x = layers.Concatenate(name="features")([u_norm(u_x), i_norm(i_in)])  # [B, U + I] standardised
     u = _identity_dense("u_calib")(_tower(x, cfg.hidden, "u", bias=u0))
     xb = u_norm(u_x) if cfg.b_user_only else x
     t = _identity_dense("b_calib")(_tower(xb, cfg.b_hidden, "b", cfg.l2, bias=float(np.log(b0))))

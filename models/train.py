@@ -5,6 +5,7 @@
     <out>/user_model.joblib        sklearn Pipeline(StandardScaler, LogisticRegression)
     <out>/price_model.keras        Keras functional: user, item, price_ratio -> p_buy, a, b
     <out>/recommend_model.keras    Keras functional: user, items, price_ratio, mask -> probs
+    <out>/item_table.json          {"feature": "item_conv_lift", "values": {item_id: lift}} (training period)
     <out>/training_summary.json    rows, users, date range, metrics, knobs, feature names
     <out>/holdout_sample.npz       parity inputs: user, item, price_ratio, rec_user, rec_items,
                                    rec_price_ratio, rec_mask (10,000 rows each)
@@ -27,7 +28,7 @@ from sklearn.metrics import log_loss, roc_auc_score
 
 from streams.features import FEATURE_NAMES, ITEM_FEATURE_NAMES, FeatureSpec
 
-from .dataset import Catalog, EventLog, TrainingData, build_rows, read_catalog, read_events
+from .dataset import Catalog, EventLog, TrainingData, build_rows, fill_item_lift, read_catalog, read_events
 from .simulator import Market, MarketConfig
 
 PARITY_ROWS = 10_000
@@ -107,6 +108,9 @@ def train_all(log: EventLog, catalog: Catalog, out: Path, *, market: Market | No
     cutoff = float(log.ts.max()) - holdout_days * 86400.0
     hold, fit, val = split_rows(data.row_ts, cutoff)
     s_hold, c_hold = (holdout_mask(t, cutoff) for t in (data.sess_ts, data.ch_ts))
+    lift = fill_item_lift(data, ~hold, ~c_hold)  # from the training period only: the holdout stays unseen
+    seen = np.bincount(data.row_iid[~hold], minlength=len(data.item_ids)) > 0
+    item_table = {data.item_ids[k]: float(lift[k]) for k in np.flatnonzero(seen)}
     cfg = price_cfg or pm.PriceModelConfig()
     cols = (data.user, data.item, data.price_ratio, data.label)
     t0 = time.perf_counter()
@@ -141,6 +145,7 @@ def train_all(log: EventLog, catalog: Catalog, out: Path, *, market: Market | No
 
     joblib.dump(user_model, out / "user_model.joblib")
     price.save(out / "price_model.keras")
+    (out / "item_table.json").write_text(json.dumps({"feature": "item_conv_lift", "values": item_table}))
     if rec is not None:
         rec.save(out / "recommend_model.keras")
     _write_parity_sample(out / "holdout_sample.npz", data, hold, c_hold)
@@ -256,6 +261,7 @@ def _summary(log: EventLog, data: TrainingData, hold: np.ndarray, s_hold: np.nda
         "metrics": metrics, "timings_s": timings, "price_model_config": asdict(cfg), "knobs": knobs or {},
         "artifacts": {"user_model": "user_model.joblib", "price_model": "price_model.keras",
                       "recommend_model": "recommend_model.keras" if has_rec else None,
+                      "item_table": "item_table.json",
                       "holdout_sample": "holdout_sample.npz"},
     }
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from .features import category_bucket, category_levels
+from .features import FeatureSpec, category_bucket, category_levels
 from .schemas import CatalogItem
 
 
@@ -39,13 +39,18 @@ class CatalogColumns:
 class Catalog:
     """Items by id; ``columns()`` gives cached column arrays for the current contents."""
 
-    def __init__(self, n_buckets: int = 8) -> None:
+    def __init__(self, n_buckets: int = FeatureSpec().n_buckets) -> None:
         self._items: dict[str, CatalogItem] = {}
         self._columns: CatalogColumns | None = None
         self._n_buckets = n_buckets
 
     def __len__(self) -> int:
         return len(self._items)
+
+    @property
+    def n_buckets(self) -> int:
+        """Category buckets of the ``bucket`` column (the feature spec's ``n_buckets``)."""
+        return self._n_buckets
 
     def put(self, item: CatalogItem) -> None:
         """Insert or replace an item."""

@@ -22,7 +22,7 @@ whose names differ.
 >>> round(user_features(s, spec, now=1000.0)[FEATURE_NAMES.index("view_price_ratio")], 3)
 0.9
 >>> len(FEATURE_NAMES), ITEM_FEATURE_NAMES
-(33, ('log_base_price', 'cat_affinity', 'cost_ratio'))
+(57, ('log_base_price', 'cat_affinity', 'cost_ratio', 'cat_click_rate', 'cat_cart_rate', 'item_conv_lift'))
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from .schemas import EVENT_TYPES, ClickEvent
 
 STATE_VERSION = 1
 N_SUMS = 10  # states written before the level-in-category sums had 8: decode pads them with zeros
+SEGMENTS = ("views", "clicks", "carts")  # decayed counts per category bucket, in this order
 _TYPE_INDEX = {t: i for i, t in enumerate(EVENT_TYPES)}
 
 
@@ -51,13 +52,13 @@ class FeatureSpec:
     """The parameters the feature names derive from; part of the model contract."""
 
     windows_s: tuple[float, ...] = (3600.0, 86400.0, 604800.0)
-    n_buckets: int = 8
+    n_buckets: int = 32  # hashed category buckets: few enough to stay small, many enough to rarely collide
     max_lateness_s: float = 86400.0  # sessions come from the events' session_id, not from gaps
 
     @classmethod
     def from_settings(cls, s: object) -> FeatureSpec:
         """Build from any object with ``feature_windows_s`` and ``max_lateness_s``."""
-        return cls(tuple(s.feature_windows_s), 8, s.max_lateness_s)  # type: ignore[attr-defined]
+        return cls(tuple(s.feature_windows_s), max_lateness_s=s.max_lateness_s)  # type: ignore[attr-defined]
 
 
 def _window_label(seconds: float) -> str:
@@ -80,7 +81,10 @@ def feature_names(spec: FeatureSpec = FeatureSpec()) -> tuple[str, ...]:
 
 
 FEATURE_NAMES: tuple[str, ...] = feature_names()
-ITEM_FEATURE_NAMES: tuple[str, ...] = ("log_base_price", "cat_affinity", "cost_ratio")
+# per (user, item): the first five from the user's state and the catalog (:func:`item_features`), the
+# last from the model bundle's item table (a per-item statistic of the training history)
+ITEM_FEATURE_NAMES: tuple[str, ...] = ("log_base_price", "cat_affinity", "cost_ratio", "cat_click_rate",
+                                       "cat_cart_rate", "item_conv_lift")
 
 
 def category_levels(categories: list[str], base_prices: list[float]) -> list[float]:
@@ -101,7 +105,7 @@ def category_levels(categories: list[str], base_prices: list[float]) -> list[flo
     return [math.log(b) - sums[c][0] / sums[c][1] for c, b in zip(categories, base_prices, strict=True)]
 
 
-def category_bucket(category: str, n_buckets: int = 8) -> int:
+def category_bucket(category: str, n_buckets: int = 32) -> int:
     """Stable bucket of a category name (crc32, identical across processes and runs)."""
     return zlib.crc32(category.encode("utf-8")) % n_buckets
 
@@ -117,7 +121,9 @@ class UserState:
     # buys (cart or purchase) with a known base, their price/base, log base price of views, reviews,
     # level in category of views (sum, weight)
     sums: list[float] = field(default_factory=lambda: [0.0] * N_SUMS)
-    buckets: list[float] = field(default_factory=list)  # decayed views per category bucket
+    # decayed counts per category bucket, one block of n_buckets per SEGMENTS entry: views, clicks,
+    # carts and purchases (a bought item counts twice there: its cart and its purchase)
+    buckets: list[float] = field(default_factory=list)
     session: str = ""
     depth: int = 0
 
@@ -125,7 +131,7 @@ class UserState:
 def new_state(spec: FeatureSpec) -> UserState:
     """An empty state sized for ``spec``."""
     return UserState(counts=[0.0] * (len(spec.windows_s) * len(EVENT_TYPES)),
-                     buckets=[0.0] * spec.n_buckets)
+                     buckets=[0.0] * (len(SEGMENTS) * spec.n_buckets))
 
 
 def _decay(values: list[float], factor: float, start: int = 0, stop: int | None = None) -> None:
@@ -174,14 +180,15 @@ def update(state: UserState, ev: ClickEvent, spec: FeatureSpec, *, base_price: f
         if level is not None:
             s[8] += wl * level
             s[9] += wl
-        if category is not None:
-            state.buckets[category_bucket(category, spec.n_buckets)] += wl
     elif ev.type in ("add_to_cart", "purchase") and ratio is not None:
         s[2] += wl
         s[3] += wl * ratio
     elif ev.type == "review" and ev.rating is not None:
         s[6] += wl * ev.rating
         s[7] += wl
+    if category is not None and ev.type != "review":
+        seg = 0 if ev.type == "view" else 1 if ev.type == "click" else 2
+        state.buckets[seg * spec.n_buckets + category_bucket(category, spec.n_buckets)] += wl
     return state
 
 
@@ -207,17 +214,37 @@ def user_features(state: UserState, spec: FeatureSpec, now: float) -> list[float
     buy_ratio = (s[3] + view_ratio) / (s[2] + 1.0)
     out += [view_ratio, buy_ratio - view_ratio, s[4] / (s[5] + 1.0), s[8] / (s[9] + 1.0),
             (s[6] + 3.0) / (s[7] + 1.0)]
-    total = sum(state.buckets)
-    out += [b / (total + 1.0) for b in state.buckets]
+    per_bucket = state.buckets[:spec.n_buckets]  # views
+    total = sum(per_bucket)
+    out += [b / (total + 1.0) for b in per_bucket]
     return out
 
 
+def category_profile(state: UserState, spec: FeatureSpec) -> list[list[float]]:
+    """The user's standing with every category bucket: three rows of ``n_buckets``.
+
+    * ``cat_affinity``: log of the bucket's share of the user's views (``+ 0.02``, so an unseen
+      category is finite); how much the user looks at the category;
+    * ``cat_click_rate``, ``cat_cart_rate``: clicks and carts (purchases included) per view in the
+      bucket, shrunk toward the user's own rate over all buckets with a pseudo-count of one view.
+      Interest, not just attention: who clicks and buys in a category likes it.
+    """
+    nb = spec.n_buckets
+    views, clicks, carts = (state.buckets[k * nb:(k + 1) * nb] for k in range(len(SEGMENTS)))
+    total = sum(views)
+    click_rate, cart_rate = (sum(clicks) + 0.3) / (total + 1.0), (sum(carts) + 0.1) / (total + 1.0)
+    return [[math.log(v / (total + 1.0) + 0.02) for v in views],
+            [(c + click_rate) / (v + 1.0) for c, v in zip(clicks, views, strict=True)],
+            [(c + cart_rate) / (v + 1.0) for c, v in zip(carts, views, strict=True)]]
+
+
 def item_features(state: UserState, spec: FeatureSpec, *, base_price: float, unit_cost: float,
-                  category: str) -> list[float]:
-    """Per (user, item) features in ``ITEM_FEATURE_NAMES`` order."""
-    total = sum(state.buckets)
-    affinity = state.buckets[category_bucket(category, spec.n_buckets)] / (total + 1.0)
-    return [math.log(base_price), affinity, unit_cost / base_price]
+                  category: str, conv_lift: float = 0.0) -> list[float]:
+    """Per (user, item) features in ``ITEM_FEATURE_NAMES`` order; ``conv_lift`` is the item's entry
+    in the model bundle's item table (0 for an item the training history did not have)."""
+    k = category_bucket(category, spec.n_buckets)
+    profile = category_profile(state, spec)
+    return [math.log(base_price), profile[0][k], unit_cost / base_price, profile[1][k], profile[2][k], conv_lift]
 
 
 def encode_state(state: UserState) -> bytes:
@@ -227,10 +254,16 @@ def encode_state(state: UserState) -> bytes:
                         option=orjson.OPT_SERIALIZE_NUMPY)
 
 
-def decode_state(data: bytes) -> UserState:
-    """Inverse of :func:`encode_state`; -inf round-trips through JSON null."""
+def decode_state(data: bytes, spec: FeatureSpec = FeatureSpec()) -> UserState:
+    """Inverse of :func:`encode_state`; -inf round-trips through JSON null.
+
+    A state written with another bucket layout (older workers kept 8 view buckets) has its
+    category counts reset: the buckets hash differently, and they refill within the window.
+    """
     v, t, prev_t, counts, sums, buckets, session, depth = orjson.loads(data)
     if v != STATE_VERSION:
         raise ValueError(f"user state version {v} is not {STATE_VERSION}")
+    if len(buckets) != len(SEGMENTS) * spec.n_buckets:
+        buckets = [0.0] * (len(SEGMENTS) * spec.n_buckets)
     return UserState(-math.inf if t is None else t, -math.inf if prev_t is None else prev_t,
                      counts, sums + [0.0] * (N_SUMS - len(sums)), buckets, session, depth)

@@ -22,9 +22,17 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .catalog import Catalog
+from .catalog import Catalog, CatalogColumns
 from .experiment import assign_arm
-from .features import ITEM_FEATURE_NAMES, FeatureSpec, LateEvent, feature_names, update, user_features
+from .features import (
+    ITEM_FEATURE_NAMES,
+    FeatureSpec,
+    LateEvent,
+    category_profile,
+    feature_names,
+    update,
+    user_features,
+)
 from .pricing import Guardrails, ItemBatch, conversion, decide_batch, reason_names
 from .privacy import UserHasher
 from .schemas import ClickEvent, DeadLetter, PriceEvent, SchemaError, dead_letter_bytes, dumps, parse_click
@@ -62,6 +70,7 @@ class _Trigger:
     user_key: str
     record: UserRecord
     features: list[float]
+    profile: list[list[float]]  # features.category_profile: [3, n_buckets]
     replay: bool  # already applied before a crash: re-send its prices, change no state
 
 
@@ -77,8 +86,11 @@ class Pipeline:
                  clock: Callable[[], float]) -> None:
         self.s, self.catalog, self.scorer, self.clock = settings, catalog, scorer, clock
         self.spec = FeatureSpec.from_settings(settings)
+        if catalog.n_buckets != self.spec.n_buckets:
+            raise ValueError(f"catalog hashes categories into {catalog.n_buckets} buckets, the features into "
+                             f"{self.spec.n_buckets}")
         self.names = feature_names(self.spec)
-        self._share0 = self.names.index("cat_share_0")
+        self._lift: tuple[str, CatalogColumns, np.ndarray] | None = None  # scorer version, columns, lifts
         self.guardrails = Guardrails.from_settings(settings)
         self.hasher = UserHasher(settings.user_hash_key.get_secret_value())
         self.triggers = frozenset(settings.triggers)
@@ -104,7 +116,7 @@ class Pipeline:
             rec = records.get(ukey)
             if rec is None:
                 blob = load(ukey)
-                rec = records[ukey] = new_record(self.spec) if blob is None else decode_record(blob)
+                rec = records[ukey] = new_record(self.spec) if blob is None else decode_record(blob, self.spec)
             replay = raw.offset <= rec.offset
             if not replay:
                 item = self.catalog.get(ev.item_id)
@@ -123,7 +135,8 @@ class Pipeline:
             out.records[ukey] = (b"", i)
             out.counts["events"] += 1
             if ev.type in self.triggers:
-                triggers.append(_Trigger(ev, ukey, rec, user_features(rec.features, self.spec, ev.ts), replay))
+                triggers.append(_Trigger(ev, ukey, rec, user_features(rec.features, self.spec, ev.ts),
+                                         category_profile(rec.features, self.spec), replay))
         if triggers:
             self._price(triggers, out)
         for ukey, (_, i) in out.records.items():
@@ -135,7 +148,27 @@ class Pipeline:
         letter = DeadLetter(raw.value, raw.topic, raw.partition, raw.offset, code, reason, now)
         out.dead_letters.append((raw.key or b"", dead_letter_bytes(letter)))
 
-    def _candidates(self, scorer: Scorer, trig: list[_Trigger], users: np.ndarray) -> list[list[int]]:
+    def _item_lift(self, scorer: Scorer, cols: CatalogColumns) -> np.ndarray:
+        """``item_conv_lift`` per catalog row, from the scorer's bundle (cached per version and catalog)."""
+        if self._lift is None or self._lift[0] != scorer.version or self._lift[1] is not cols:
+            self._lift = (scorer.version, cols, scorer.item_lift(cols.ids))
+        return self._lift[2]
+
+    def _item_x(self, scorer: Scorer, profiles: np.ndarray, k: np.ndarray, j: np.ndarray) -> np.ndarray:
+        """Item features (``ITEM_FEATURE_NAMES`` order) of trigger rows ``k`` x catalog rows ``j``
+        (broadcasting index arrays); ``profiles [T, 3, n_buckets]`` from ``category_profile``."""
+        cols = self.catalog.columns()
+        bk = cols.bucket[j]
+        log_base, cost_ratio = np.log(cols.base_price[j]), cols.unit_cost[j] / cols.base_price[j]
+        shape = np.broadcast_shapes(np.shape(k), np.shape(j))
+        x = np.stack([np.broadcast_to(v, shape) for v in (
+            log_base, profiles[k, 0, bk], cost_ratio, profiles[k, 1, bk], profiles[k, 2, bk],
+            self._item_lift(scorer, cols)[j])], axis=-1)
+        assert x.shape[-1] == len(ITEM_FEATURE_NAMES)
+        return x.astype(np.float32)
+
+    def _candidates(self, scorer: Scorer, trig: list[_Trigger], users: np.ndarray,
+                    profiles: np.ndarray) -> list[list[int]]:
         """Catalog row indices to price per trigger: the event's item, then the top-K recommended."""
         cols = self.catalog.columns()
         cands: list[list[int]] = [[cols.index[t.ev.item_id]] if t.ev.item_id in cols.index else []
@@ -143,12 +176,9 @@ class Pipeline:
         n_items = len(cols.ids)
         if self.s.top_k == 0 or n_items == 0:
             return cands
-        shares = users[:, self._share0:self._share0 + self.spec.n_buckets]
-        items = np.stack([np.broadcast_to(np.log(cols.base_price), (len(trig), n_items)),
-                          shares[:, cols.bucket], np.broadcast_to(cols.unit_cost / cols.base_price,
-                                                                  (len(trig), n_items))], axis=-1)
+        items = self._item_x(scorer, profiles, np.arange(len(trig))[:, None], np.arange(n_items)[None, :])
         ones = np.ones((len(trig), n_items), np.float32)
-        probs = scorer.recommend(users, items.astype(np.float32), ones, ones)
+        probs = scorer.recommend(users, items, ones, ones)
         top = np.argsort(-probs, axis=1)[:, :self.s.top_k + 1]
         for c, row in zip(cands, top, strict=True):
             c.extend([int(j) for j in row if int(j) not in c][:self.s.top_k])
@@ -160,17 +190,16 @@ class Pipeline:
             if self.catalog.get(t.ev.item_id) is None:
                 out.counts["skipped.UNKNOWN_ITEM"] += 1  # no guess: the item has no terms
         users = np.asarray([t.features for t in trig], np.float32)
-        cands = self._candidates(scorer, trig, users)
+        profiles = np.asarray([t.profile for t in trig], np.float64)
+        cands = self._candidates(scorer, trig, users, profiles)
         rows = [(k, j) for k, c in enumerate(cands) for j in c]
         if not rows:
             return
         cols = self.catalog.columns()
         tk, ij = np.array([r[0] for r in rows]), np.array([r[1] for r in rows])
         base, cost = cols.base_price[ij], cols.unit_cost[ij]
-        shares = users[tk, self._share0:self._share0 + self.spec.n_buckets]
-        item_x = np.stack([np.log(base), shares[np.arange(len(rows)), cols.bucket[ij]], cost / base], axis=1)
-        assert item_x.shape[1] == len(ITEM_FEATURE_NAMES)
-        a, b, _ = scorer.price(users[tk], item_x.astype(np.float32), np.ones(len(rows), np.float32))
+        item_x = self._item_x(scorer, profiles, tk, ij)
+        a, b, _ = scorer.price(users[tk], item_x, np.ones(len(rows), np.float32))
         prev = [trig[k].record.prices.get(cols.ids[j]) for k, j in rows]
         # rows have different event times: pass the age of each previous price as -prev_ts, now 0
         dec = decide_batch(a, b, ItemBatch(base, cost, cols.min_price[ij], cols.max_price[ij]), self.guardrails,

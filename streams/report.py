@@ -288,7 +288,7 @@ def plot_demand(exp: Exposures, out: Path, market: Any, model_dir: Path, events:
 
     from export.bundle import load_bundle
 
-    from .features import FeatureSpec, category_bucket, new_state, update, user_features
+    from .features import FeatureSpec, category_levels, item_features, new_state, update, user_features
     from .pricing import conversion
     from .schemas import ClickEvent
     from .scoring import OnnxScorer
@@ -304,12 +304,14 @@ def plot_demand(exp: Exposures, out: Path, market: Any, model_dir: Path, events:
     spec = FeatureSpec()
     states = {uid: new_state(spec) for uid in wanted}
     last = {market.user_ids[u]: np.flatnonzero(m & (exp.user_index == u))[-1] for u in picks}
+    cats = [market.categories[c] for c in market.item_cat]
+    levels = category_levels(cats, [float(b) for b in market.base])
     for line in events.read_bytes().splitlines():
         d = orjson.loads(line)
         if d["user_id"] in wanted and d["ts"] < exp.ts[last[d["user_id"]]]:
             i = market.item_ids.index(d["item_id"])
             update(states[d["user_id"]], ClickEvent(**d), spec, base_price=float(market.base[i]),
-                   category=market.categories[market.item_cat[i]])
+                   category=cats[i], level=levels[i])
     scorer = OnnxScorer(load_bundle(model_dir))
     grid = np.linspace(0.8, 1.2, 41)
     plt = _plt()
@@ -318,9 +320,9 @@ def plot_demand(exp: Exposures, out: Path, market: Any, model_dir: Path, events:
         uid, row = market.user_ids[u], last[market.user_ids[u]]
         i = int(exp.item_index[row])
         feats = np.array([user_features(states[uid], spec, float(exp.ts[row]))], np.float32)
-        bucket = category_bucket(market.categories[market.item_cat[i]], spec.n_buckets)
-        share = feats[0, list(_names(spec)).index(f"cat_share_{bucket}")]
-        item_x = np.array([[np.log(market.base[i]), share, market.cost[i] / market.base[i]]], np.float32)
+        item_x = np.array([item_features(states[uid], spec, base_price=float(market.base[i]),
+                                         unit_cost=float(market.cost[i]), category=cats[i],
+                                         conv_lift=float(scorer.item_lift([market.item_ids[i]])[0]))], np.float32)
         a, b, _ = scorer.price(feats, item_x, np.ones(1, np.float32))
         base = float(market.base[i])
         color = f"C{k}"
@@ -336,8 +338,3 @@ def plot_demand(exp: Exposures, out: Path, market: Any, model_dir: Path, events:
     plt.close(fig)
     return True
 
-
-def _names(spec: Any) -> tuple[str, ...]:
-    from .features import feature_names
-
-    return feature_names(spec)

@@ -11,7 +11,7 @@ use that object (and its ``version``) for all of its calls, so each PriceEvent n
 that actually priced it.
 
 >>> s = DeterministicScorer()
->>> a, b, p = s.price(np.zeros((1, 27)), np.array([[2.3, 0.5, 0.6]]), np.array([1.0]))
+>>> a, b, p = s.price(np.zeros((1, 57)), np.array([[2.3, 0.5, 0.6, 0.2, 0.1, 0.0]]), np.array([1.0]))
 >>> round(float(a[0]), 3), round(float(b[0]), 3), round(float(p[0]), 3)
 (1.25, 2.0, 0.321)
 """
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -51,6 +52,10 @@ class Scorer(Protocol):
         """P(user buys anything) per row ``[N]``."""
         ...
 
+    def item_lift(self, item_ids: Sequence[str]) -> F:
+        """The ``item_conv_lift`` item feature per id ``[N]``: 0 for items the models never saw."""
+        ...
+
 
 def _f32(x: ArrayLike, ndim: int, what: str, tail: tuple[int | None, ...]) -> NDArray[np.float32]:
     """As a C-contiguous float32 array, checking rank and the fixed trailing dims."""
@@ -68,6 +73,7 @@ class OnnxScorer:
         self._u, self._i = len(bundle.feature_names), len(bundle.item_feature_names)
         self._user, self._price, self._rec = (bundle.session(m, threads)
                                               for m in ("user", "price", "recommend"))
+        self._items = bundle.item_table
         k = {t.name: t.shape for t in self._rec.get_inputs()}["mask"][1]
         self._k: int | None = k if isinstance(k, int) else None  # fixed slot count, if any
 
@@ -100,6 +106,11 @@ class OnnxScorer:
         (proba,) = self._user.run(["probabilities"], {"X": _f32(user, 2, "user", (self._u,))})
         return proba[:, 1].astype(np.float64)
 
+    def item_lift(self, item_ids: Sequence[str]) -> F:
+        """See :meth:`Scorer.item_lift`: the bundle's item table."""
+        get = self._items.get
+        return np.fromiter((get(i, 0.0) for i in item_ids), np.float64, len(item_ids))
+
 
 def _sigmoid(z: F) -> F:
     return 0.5 * (1.0 + np.tanh(0.5 * z))
@@ -110,12 +121,12 @@ class DeterministicScorer:
 
     * ``a = 1 + 0.5 tanh(m) + 0.5 item[:, 1]`` (cat_affinity), ``b = 2 + 0.5 tanh(m)`` (> 0),
       ``p = sigmoid(a - b price_ratio)``;
-    * ``recommend``: softmax over real slots of ``items @ (-0.1, 2, -0.5) - 2 price_ratio``;
+    * ``recommend``: softmax over real slots of ``items @ W_ITEM - 2 price_ratio``;
       padding slots get 0 (a row with no real slot is all 0);
-    * ``propensity = sigmoid(m - 1)``.
+    * ``propensity = sigmoid(m - 1)``; ``item_lift`` 0 for every item.
     """
 
-    W_ITEM = np.array([-0.1, 2.0, -0.5])
+    W_ITEM = np.array([-0.1, 2.0, -0.5, 1.0, 1.0, 0.5])  # ITEM_FEATURE_NAMES order
 
     def __init__(self, version: str = "deterministic") -> None:
         self.version = version
@@ -139,6 +150,10 @@ class DeterministicScorer:
     def propensity(self, user: ArrayLike) -> F:
         """See :meth:`Scorer.propensity`."""
         return _sigmoid(np.asarray(user, np.float64).mean(axis=1) - 1.0)
+
+    def item_lift(self, item_ids: Sequence[str]) -> F:
+        """See :meth:`Scorer.item_lift`."""
+        return np.zeros(len(item_ids))
 
 
 class ScorerHolder:

@@ -55,8 +55,8 @@ def encode_record(r: UserRecord) -> bytes:
                          "p": [[k, p, t] for k, (p, t) in r.prices.items()]})
 
 
-def decode_record(data: bytes) -> UserRecord:
-    """Inverse of :func:`encode_record`."""
+def decode_record(data: bytes, spec: FeatureSpec | None = None) -> UserRecord:
+    """Inverse of :func:`encode_record` (``spec``: see :func:`~streams.features.decode_state`)."""
     obj = orjson.loads(data)
-    return UserRecord(decode_state(orjson.dumps(obj["f"])), obj["o"],
+    return UserRecord(decode_state(orjson.dumps(obj["f"]), spec or FeatureSpec()), obj["o"],
                       {k: (p, t) for k, p, t in obj["p"]})

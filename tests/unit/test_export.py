@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from export.bundle import CURRENT, MANIFEST, MODEL_FILES, BundleError, load_bundle, write_bundle
+from export.bundle import CURRENT, ITEM_TABLE_FILE, MANIFEST, MODEL_FILES, BundleError, load_bundle, write_bundle
 from streams.features import FEATURE_NAMES, ITEM_FEATURE_NAMES, FeatureSpec, feature_names
 
 convert = pytest.importorskip("export.convert")  # needs the `train` extra (TensorFlow)
@@ -22,6 +22,9 @@ keras = pytest.importorskip("keras")
 
 NU, NI, K = len(FEATURE_NAMES), len(ITEM_FEATURE_NAMES), 5  # K: holdout slots; the model's is dynamic
 ROOT = Path(__file__).resolve().parents[2]
+
+
+ITEMS = {"i1": 0.25, "i2": -0.5}
 
 
 def _price_model() -> Any:
@@ -67,6 +70,7 @@ def train_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
              price_ratio=rng.uniform(0.7, 1.3, n), rec_user=rng.normal(size=(n, NU)),
              rec_items=rng.normal(size=(n, K, NI)), rec_price_ratio=rng.uniform(0.7, 1.3, (n, K)),
              rec_mask=mask)
+    (d / "item_table.json").write_text(json.dumps({"feature": "item_conv_lift", "values": ITEMS}))
     (d / "training_summary.json").write_text(json.dumps(
         {"rows": 400, "users": 40, "date_range": ["2024-01-01", "2024-01-31"], "metrics": {"auc": 0.9}}))
     return d
@@ -147,12 +151,26 @@ def test_bundle_is_complete_and_reexport_is_a_noop(exported: tuple[Path, Any, di
     model_dir, bundle, _ = exported
     version = (model_dir / CURRENT).read_text().strip()
     assert version == bundle.version
-    assert sorted(p.name for p in (model_dir / version).iterdir()) == sorted([MANIFEST, *MODEL_FILES.values()])
+    assert sorted(p.name for p in (model_dir / version).iterdir()) == sorted(
+        [MANIFEST, ITEM_TABLE_FILE, *MODEL_FILES.values()])
     assert [p.name for p in model_dir.iterdir() if p.name.startswith(".")] == []  # no temp leftovers
     before = (model_dir / version / MANIFEST).read_bytes()
-    again = write_bundle(model_dir, bundle.data, training={"rows": 1})
+    again = write_bundle(model_dir, bundle.data, item_table=dict(ITEMS), training={"rows": 1})
     assert again.version == version and (model_dir / version / MANIFEST).read_bytes() == before
     assert sorted(p.name for p in model_dir.iterdir()) == sorted([CURRENT, version])
+
+
+def test_item_table_ships_with_the_bundle(exported: tuple[Path, Any, dict], tmp_path: Path) -> None:
+    from streams.scoring import OnnxScorer
+
+    bundle = exported[1]
+    assert bundle.item_table == ITEMS and bundle.manifest["item_table"]["items"] == 2
+    lift = OnnxScorer(bundle).item_lift(["i2", "unknown", "i1"])
+    assert lift.tolist() == [-0.5, 0.0, 0.25]  # an item the history did not have is neutral
+    other = write_bundle(tmp_path / "m", bundle.data, item_table={"i1": 0.3})
+    assert other.version != bundle.version  # the table is part of the content version
+    with pytest.raises(BundleError, match="not an item id with a finite number"):
+        write_bundle(tmp_path / "m", bundle.data, item_table={"i1": float("nan")})
 
 
 def test_loader_refuses_mismatched_feature_names(exported: tuple[Path, Any, dict]) -> None:
@@ -173,6 +191,10 @@ def test_loader_refuses_a_tampered_file(exported: tuple[Path, Any, dict], tmp_pa
     raw[-1] ^= 0xFF
     (copy / "price.onnx").write_bytes(bytes(raw))
     with pytest.raises(BundleError, match=r"price.onnx: sha256 .* does not match"):
+        load_bundle(copy)
+    shutil.copy(exported[1].path / "price.onnx", copy / "price.onnx")
+    (copy / ITEM_TABLE_FILE).write_text(json.dumps({"feature": "item_conv_lift", "values": {"i1": 9.0}}))
+    with pytest.raises(BundleError, match=r"items.json: sha256 .* does not match"):
         load_bundle(copy)
 
 
@@ -218,3 +240,9 @@ def test_cli_verify_and_parity_failure(exported: tuple[Path, Any, dict], train_d
     assert code == 2 and "parity failed for model 'user'" in capsys.readouterr().err
     assert not (tmp_path / "m" / CURRENT).exists()
     assert main(["--train-dir", str(tmp_path / "nope"), "--model-dir", str(tmp_path / "m")]) == 4
+    old = tmp_path / "old"  # a training run from before the item table
+    shutil.copytree(train_dir, old)
+    (old / "item_table.json").unlink()
+    capsys.readouterr()
+    assert main(["--train-dir", str(old), "--model-dir", str(tmp_path / "m"), "--no-progress"]) == 4
+    assert "item_table.json missing" in capsys.readouterr().err

@@ -11,7 +11,9 @@ from streams.features import (
     FEATURE_NAMES,
     FeatureSpec,
     LateEvent,
+    category_bucket,
     category_levels,
+    category_profile,
     decode_state,
     encode_state,
     feature_names,
@@ -90,7 +92,7 @@ def test_state_is_bounded_and_round_trips() -> None:
         s = update(s, ev, SPEC, base_price=10.0, category=f"c{i % 50}")
         if i % 1000 == 999:
             sizes.append(len(encode_state(s)))
-    assert max(sizes) < 700 and max(sizes) - min(sizes) < 40  # does not grow with traffic
+    assert max(sizes) < 2400 and max(sizes) - min(sizes) < 60  # does not grow with traffic
     assert decode_state(encode_state(s)) == s
 
 
@@ -100,7 +102,29 @@ def test_session_depth_and_item_features() -> None:
         s = update(s, ClickEvent(str(i), float(i), "u", sess, "view", "i", 10.0), SPEC, category="shoes")
     assert s.depth == 1
     f = item_features(s, SPEC, base_price=20.0, unit_cost=5.0, category="shoes")
-    assert f[0] == pytest.approx(math.log(20.0)) and f[1] == pytest.approx(4 / 5, rel=1e-4) and f[2] == 0.25
+    assert f[0] == pytest.approx(math.log(20.0)) and f[1] == pytest.approx(math.log(4 / 5 + 0.02), rel=1e-4)
+    assert f[2] == 0.25 and f[5] == 0.0  # conv_lift: neutral unless the bundle's item table says otherwise
+
+
+def test_category_profile_counts_interest_per_category() -> None:
+    """Views, clicks and carts per category: who clicks and buys in a category likes it."""
+    s = new_state(SPEC)
+    evs = [("view", "shoes"), ("click", "shoes"), ("add_to_cart", "shoes"), ("view", "shoes"), ("view", "books"),
+           ("view", "books"), ("review", "books")]
+    for n, (t, c) in enumerate(evs):
+        update(s, ClickEvent(f"e{n}", 100.0 + n, "u", "s", t, "i", 10.0, rating=5.0 if t == "review" else None),
+               SPEC, base_price=10.0, category=c)
+    shoes, books = (category_bucket(c, SPEC.n_buckets) for c in ("shoes", "books"))
+    assert shoes != books
+    prof = category_profile(s, SPEC)
+    click, cart = (1 + 0.3) / 5, (1 + 0.1) / 5  # the user's own rates over all 4 views, pseudo-count 1
+    assert prof[0][shoes] == pytest.approx(math.log(2 / 5 + 0.02), rel=1e-5)
+    assert prof[0][books] == pytest.approx(math.log(2 / 5 + 0.02), rel=1e-5)
+    assert prof[1][shoes] == pytest.approx((1 + click) / 3, rel=1e-5)
+    assert prof[2][shoes] == pytest.approx((1 + cart) / 3, rel=1e-5)
+    assert prof[1][books] == pytest.approx(click / 3, rel=1e-5) and prof[2][books] == pytest.approx(cart / 3, rel=1e-5)
+    f = item_features(s, SPEC, base_price=10.0, unit_cost=5.0, category="books", conv_lift=0.3)
+    assert f[3:] == pytest.approx([click / 3, cart / 3, 0.3], rel=1e-5)
 
 
 def test_level_in_category_reads_the_catalog_price_not_the_shown_one() -> None:
@@ -125,4 +149,5 @@ def test_state_written_before_the_level_sums_still_decodes() -> None:
     old = orjson.dumps([1, 5.0, 4.0, [0.0] * 15, [1.0] * 8, [0.0] * 8, "s", 2])
     s = decode_state(old)
     assert s.sums == [1.0] * 8 + [0.0, 0.0]
+    assert s.buckets == [0.0] * (3 * SPEC.n_buckets)  # 8 view buckets hashed otherwise: reset
     assert len(user_features(s, SPEC, now=6.0)) == len(FEATURE_NAMES)

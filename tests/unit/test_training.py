@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from scipy.special import expit
 
-from models.dataset import Catalog, EventLog, build_rows
+from models.dataset import LIFT, Catalog, EventLog, build_rows, fill_item_lift, item_conv_lift
 from models.simulator import Market, MarketConfig
-from streams.features import FEATURE_NAMES, FeatureSpec, item_features, new_state, update
+from streams.features import FEATURE_NAMES, ITEM_FEATURE_NAMES, FeatureSpec, item_features, new_state, update
 from streams.schemas import CatalogItem, ClickEvent
 
 SPEC = FeatureSpec()
@@ -60,6 +60,24 @@ def test_session_rows_and_choice_sets() -> None:
     np.testing.assert_allclose(d.ch_items[0, chosen], want, rtol=1e-6)
 
 
+def test_item_lift_is_out_of_fold_for_training_rows() -> None:
+    m = Market(MarketConfig.small(n_users=80, n_items=10))
+    d = build_rows(m.simulate(), Catalog(m.catalog()))
+    cut = np.quantile(d.row_ts, 0.7)
+    train, ch_train = d.row_ts < cut, d.ch_ts < cut
+    table = fill_item_lift(d, train, ch_train)
+    np.testing.assert_allclose(table, item_conv_lift(d.row_iid[train], d.label[train], len(d.item_ids)))
+    np.testing.assert_allclose(d.item[~train, LIFT], table[d.row_iid[~train]])  # later rows: the shipped table
+    real = d.ch_iid >= 0
+    assert np.all(d.ch_items[~real, LIFT] == 0) and np.any(d.ch_items[real, LIFT] != 0)
+    mine = d.row_uid == d.row_uid[train][0]
+    before = d.item[mine & train, LIFT].copy()
+    d.label[mine] = 1 - d.label[mine]  # a user's own labels never feed that user's training rows...
+    again = fill_item_lift(d, train, ch_train)
+    np.testing.assert_array_equal(d.item[mine & train, LIFT], before)
+    assert not np.allclose(again, table)  # ...though they do feed the table: the check has teeth
+
+
 def test_simulated_rows_are_point_in_time() -> None:
     m = Market(MarketConfig.small(n_users=40, n_items=20))
     log = m.simulate()
@@ -91,7 +109,7 @@ def test_price_model_demand_falls_in_price(tiny: tuple[Path, dict]) -> None:
     model = keras.models.load_model(tiny[0] / "price_model.keras")
     rng = np.random.default_rng(0)
     user = rng.normal(0, 3, (200, len(FEATURE_NAMES)))
-    item = rng.normal(0, 3, (200, 3))
+    item = rng.normal(0, 3, (200, len(ITEM_FEATURE_NAMES)))
     grid = np.linspace(0.0, 3.0, 13)
     p = np.stack([predict(model, user, item, np.full(200, g))["p_buy"] for g in grid])
     assert np.all(np.diff(p, axis=0) <= 0)
@@ -110,7 +128,7 @@ def test_price_model_cannot_read_the_features_it_ignores(tiny: tuple[Path, dict]
     ignored = [FEATURE_NAMES.index(n) for n in PriceModelConfig().ignore]
     assert ignored
     rng = np.random.default_rng(1)
-    user, item = rng.normal(0, 1, (100, len(FEATURE_NAMES))), rng.normal(0, 1, (100, 3))
+    user, item = rng.normal(0, 1, (100, len(FEATURE_NAMES))), rng.normal(0, 1, (100, len(ITEM_FEATURE_NAMES)))
     moved = user.copy()
     moved[:, ignored] += rng.normal(0, 5, (100, len(ignored)))
     a, b = predict(model, user, item, np.ones(100)), predict(model, moved, item, np.ones(100))
@@ -143,7 +161,7 @@ def test_tiny_end_to_end_run_writes_the_agreed_layout(tiny: tuple[Path, dict]) -
         assert np.isfinite(summary["metrics"]["price_model"][key])
     with np.load(out / "holdout_sample.npz") as z:
         assert z["user"].shape == (10_000, len(FEATURE_NAMES)) and z["price_ratio"].shape == (10_000, 1)
-        assert z["rec_items"].shape[0] == 10_000 and z["rec_items"].shape[2] == 3
+        assert z["rec_items"].shape[0] == 10_000 and z["rec_items"].shape[2] == len(ITEM_FEATURE_NAMES)
         assert set(z.files) >= {"user", "item", "price_ratio", "rec_user", "rec_items", "rec_price_ratio", "rec_mask"}
         p = joblib.load(out / "user_model.joblib").predict_proba(z["user"][:50])[:, 1]
     assert np.all((p > 0) & (p < 1))
