@@ -28,7 +28,7 @@ from .features import (
     ITEM_FEATURE_NAMES,
     FeatureSpec,
     LateEvent,
-    category_profile,
+    category_profiles,
     feature_names,
     update,
     user_features,
@@ -70,7 +70,7 @@ class _Trigger:
     user_key: str
     record: UserRecord
     features: list[float]
-    profile: list[list[float]]  # features.category_profile: [3, n_buckets]
+    buckets: list[float]  # a copy of the state's category counts at the event
     replay: bool  # already applied before a crash: re-send its prices, change no state
 
 
@@ -136,7 +136,7 @@ class Pipeline:
             out.counts["events"] += 1
             if ev.type in self.triggers:
                 triggers.append(_Trigger(ev, ukey, rec, user_features(rec.features, self.spec, ev.ts),
-                                         category_profile(rec.features, self.spec), replay))
+                                         list(rec.features.buckets), replay))
         if triggers:
             self._price(triggers, out)
         for ukey, (_, i) in out.records.items():
@@ -156,7 +156,7 @@ class Pipeline:
 
     def _item_x(self, scorer: Scorer, profiles: np.ndarray, k: np.ndarray, j: np.ndarray) -> np.ndarray:
         """Item features (``ITEM_FEATURE_NAMES`` order) of trigger rows ``k`` x catalog rows ``j``
-        (broadcasting index arrays); ``profiles [T, 3, n_buckets]`` from ``category_profile``."""
+        (broadcasting index arrays); ``profiles [T, 3, n_buckets]`` from ``category_profiles``."""
         cols = self.catalog.columns()
         bk = cols.bucket[j]
         log_base, cost_ratio = np.log(cols.base_price[j]), cols.unit_cost[j] / cols.base_price[j]
@@ -190,7 +190,7 @@ class Pipeline:
             if self.catalog.get(t.ev.item_id) is None:
                 out.counts["skipped.UNKNOWN_ITEM"] += 1  # no guess: the item has no terms
         users = np.asarray([t.features for t in trig], np.float32)
-        profiles = np.asarray([t.profile for t in trig], np.float64)
+        profiles = category_profiles(np.asarray([t.buckets for t in trig], np.float64), self.spec)
         cands = self._candidates(scorer, trig, users, profiles)
         rows = [(k, j) for k, c in enumerate(cands) for j in c]
         if not rows:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import random
 
+import numpy as np
 import pytest
 
 from streams.features import (
@@ -14,6 +15,7 @@ from streams.features import (
     category_bucket,
     category_levels,
     category_profile,
+    category_profiles,
     decode_state,
     encode_state,
     feature_names,
@@ -125,6 +127,10 @@ def test_category_profile_counts_interest_per_category() -> None:
     assert prof[1][books] == pytest.approx(click / 3, rel=1e-5) and prof[2][books] == pytest.approx(cart / 3, rel=1e-5)
     f = item_features(s, SPEC, base_price=10.0, unit_cost=5.0, category="books", conv_lift=0.3)
     assert f[3:] == pytest.approx([click / 3, cart / 3, 0.3], rel=1e-5)
+    # the serving path's batch form gives the same numbers, for this user and an empty one
+    batch = category_profiles(np.array([s.buckets, new_state(SPEC).buckets]), SPEC)
+    np.testing.assert_allclose(batch[0], prof, rtol=1e-12)
+    np.testing.assert_allclose(batch[1], category_profile(new_state(SPEC), SPEC), rtol=1e-12)
 
 
 def test_level_in_category_reads_the_catalog_price_not_the_shown_one() -> None:
