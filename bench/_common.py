@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -30,10 +31,18 @@ TYPE_MIX: dict[str, float] = {"view": 0.55, "click": 0.23, "add_to_cart": 0.125,
 
 
 def ensure_bundle(cache: Path = CACHE, log=print) -> Path:
-    """A really trained (``models.train --small``) and exported bundle, built once under ``cache``."""
+    """A really trained (``models.train --small``) and exported bundle, built once under ``cache``
+    and built again when the cached one no longer fits the code's contract (features changed)."""
+    from export.bundle import BundleError, load_bundle
+
     model_dir = cache / "models"
     if (model_dir / "CURRENT").exists():
-        return model_dir
+        try:
+            load_bundle(model_dir)
+            return model_dir
+        except BundleError as exc:
+            log(f"cached bundle in {model_dir} does not fit this version ({exc}); rebuilding it")
+            shutil.rmtree(cache / "train", ignore_errors=True)
     cache.mkdir(parents=True, exist_ok=True)
     log(f"training a --small model and exporting it into {model_dir} (once; cached)")
     for cmd in (["-m", "models.train", "--small", "--out", str(cache / "train"), "--no-plots", "--quiet"],
