@@ -302,6 +302,8 @@ def parser() -> argparse.ArgumentParser:
     tr.add_argument("--holdout-days", type=float, default=None, help="time holdout (default 3, --small 0.25)")
     tr.add_argument("--epochs", type=int, default=None, help="price model max epochs (early stopping; "
                                                              "default: PriceModelConfig)")
+    tr.add_argument("--price-members", type=int, default=None, metavar="K",
+                    help="independently trained price models averaged into one (default: PriceModelConfig, 3)")
     tr.add_argument("--price-ignore", default=None, metavar="NAMES",
                     help="comma-separated user features the price model must not read (default: "
                          "PriceModelConfig.ignore; '' reads them all)")
@@ -341,6 +343,8 @@ def main(argv: list[str] | None = None) -> int:
     load_s = time.perf_counter() - t0
     holdout = args.holdout_days if args.holdout_days is not None else (0.25 if args.small else 3.0)
     price_cfg = PriceModelConfig() if args.epochs is None else PriceModelConfig(epochs=args.epochs)
+    if args.price_members is not None:
+        price_cfg = replace(price_cfg, members=args.price_members)
     if args.price_ignore is not None:
         price_cfg = replace(price_cfg, ignore=tuple(n for n in args.price_ignore.split(",") if n))
     summary = train_all(log, catalog, args.out, market=market, holdout_days=holdout,

@@ -140,6 +140,32 @@ def test_price_model_cannot_read_the_features_it_ignores(tiny: tuple[Path, dict]
     assert not np.allclose(predict(model, moved, item, np.ones(100))["a"], a["a"])
 
 
+def test_ensemble_averages_its_members_in_one_graph() -> None:
+    """The merged graph's u and log b are the members' means; the members keep their own weights."""
+    import keras
+
+    from models.price_model import B_EPS, B_MAX, PriceModelConfig, build_price_model, ensemble, predict
+
+    keras.utils.set_random_seed(3)
+
+    rng = np.random.default_rng(3)
+    nu, ni = 6, len(ITEM_FEATURE_NAMES)
+    user, item = rng.normal(0, 1, (300, nu)), rng.normal(0, 1, (300, ni))
+    cfg = PriceModelConfig(hidden=(8,), b_hidden=(4,))
+    mask = np.array([1, 1, 0, 1, 1, 1], np.float32)
+    members = [build_price_model(user, item, cfg, u0=-2.0 + k, b0=2.0 + k, mask=mask) for k in range(3)]
+    merged = ensemble(members, user, item, cfg, mask)
+    assert len(merged.get_layer("m2_u_out").get_weights()) == 2 and merged.get_layer("user_mask")
+    outs = [predict(m, user, item, np.ones(300)) for m in members]
+    got = predict(merged, user, item, np.ones(300))
+    t = lambda o: np.log(o["b"] - B_EPS)  # noqa: E731  (b = exp(t) + B_EPS below the cap)
+    ok = np.all([o["b"] < 0.9 * B_MAX for o in outs], axis=0)  # a capped member's own b hides its t
+    assert ok.mean() > 0.5
+    np.testing.assert_allclose(t(got)[ok], np.mean([t(o) for o in outs], axis=0)[ok], atol=1e-4)
+    np.testing.assert_allclose(got["a"] - got["b"], np.mean([o["a"] - o["b"] for o in outs], axis=0), atol=1e-4)
+    assert not np.allclose(outs[0]["b"], outs[1]["b"])  # members differ: the average is not one of them
+
+
 def test_feature_mask_rejects_unknown_names() -> None:
     from models.price_model import feature_mask
 
