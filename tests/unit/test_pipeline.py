@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import numpy as np
 import orjson
 
 from streams.catalog import Catalog
+from streams.features import item_features, update, user_features
 from streams.pipeline import Pipeline, RawRecord
-from streams.schemas import CatalogItem, parse_price
+from streams.schemas import CatalogItem, parse_click, parse_price
 from streams.scoring import DeterministicScorer
 from streams.settings import load_settings
 from streams.state import decode_record
@@ -79,3 +81,44 @@ def test_unkeyed_or_wrongly_keyed_records_are_dead_lettered() -> None:
     out = run(pipe, table, [RawRecord(None, good.value, "clickstream", 0, 1),
                             RawRecord(b"someone-else", good.value, "clickstream", 0, 2)])
     assert out.counts["dead_letter.KEY_MISMATCH"] == 2 and not out.prices and not table
+
+
+class _Recording(DeterministicScorer):
+    """Records what the pipeline scores; item lifts from a table, as a bundle's item table."""
+
+    LIFT = {"i1": 0.7, "i2": -0.4}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.priced: list[tuple[np.ndarray, np.ndarray]] = []
+
+    def item_lift(self, item_ids):  # type: ignore[no-untyped-def]
+        return np.array([self.LIFT.get(i, 0.0) for i in item_ids])
+
+    def price(self, user, item, price_ratio):  # type: ignore[no-untyped-def]
+        self.priced.append((np.asarray(user), np.asarray(item)))
+        return super().price(user, item, price_ratio)
+
+
+def test_pipeline_item_features_are_the_training_ones() -> None:
+    """Serving builds each priced row's item features as the training rows do (features.item_features,
+    the bundle's item lift), from the user's state at the trigger."""
+    pipe, table = make(top_k=2)
+    scorer = _Recording()
+    pipe.scorer = lambda: scorer
+    run(pipe, table, [record(0, "view", "i0"), record(1, "click", "i0"), record(2, "add_to_cart", "i3")])
+    state = decode_record(next(iter(table.values()))).features
+    scorer.priced.clear()
+    out = run(pipe, table, [record(3, "view", "i1")])
+    state = update(state, parse_click(record(3, "view", "i1").value, now=NOW), pipe.spec,
+                   base_price=11.0, category="c1", level=pipe.catalog.level("i1"))
+    [(users, items)] = scorer.priced
+    priced = [parse_price(v).item_id for _, v in out.prices]
+    assert priced[0] == "i1" and len(priced) == 3
+    for row, item_id in zip(items, priced, strict=True):
+        it = pipe.catalog.get(item_id)
+        want = item_features(state, pipe.spec, base_price=it.base_price, unit_cost=it.unit_cost,
+                             category=it.category, conv_lift=_Recording.LIFT.get(item_id, 0.0))
+        np.testing.assert_allclose(row, want, rtol=1e-6)
+    np.testing.assert_allclose(users[0], user_features(state, pipe.spec, NOW - 1000 + 3), rtol=1e-6)
+    assert items[0, 5] == np.float32(0.7)  # i1's lift reached the price model
