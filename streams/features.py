@@ -221,34 +221,42 @@ def user_features(state: UserState, spec: FeatureSpec, now: float) -> list[float
     return out
 
 
+# category standing: floor of the view share (an unseen category stays finite), and the prior clicks
+# and carts per view that a user's own rates start from (pseudo-count: one view)
+_SHARE_FLOOR, _CLICK_PRIOR, _CART_PRIOR = 0.02, 0.3, 0.1
+
+
+def _standing(state: UserState, nb: int, buckets: range | list[int]) -> list[tuple[float, float, float]]:
+    """(affinity, click rate, cart rate) of each of ``buckets`` (see :func:`category_profile`)."""
+    b = state.buckets
+    total = sum(b[:nb]) + 1.0
+    click_rate, cart_rate = (sum(b[nb:2 * nb]) + _CLICK_PRIOR) / total, (sum(b[2 * nb:]) + _CART_PRIOR) / total
+    return [(math.log(b[k] / total + _SHARE_FLOOR), (b[nb + k] + click_rate) / (b[k] + 1.0),
+             (b[2 * nb + k] + cart_rate) / (b[k] + 1.0)) for k in buckets]
+
+
 def category_profile(state: UserState, spec: FeatureSpec) -> list[list[float]]:
     """The user's standing with every category bucket: three rows of ``n_buckets``.
 
-    * ``cat_affinity``: log of the bucket's share of the user's views (``+ 0.02``, so an unseen
+    * ``cat_affinity``: log of the bucket's share of the user's views (plus a floor, so an unseen
       category is finite); how much the user looks at the category;
     * ``cat_click_rate``, ``cat_cart_rate``: clicks and carts (purchases included) per view in the
       bucket, shrunk toward the user's own rate over all buckets with a pseudo-count of one view.
       Interest, not just attention: who clicks and buys in a category likes it.
     """
-    nb = spec.n_buckets
-    views, clicks, carts = (state.buckets[k * nb:(k + 1) * nb] for k in range(len(SEGMENTS)))
-    total = sum(views)
-    click_rate, cart_rate = (sum(clicks) + 0.3) / (total + 1.0), (sum(carts) + 0.1) / (total + 1.0)
-    return [[math.log(v / (total + 1.0) + 0.02) for v in views],
-            [(c + click_rate) / (v + 1.0) for c, v in zip(clicks, views, strict=True)],
-            [(c + cart_rate) / (v + 1.0) for c, v in zip(carts, views, strict=True)]]
+    cols = _standing(state, spec.n_buckets, range(spec.n_buckets))
+    return [list(row) for row in zip(*cols, strict=True)]
 
 
 def category_profiles(buckets: np.ndarray, spec: FeatureSpec) -> np.ndarray:
     """:func:`category_profile` of many users at once: ``buckets [T, 3 * n_buckets]`` (their states'
     ``buckets``) -> ``[T, 3, n_buckets]``. The serving path's batch form; the same numbers."""
-    nb = spec.n_buckets
-    b = np.asarray(buckets, np.float64).reshape(len(buckets), len(SEGMENTS), nb)
+    b = np.asarray(buckets, np.float64).reshape(len(buckets), len(SEGMENTS), spec.n_buckets)
     views, clicks, carts = b[:, 0], b[:, 1], b[:, 2]
     total = views.sum(axis=1, keepdims=True) + 1.0
-    click_rate = (clicks.sum(axis=1, keepdims=True) + 0.3) / total
-    cart_rate = (carts.sum(axis=1, keepdims=True) + 0.1) / total
-    return np.stack([np.log(views / total + 0.02), (clicks + click_rate) / (views + 1.0),
+    click_rate = (clicks.sum(axis=1, keepdims=True) + _CLICK_PRIOR) / total
+    cart_rate = (carts.sum(axis=1, keepdims=True) + _CART_PRIOR) / total
+    return np.stack([np.log(views / total + _SHARE_FLOOR), (clicks + click_rate) / (views + 1.0),
                      (carts + cart_rate) / (views + 1.0)], axis=1)
 
 
@@ -256,9 +264,8 @@ def item_features(state: UserState, spec: FeatureSpec, *, base_price: float, uni
                   category: str, conv_lift: float = 0.0) -> list[float]:
     """Per (user, item) features in ``ITEM_FEATURE_NAMES`` order; ``conv_lift`` is the item's entry
     in the model bundle's item table (0 for an item the training history did not have)."""
-    k = category_bucket(category, spec.n_buckets)
-    profile = category_profile(state, spec)
-    return [math.log(base_price), profile[0][k], unit_cost / base_price, profile[1][k], profile[2][k], conv_lift]
+    [(affinity, click, cart)] = _standing(state, spec.n_buckets, [category_bucket(category, spec.n_buckets)])
+    return [math.log(base_price), affinity, unit_cost / base_price, click, cart, conv_lift]
 
 
 def encode_state(state: UserState) -> bytes:
