@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from streams.features import FeatureSpec, feature_names
 
-from .bundle import MODEL_FILES, Bundle, BundleError, load_bundle, write_bundle
+from .bundle import MODEL_FILES, Bundle, BundleError, load_bundle, parse_item_table, write_bundle
 
 # Holdout keys in holdout_sample.npz for each model's inputs.
 HOLDOUT_KEYS = {
@@ -83,11 +83,7 @@ def _item_table(train_dir: Path) -> dict[str, float]:
     path = train_dir / "item_table.json"
     if not path.exists():
         raise FileNotFoundError(f"{path} missing: a training run of this version writes it")
-    try:
-        obj = json.loads(path.read_text())
-        return {str(k): float(v) for k, v in obj["values"].items()}
-    except (KeyError, TypeError, AttributeError) as exc:
-        raise ValueError(f"{path}: not an item table: {exc}") from exc
+    return parse_item_table(path.read_bytes(), path)
 
 
 def _holdout(sample: dict[str, np.ndarray], model: str) -> dict[str, np.ndarray]:

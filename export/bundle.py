@@ -124,7 +124,8 @@ def item_table_bytes(values: Mapping[str, float]) -> bytes:
                       separators=(",", ":")).encode()
 
 
-def _parse_item_table(raw: bytes, where: Path) -> dict[str, float]:
+def parse_item_table(raw: bytes, where: Path) -> dict[str, float]:
+    """Inverse of :func:`item_table_bytes`; :class:`BundleError` naming ``where`` if it is not one."""
     try:
         obj = json.loads(raw)
         values = obj["values"]
@@ -297,23 +298,9 @@ def load_bundle(path: str | os.PathLike[str], *, spec: FeatureSpec | None = None
         raise _names_error("feature_names", got, want)
     if (got := tuple(manifest.get("item_feature_names", ()))) != tuple(item_names):
         raise _names_error("item_feature_names", got, tuple(item_names))
-    data: dict[str, bytes] = {}
-    for model, entry in manifest.get("models", {}).items():
-        try:
-            data[model] = (bdir / entry["file"]).read_bytes()
-        except (OSError, KeyError, TypeError) as exc:
-            raise BundleError(f"{bdir}: model {model!r} file unreadable: {exc}") from exc
-        if (digest := hashlib.sha256(data[model]).hexdigest()) != entry.get("sha256"):
-            raise BundleError(f"{bdir / entry['file']}: sha256 {digest[:12]}... does not match the "
-                              f"manifest's {str(entry.get('sha256'))[:12]}...: file altered or corrupt")
-    entry = manifest.get("item_table")
-    try:
-        items = (bdir / entry["file"]).read_bytes()
-    except (OSError, KeyError, TypeError) as exc:
-        raise BundleError(f"{bdir}: item table unreadable: {exc}") from exc
-    if (digest := hashlib.sha256(items).hexdigest()) != entry.get("sha256"):
-        raise BundleError(f"{bdir / entry['file']}: sha256 {digest[:12]}... does not match the "
-                          f"manifest's {str(entry.get('sha256'))[:12]}...: file altered or corrupt")
+    data = {model: _read_listed(bdir, entry, f"model {model!r} file")
+            for model, entry in manifest.get("models", {}).items()}
+    items = _read_listed(bdir, manifest.get("item_table"), "item table")
     if (version := bundle_version(data, want, item_names, items)) != manifest.get("version"):
         raise BundleError(f"{bdir}: content version {version} != manifest version {manifest.get('version')}")
     sigs, sessions = _verify(data, len(want), len(item_names))
@@ -321,4 +308,16 @@ def load_bundle(path: str | os.PathLike[str], *, spec: FeatureSpec | None = None
         listed = {k: manifest["models"][model].get(k) for k in ("inputs", "outputs")}
         if listed != sig:
             raise BundleError(f"{bdir}: model {model!r} graph signature {sig} differs from manifest {listed}")
-    return Bundle(bdir, manifest, data, _parse_item_table(items, bdir / entry["file"]), sessions)
+    return Bundle(bdir, manifest, data, parse_item_table(items, bdir / manifest["item_table"]["file"]), sessions)
+
+
+def _read_listed(bdir: Path, entry: Any, what: str) -> bytes:
+    """The bytes of a file the manifest lists as ``{"file", "sha256"}``, checked against the hash."""
+    try:
+        raw = (bdir / entry["file"]).read_bytes()
+    except (OSError, KeyError, TypeError) as exc:
+        raise BundleError(f"{bdir}: {what} unreadable: {exc}") from exc
+    if (digest := hashlib.sha256(raw).hexdigest()) != entry.get("sha256"):
+        raise BundleError(f"{bdir / entry['file']}: sha256 {digest[:12]}... does not match the "
+                          f"manifest's {str(entry.get('sha256'))[:12]}...: file altered or corrupt")
+    return raw

@@ -330,8 +330,8 @@ def fill_item_lift(data: TrainingData, train: np.ndarray, ch_train: np.ndarray, 
     n_items, n_users = len(data.item_ids), len(data.user_ids)
     table = item_conv_lift(data.row_iid[train], data.label[train], n_items)
     ufold = np.random.default_rng(seed).integers(0, folds, n_users)
-    oof = np.stack([item_conv_lift(data.row_iid[train & (ufold[data.row_uid] != f)],
-                                   data.label[train & (ufold[data.row_uid] != f)], n_items) for f in range(folds)])
+    others = [train & (ufold[data.row_uid] != f) for f in range(folds)]  # the rows outside each fold
+    oof = np.stack([item_conv_lift(data.row_iid[o], data.label[o], n_items) for o in others])
     data.item[:, LIFT] = np.where(train, oof[ufold[data.row_uid], data.row_iid], table[data.row_iid])
     real = data.ch_iid >= 0
     iid = np.where(real, data.ch_iid, 0)

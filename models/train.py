@@ -28,7 +28,7 @@ from sklearn.metrics import log_loss, roc_auc_score
 
 from streams.features import FEATURE_NAMES, ITEM_FEATURE_NAMES, FeatureSpec
 
-from .dataset import Catalog, EventLog, TrainingData, build_rows, fill_item_lift, read_catalog, read_events
+from .dataset import LIFT, Catalog, EventLog, TrainingData, build_rows, fill_item_lift, read_catalog, read_events
 from .simulator import Market, MarketConfig
 
 PARITY_ROWS = 10_000
@@ -145,7 +145,7 @@ def train_all(log: EventLog, catalog: Catalog, out: Path, *, market: Market | No
 
     joblib.dump(user_model, out / "user_model.joblib")
     price.save(out / "price_model.keras")
-    (out / "item_table.json").write_text(json.dumps({"feature": "item_conv_lift", "values": item_table}))
+    (out / "item_table.json").write_text(json.dumps({"feature": ITEM_FEATURE_NAMES[LIFT], "values": item_table}))
     if rec is not None:
         rec.save(out / "recommend_model.keras")
     _write_parity_sample(out / "holdout_sample.npz", data, hold, c_hold)
