@@ -307,6 +307,9 @@ def parser() -> argparse.ArgumentParser:
     tr.add_argument("--price-ignore", default=None, metavar="NAMES",
                     help="comma-separated user features the price model must not read (default: "
                          "PriceModelConfig.ignore; '' reads them all)")
+    tr.add_argument("--price-slope-features", default=None, metavar="NAMES",
+                    help="comma-separated user features the price model's slope (sensitivity) tower reads "
+                         "(default: PriceModelConfig.slope_features; '' reads all user features)")
     tr.add_argument("--rec-epochs", type=int, default=30, help="recommend model max epochs (early stopping)")
     tr.add_argument("--rec-linear", action="store_true", help="recommend model in linear (conditional logit) mode")
     tr.add_argument("--no-plots", action="store_true")
@@ -325,8 +328,20 @@ def market_config(args: argparse.Namespace) -> MarketConfig:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m models.train``."""
     args = parser().parse_args(argv)
-    from .price_model import PriceModelConfig
+    from .price_model import PriceModelConfig, feature_mask, slope_columns
 
+    price_cfg = PriceModelConfig() if args.epochs is None else PriceModelConfig(epochs=args.epochs)
+    if args.price_members is not None:
+        price_cfg = replace(price_cfg, members=args.price_members)
+    if args.price_ignore is not None:
+        price_cfg = replace(price_cfg, ignore=tuple(n for n in args.price_ignore.split(",") if n))
+    if args.price_slope_features is not None:
+        price_cfg = replace(price_cfg, slope_features=tuple(n for n in args.price_slope_features.split(",") if n))
+    try:  # a misspelt feature name fails here, not after the history is built
+        feature_mask(FEATURE_NAMES, price_cfg.ignore)
+        slope_columns(FEATURE_NAMES, price_cfg)
+    except ValueError as e:
+        parser().error(str(e))
     t0 = time.perf_counter()
     if args.events:
         if not args.catalog:
@@ -342,11 +357,6 @@ def main(argv: list[str] | None = None) -> int:
         knobs = {"source": "simulated", "market": asdict(market.cfg)}
     load_s = time.perf_counter() - t0
     holdout = args.holdout_days if args.holdout_days is not None else (0.25 if args.small else 3.0)
-    price_cfg = PriceModelConfig() if args.epochs is None else PriceModelConfig(epochs=args.epochs)
-    if args.price_members is not None:
-        price_cfg = replace(price_cfg, members=args.price_members)
-    if args.price_ignore is not None:
-        price_cfg = replace(price_cfg, ignore=tuple(n for n in args.price_ignore.split(",") if n))
     summary = train_all(log, catalog, args.out, market=market, holdout_days=holdout,
                         price_cfg=price_cfg, rec_epochs=args.rec_epochs,
                         rec_linear=args.rec_linear, plots=not args.no_plots, progress=not args.quiet, knobs=knobs)

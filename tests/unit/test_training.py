@@ -140,6 +140,50 @@ def test_price_model_cannot_read_the_features_it_ignores(tiny: tuple[Path, dict]
     assert not np.allclose(predict(model, moved, item, np.ones(100))["a"], a["a"])
 
 
+def test_price_model_slope_reads_only_its_features(tiny: tuple[Path, dict]) -> None:
+    """The slope tower reads the slope features only: other user features move the conversion at base
+    (``a - b``) but never ``b``; a slope feature moves ``b``."""
+    import keras
+
+    from models.price_model import PriceModelConfig, predict
+
+    model = keras.models.load_model(tiny[0] / "price_model.keras")
+    cfg = PriceModelConfig()
+    assert cfg.slope_features and not set(cfg.slope_features) & set(cfg.ignore)
+    rng = np.random.default_rng(2)
+    user, item = rng.normal(0, 1, (100, len(FEATURE_NAMES))), rng.normal(0, 1, (100, len(ITEM_FEATURE_NAMES)))
+    other = [k for k, n in enumerate(FEATURE_NAMES) if n not in cfg.slope_features and n not in cfg.ignore]
+    moved = user.copy()
+    moved[:, other] += rng.normal(0, 5, (100, len(other)))
+    a, b = predict(model, user, item, np.ones(100)), predict(model, moved, item, np.ones(100))
+    np.testing.assert_array_equal(a["b"], b["b"])
+    assert not np.allclose(a["a"] - a["b"], b["a"] - b["b"])
+    moved = user.copy()
+    moved[:, FEATURE_NAMES.index(cfg.slope_features[0])] += 3.0
+    assert not np.allclose(predict(model, moved, item, np.ones(100))["b"], a["b"])
+
+
+def test_slope_features_must_be_known_and_readable() -> None:
+    from models.price_model import PriceModelConfig, slope_columns
+
+    names = ("x", "y", "z")
+    assert slope_columns(names, PriceModelConfig(slope_features=("z", "x"), ignore=())).tolist() == [2, 0]
+    assert slope_columns(names, PriceModelConfig(slope_features=(), ignore=())) is None
+    with pytest.raises(ValueError, match="unknown slope features"):
+        slope_columns(names, PriceModelConfig(slope_features=("nope",), ignore=()))
+    with pytest.raises(ValueError, match="also in the ignored"):
+        slope_columns(names, PriceModelConfig(slope_features=("y",), ignore=("y",)))
+
+
+def test_train_cli_refuses_an_unknown_slope_feature_before_any_work(capsys: pytest.CaptureFixture[str]) -> None:
+    from models.train import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["--small", "--price-slope-features", "view_level_in_category,nope", "--out", "/nonexistent/x"])
+    assert e.value.code == 2
+    assert "unknown slope features ['nope']" in capsys.readouterr().err
+
+
 def test_ensemble_averages_its_members_in_one_graph() -> None:
     """The merged graph's u and log b are the members' means; the members keep their own weights."""
     import keras
@@ -153,9 +197,12 @@ def test_ensemble_averages_its_members_in_one_graph() -> None:
     user, item = rng.normal(0, 1, (300, nu)), rng.normal(0, 1, (300, ni))
     cfg = PriceModelConfig(hidden=(8,), b_hidden=(4,))
     mask = np.array([1, 1, 0, 1, 1, 1], np.float32)
-    members = [build_price_model(user, item, cfg, u0=-2.0 + k, b0=2.0 + k, mask=mask) for k in range(3)]
-    merged = ensemble(members, user, item, cfg, mask)
+    sel = np.array([0, 3, 4])
+    members = [build_price_model(user, item, cfg, u0=-2.0 + k, b0=2.0 + k, mask=mask, slope_select=sel)
+               for k in range(3)]
+    merged = ensemble(members, user, item, cfg, mask, sel)
     assert len(merged.get_layer("m2_u_out").get_weights()) == 2 and merged.get_layer("user_mask")
+    assert merged.get_layer("m0_b_dense0").get_weights()[0].shape[0] == len(sel)
     outs = [predict(m, user, item, np.ones(300)) for m in members]
     got = predict(merged, user, item, np.ones(300))
     t = lambda o: np.log(o["b"] - B_EPS)  # noqa: E731  (b = exp(t) + B_EPS below the cap)
