@@ -36,6 +36,8 @@ def _spec(summary: dict[str, Any]) -> FeatureSpec:
     """The FeatureSpec recorded by the trainer (``feature_spec`` in the summary), else default."""
     raw = summary.get("feature_spec") or {}
     kwargs: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()}
+    if raw and "memory_s" not in raw:  # trained before the sums had a memory of their own: the longest window
+        kwargs["memory_s"] = max(kwargs.get("windows_s", FeatureSpec().windows_s))
     return FeatureSpec(**kwargs)
 
 
@@ -52,6 +54,9 @@ def export_train_dir(train_dir: Path, model_dir: Path, *, tol: float, rows: int,
 
     summary = json.loads((train_dir / "training_summary.json").read_text())
     spec = _spec(summary)
+    if spec.memory_s != FeatureSpec().memory_s:
+        raise BundleError(f"{train_dir}: trained on features whose sums decay with memory_s = {spec.memory_s:g} s; "
+                          f"this version's worker computes them with {FeatureSpec().memory_s:g} s: retrain")
     npz = train_dir / "holdout_sample.npz"
     sample = dict(np.load(npz)) if npz.exists() else {}
     steps = tqdm(list(MODEL_FILES), desc="export", unit="model", disable=not progress)

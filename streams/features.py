@@ -55,6 +55,9 @@ class FeatureSpec:
     windows_s: tuple[float, ...] = (3600.0, 86400.0, 604800.0)
     n_buckets: int = 32  # hashed category buckets: few enough to stay small, many enough to rarely collide
     max_lateness_s: float = 86400.0  # sessions come from the events' session_id, not from gaps
+    # decay time of the per-user sums (price level and price ratio of views, buys, reviews): they
+    # measure traits, price sensitivity above all, so they keep a longer memory than the counters
+    memory_s: float = 28 * 86400.0
 
     @classmethod
     def from_settings(cls, s: object) -> FeatureSpec:
@@ -118,7 +121,7 @@ class UserState:
     t: float = -math.inf          # newest event time seen; counters are decayed to it
     prev_t: float = -math.inf     # event time of the event before the newest
     counts: list[float] = field(default_factory=list)   # len(windows) x len(EVENT_TYPES)
-    # decayed sums over the longest window: views with a known base price, their price/base,
+    # sums decayed with FeatureSpec.memory_s: views with a known base price, their price/base,
     # buys (cart or purchase) with a known base, their price/base, log base price of views, reviews,
     # level in category of views (sum, weight)
     sums: list[float] = field(default_factory=lambda: [0.0] * N_SUMS)
@@ -155,18 +158,18 @@ def update(state: UserState, ev: ClickEvent, spec: FeatureSpec, *, base_price: f
         if state.t > -math.inf:
             for w, tau in enumerate(spec.windows_s):
                 _decay(state.counts, math.exp(-(ev.ts - state.t) / tau), w * n_types, (w + 1) * n_types)
-            f = math.exp(-(ev.ts - state.t) / long_tau)
-            _decay(state.sums, f)
-            _decay(state.buckets, f)
+            _decay(state.sums, math.exp(-(ev.ts - state.t) / spec.memory_s))
+            _decay(state.buckets, math.exp(-(ev.ts - state.t) / long_tau))
         if ev.session_id != state.session:
             state.session, state.depth = ev.session_id, 0
         state.prev_t, state.t = state.t, ev.ts
         state.depth += 1
         weights = [1.0] * len(spec.windows_s)
-        wl = 1.0
+        wl = ws = 1.0
     else:  # out of order: add with the weight it would have had by now
         weights = [math.exp(-(state.t - ev.ts) / tau) for tau in spec.windows_s]
         wl = math.exp(-(state.t - ev.ts) / long_tau)
+        ws = math.exp(-(state.t - ev.ts) / spec.memory_s)
     k = _TYPE_INDEX[ev.type]
     for w, weight in enumerate(weights):
         state.counts[w * n_types + k] += weight
@@ -174,19 +177,19 @@ def update(state: UserState, ev: ClickEvent, spec: FeatureSpec, *, base_price: f
     ratio = ev.price / base_price if base_price and base_price > 0 else None
     if ev.type == "view":
         if ratio is not None:  # the catalog's base price: what the user chose, not what we charged
-            s[0] += wl
-            s[1] += wl * ratio
-            s[4] += wl * math.log(base_price)  # type: ignore[arg-type]
-            s[5] += wl
+            s[0] += ws
+            s[1] += ws * ratio
+            s[4] += ws * math.log(base_price)  # type: ignore[arg-type]
+            s[5] += ws
         if level is not None:
-            s[8] += wl * level
-            s[9] += wl
+            s[8] += ws * level
+            s[9] += ws
     elif ev.type in ("add_to_cart", "purchase") and ratio is not None:
-        s[2] += wl
-        s[3] += wl * ratio
+        s[2] += ws
+        s[3] += ws * ratio
     elif ev.type == "review" and ev.rating is not None:
-        s[6] += wl * ev.rating
-        s[7] += wl
+        s[6] += ws * ev.rating
+        s[7] += ws
     if category is not None and ev.type != "review":
         seg = 0 if ev.type == "view" else 1 if ev.type == "click" else 2
         state.buckets[seg * spec.n_buckets + category_bucket(category, spec.n_buckets)] += wl

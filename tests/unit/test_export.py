@@ -184,6 +184,24 @@ def test_loader_refuses_mismatched_feature_names(exported: tuple[Path, Any, dict
         write_bundle(model_dir / "other", exported[1].data, spec=FeatureSpec(windows_s=(86400.0,)))
 
 
+def test_loader_refuses_a_bundle_trained_with_another_sums_memory(exported: tuple[Path, Any, dict],
+                                                                  tmp_path: Path) -> None:
+    """The sums' memory changes feature values, not names: the manifest's spec is checked as well."""
+    copy = tmp_path / exported[1].version
+    shutil.copytree(exported[1].path, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    assert manifest["feature_spec"]["memory_s"] == FeatureSpec().memory_s
+    load_bundle(copy)
+    for memory in (604800.0, None):  # another memory; a bundle from before memory_s existed
+        if memory is None:
+            del manifest["feature_spec"]["memory_s"]
+        else:
+            manifest["feature_spec"]["memory_s"] = memory
+        (copy / "manifest.json").write_text(json.dumps(manifest))
+        with pytest.raises(BundleError, match="memory_s = (604800.0|absent)"):
+            load_bundle(copy)
+
+
 def test_loader_refuses_a_tampered_file(exported: tuple[Path, Any, dict], tmp_path: Path) -> None:
     copy = tmp_path / exported[1].version
     shutil.copytree(exported[1].path, copy)
@@ -246,3 +264,9 @@ def test_cli_verify_and_parity_failure(exported: tuple[Path, Any, dict], train_d
     capsys.readouterr()
     assert main(["--train-dir", str(old), "--model-dir", str(tmp_path / "m"), "--no-progress"]) == 4
     assert "item_table.json missing" in capsys.readouterr().err
+    summary = json.loads((train_dir / "training_summary.json").read_text())
+    summary["feature_spec"] = {"windows_s": [3600.0, 86400.0, 604800.0], "n_buckets": 32}  # before memory_s
+    shutil.copy(train_dir / "item_table.json", old / "item_table.json")
+    (old / "training_summary.json").write_text(json.dumps(summary))
+    assert main(["--train-dir", str(old), "--model-dir", str(tmp_path / "m"), "--no-progress"]) == 3
+    assert "memory_s = 604800 s" in capsys.readouterr().err

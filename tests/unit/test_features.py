@@ -87,6 +87,20 @@ def test_decay_halves_nothing_magic() -> None:
     assert f_later == pytest.approx(math.log1p(math.exp(-1.0)))
 
 
+def test_sums_keep_their_own_longer_memory() -> None:
+    """The price-level sums decay with ``memory_s``, the counters with their windows."""
+    spec = FeatureSpec(memory_s=28 * 86400.0)
+    assert spec.memory_s > max(spec.windows_s)
+    names = feature_names(spec)
+    s, day = new_state(spec), 86400.0
+    for t, level in ((0.0, 1.0), (14 * day, -1.0)):
+        update(s, ClickEvent("e", t, "u", "s", "view", "i", 10.0), spec, base_price=10.0, category="c", level=level)
+    f = user_features(s, spec, now=14 * day)
+    w = math.exp(-0.5)  # 14 days at a 28-day memory; the 7-day window would have left exp(-2)
+    assert f[names.index("view_level_in_category")] == pytest.approx((w - 1.0) / (w + 1.0 + 1.0))
+    assert f[names.index("view_decay_168h")] == pytest.approx(math.log1p(1.0 + math.exp(-2.0)))
+
+
 def test_state_is_bounded_and_round_trips() -> None:
     s = new_state(SPEC)
     sizes = []
