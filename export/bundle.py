@@ -299,11 +299,12 @@ def load_bundle(path: str | os.PathLike[str], *, spec: FeatureSpec | None = None
     if (got := tuple(manifest.get("item_feature_names", ()))) != tuple(item_names):
         raise _names_error("item_feature_names", got, tuple(item_names))
     # the names cover the windows and the buckets; the sums' memory changes values, not names
-    memory = (manifest.get("feature_spec") or {}).get("memory_s", "absent (a bundle from before it existed: 7 days)")
-    if memory != (spec or FeatureSpec()).memory_s:
-        raise BundleError(f"{bdir}: the models were trained on features whose sums decay with memory_s = {memory}; "
-                          f"this code computes them with {(spec or FeatureSpec()).memory_s}: train and export a "
-                          f"bundle with this version")
+    memory, want_memory = (manifest.get("feature_spec") or {}).get("memory_s"), (spec or FeatureSpec()).memory_s
+    if memory != want_memory:
+        trained = "absent (a bundle from before it existed: 7 days)" if memory is None else f"{memory} s"
+        raise BundleError(f"{bdir}: the models were trained on features whose sums decay with memory_s = {trained}; "
+                          f"this code computes them with {want_memory:g} s: train and export a bundle with "
+                          f"this version")
     data = {model: _read_listed(bdir, entry, f"model {model!r} file")
             for model, entry in manifest.get("models", {}).items()}
     items = _read_listed(bdir, manifest.get("item_table"), "item table")

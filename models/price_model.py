@@ -256,17 +256,15 @@ def fit_price_model(user: np.ndarray, item: np.ndarray, price_ratio: np.ndarray,
                     verbose: int = 0, feature_names: tuple[str, ...] | None = None) -> keras.Model:
     """Train on exposure rows; ``validation`` = (user, item, price_ratio, label) for early stopping and
     for the calibration of ``u``/``b`` (``model.calibration`` holds what it did, averaged over the
-    members). ``feature_names`` (the user columns) are needed when ``cfg.ignore`` names features."""
-    mask = None
-    if cfg.ignore:
-        if feature_names is None or len(feature_names) != user.shape[1]:
-            raise ValueError("cfg.ignore needs the names of the user feature columns")
-        mask = feature_mask(tuple(feature_names), cfg.ignore)
+    members). ``feature_names`` (the user columns) are needed when ``cfg.ignore`` or
+    ``cfg.slope_features`` name features."""
     if cfg.members < 1:
         raise ValueError(f"members must be at least 1, not {cfg.members}")
-    if cfg.slope_features and (feature_names is None or len(feature_names) != user.shape[1]):
-        raise ValueError("cfg.slope_features needs the names of the user feature columns")
-    sel = slope_columns(tuple(feature_names), cfg) if feature_names is not None else None
+    if (cfg.ignore or cfg.slope_features) and (feature_names is None or len(feature_names) != user.shape[1]):
+        raise ValueError("cfg.ignore and cfg.slope_features need the names of the user feature columns")
+    names = tuple(feature_names or ())
+    mask = feature_mask(names, cfg.ignore) if cfg.ignore else None
+    sel = slope_columns(names, cfg)
     um = user if mask is None else np.asarray(user, np.float32) * mask
     u0, b0 = pooled_start(um, item, price_ratio, label, seed=cfg.seed) if cfg.pooled_init else (0.0, 1.0)
     fits = [_fit_member(user, item, price_ratio, label, cfg, cfg.seed + k, u0, b0, mask, validation, verbose, sel)

@@ -11,9 +11,13 @@ for the user is folded in at its own event time (exact for every counter; recenc
 session depth follow the newest event only). An older event raises :class:`LateEvent`; the
 stream dead-letters it with that reason and leaves the state untouched.
 
+Sums that measure traits (the price level and price ratio of views and buys, ratings) decay the
+same way with their own, longer time constant ``FeatureSpec.memory_s`` (28 days): a user's price
+sensitivity does not change in a week, and every view of it is evidence.
+
 The ordered name list returned by :func:`feature_names` is the contract between ``models/``,
 ``export/`` and ``streams/``: the bundle manifest records it and the scorer refuses a bundle
-whose names differ.
+whose names differ, or whose ``memory_s`` differs (it changes values, not names).
 
 >>> spec = FeatureSpec()
 >>> s = new_state(spec)
