@@ -153,12 +153,14 @@ def build_price_model(user: np.ndarray, item: np.ndarray, cfg: PriceModelConfig 
         user = np.asarray(user, np.float32) * m
     u_norm.adapt(np.asarray(user, np.float32))
     i_norm.adapt(np.asarray(item, np.float32))
-    x = layers.Concatenate(name="features")([u_norm(u_x), i_norm(i_in)])  # [B, U + I] standardised
-    xb = u_norm(u_x) if cfg.b_user_only else x
+    ux = u_norm(u_x)  # one normalisation node, shared by both towers
+    x = layers.Concatenate(name="features")([ux, i_norm(i_in)])  # [B, U + I] standardised
     if slope_select is not None:  # a fixed 0/1 selection matrix: the slope towers read those columns only
         sel = layers.Dense(len(slope_select), use_bias=False, trainable=False, name="slope_select")
-        xb = sel(u_norm(u_x))
+        xb = sel(ux)
         sel.set_weights([np.eye(user.shape[1], dtype=np.float32)[:, slope_select]])
+    else:
+        xb = ux if cfg.b_user_only else x
     us, ts = [], []
     for k in range(members):
         pre = f"m{k}_" if members > 1 else ""
