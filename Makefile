@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 BROKER := $(PY) deploy/kafka/broker.py
 STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 
-.PHONY: help venv demo demo-homogeneous kafka-up kafka-down kafka-status kafka-logs topics settings test test-unit lint bench clean
+.PHONY: help venv demo demo-homogeneous kafka-up kafka-down kafka-status kafka-logs topics settings test test-fast test-unit lint bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -45,12 +45,16 @@ settings: venv  ## print the effective settings, secrets masked
 test: venv  ## everything: start the broker, create topics, unit + agent + integration tests, stop the broker
 	@bash deploy/run-tests.sh
 
-test-unit: venv  ## unit and agent tests only (no broker)
-	$(PY) -m pytest tests/unit tests/agents streams
+test-fast: venv  ## the fast lane (< 60 s): unit and agent tests and doctests, no broker, no model training
+	$(PY) -m pytest -q -m "not slow and not integration" tests/unit tests/agents streams models export
 
-lint:  venv ## ruff and mypy
+test-unit: venv  ## unit and agent tests and doctests, model training included (no broker)
+	$(PY) -m pytest tests/unit tests/agents streams models export
+
+lint:  venv ## ruff, mypy (strict on the worker's modules) and the dependency rule (README, Architecture)
 	$(PY) -m ruff check streams models export tests bench
-	$(PY) -m mypy streams
+	$(PY) -m mypy streams models export
+	$(PY) -m pytest -q -p no:cacheprovider tests/unit/test_architecture.py
 
 clean:  ## remove local state (broker data, models, reports); keeps the venv and the jar cache
 	-@$(BROKER) down 2>/dev/null

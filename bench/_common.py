@@ -56,7 +56,7 @@ def ensure_bundle(cache: Path = CACHE, log=print) -> Path:
 
 def make_catalog(n_items: int, seed: int = 0) -> list[CatalogItem]:
     """The simulated market's catalog (real price levels, costs and bands) with ``n_items`` items."""
-    from models.simulator import Market, MarketConfig
+    from models.lab.simulator import Market, MarketConfig
 
     return Market(MarketConfig(n_users=50, n_items=n_items, seed=seed)).catalog()
 

@@ -505,7 +505,7 @@ def run_config(args: argparse.Namespace, model_dir: Path, items: list[CatalogIte
     try:
         from kafka import KafkaProducer
 
-        from streams.source import publish
+        from streams.tools.source import publish
 
         kp = KafkaProducer(bootstrap_servers=s.kafka_bootstrap)
         publish(kp, s.topic_catalog, [(c.item_id.encode(), dumps(c)) for c in items])

@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from functools import partial
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from streams.pricing import (
     F,
@@ -20,7 +21,6 @@ from streams.pricing import (
     conversion,
     decide,
     decide_batch,
-    grid_price,
     round_into,
 )
 
@@ -58,6 +58,30 @@ def run_scalar(terms: Sequence[ItemTerms], a: F, b: F, prev: F, ts: F) -> None:
 def run_batch(items: ItemBatch, a: F, b: F, prev: F, ts: F) -> None:
     """One vectorised ``decide_batch`` call for all rows."""
     decide_batch(a, b, items, G, NOW, prev, ts)
+
+
+# the brute-force baseline the closed form is measured against (not a product path)
+def price_grid(lo: ArrayLike, hi: ArrayLike, points: int = 21) -> F:
+    """``points`` evenly spaced candidate prices per row over ``[lo, hi]``, shape ``(n, points)``."""
+    lo2, hi2 = np.atleast_1d(np.asarray(lo, np.float64)), np.atleast_1d(np.asarray(hi, np.float64))
+    grid = lo2[:, None] + (hi2 - lo2)[:, None] * np.linspace(0.0, 1.0, points)
+    return np.asarray(np.minimum(grid, hi2[:, None]), dtype=np.float64)
+
+
+def grid_price(
+    lo: ArrayLike, hi: ArrayLike, cost: ArrayLike, demand: Callable[[F], F], points: int = 21
+) -> tuple[F, F, F]:
+    """Argmax of expected profit on a price grid.
+
+    ``demand`` maps an ``(n, points)`` price grid to conversion probabilities of the same shape;
+    non-finite probabilities never win. Returns ``(price, conversion, profit)``, prices in band.
+    """
+    grid = price_grid(lo, hi, points)
+    probs = np.asarray(demand(grid), dtype=np.float64)
+    profit = (grid - np.atleast_1d(np.asarray(cost, np.float64))[:, None]) * probs
+    profit = np.where(np.isfinite(profit), profit, -np.inf)
+    rows, idx = np.arange(grid.shape[0]), np.argmax(profit, axis=1)
+    return grid[rows, idx], probs[rows, idx], profit[rows, idx]
 
 
 def run_grid(items: ItemBatch, a: F, b: F, prev: F, ts: F) -> None:

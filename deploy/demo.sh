@@ -124,12 +124,12 @@ MARKET_ARGS=(--train-dir "$VAR/train" --out "$VAR/run" --days "$DAYS" --duration
              --publish-catalog --run-id "$RUN" --warm-days "$WARM_DAYS")
 [[ -n ${DEMO_USERS:-} ]] && MARKET_ARGS+=(--users "$DEMO_USERS")
 # in the background + wait: a TERM to this script then reaches the trap at once
-"$PY" -m models.live_market "${MARKET_ARGS[@]}" &
+"$PY" -m models.lab.live_market "${MARKET_ARGS[@]}" &
 MARKET_PID=$!
 wait "$MARKET_PID"
 
 step 7 "evaluating the A/B test ..."
-"$PY" -m streams.evaluate --exposures "$VAR/run" --model-dir "$VAR/models" --report-dir "$REPORT"
+"$PY" -m models.lab.evaluate --exposures "$VAR/run" --model-dir "$VAR/models" --report-dir "$REPORT"
 echo
 echo "[demo] report: $REPORT/report.md (plots beside it); run data in $VAR"
 if [[ $HOMOGENEOUS == 1 ]]; then

@@ -327,4 +327,4 @@ def _read_listed(bdir: Path, entry: Any, what: str) -> bytes:
     if (digest := hashlib.sha256(raw).hexdigest()) != entry.get("sha256"):
         raise BundleError(f"{bdir / entry['file']}: sha256 {digest[:12]}... does not match the "
                           f"manifest's {str(entry.get('sha256'))[:12]}...: file altered or corrupt")
-    return raw
+    return bytes(raw)

@@ -16,9 +16,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 from .dataset import write_jsonl
-from .simulator import Market
+from .lab.simulator import Market, add_market_args, market_config
 from .train import main as train_main
-from .train import market_config
 
 
 def simulate_parser() -> argparse.ArgumentParser:
@@ -26,11 +25,8 @@ def simulate_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m models simulate", description="Write a simulated market history.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--out", type=Path, default=Path("artifacts/market"), help="output directory")
-    p.add_argument("--small", action="store_true", help="tiny market (300 users, 1 day)")
     p.add_argument("--no-gzip", action="store_true", help="write history.jsonl uncompressed")
-    for name, typ in (("n_users", int), ("n_items", int), ("days", float), ("heterogeneity", float),
-                      ("reveal", float), ("noise", float), ("seed", int)):
-        p.add_argument(f"--{name.replace('_', '-')}", type=typ, default=None)
+    add_market_args(p)
     return p
 
 

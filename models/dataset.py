@@ -22,7 +22,7 @@ from __future__ import annotations
 import gzip
 import math
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
@@ -30,12 +30,12 @@ import numpy as np
 from scipy.special import logit
 from tqdm import tqdm
 
+from streams.catalog import Catalog
 from streams.features import (
     FEATURE_NAMES,
     ITEM_FEATURE_NAMES,
     FeatureSpec,
     category_bucket,
-    category_levels,
     category_profile,
     feature_names,
     item_features,
@@ -102,19 +102,6 @@ class EventLog:
                    list(idx[1]), [e.event_id for e in evs])
 
 
-@dataclass
-class Catalog:
-    """The catalog in columns."""
-
-    items: list[CatalogItem]
-    index: dict[str, int] = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.index = {it.item_id: k for k, it in enumerate(self.items)}
-        self.base = np.array([it.base_price for it in self.items])
-        self.cost = np.array([it.unit_cost for it in self.items])
-
-
 # ---------------------------------------------------------------- JSONL files
 def _open(path: str | Path, mode: str) -> IO[bytes]:
     if str(path).endswith(".gz"):
@@ -148,7 +135,7 @@ def read_events(path: str | Path) -> list[ClickEvent]:
 def read_catalog(path: str | Path) -> Catalog:
     """The catalog from a JSONL file of CatalogItem records."""
     with _open(path, "r") as f:
-        return Catalog([parse_catalog(line) for line in f if line.strip()])
+        return Catalog.of(parse_catalog(line) for line in f if line.strip())
 
 
 # ---------------------------------------------------------------- training rows
@@ -180,11 +167,10 @@ class TrainingData:
 
 
 def _catalog_columns(log: EventLog, catalog: Catalog) -> tuple[list, list, list, list]:
-    """Per log item: base price, cost, category (None where the catalog lacks the item), row."""
-    rows = [catalog.index.get(i, -1) for i in log.item_ids]
-    its = catalog.items
-    return ([its[r].base_price if r >= 0 else None for r in rows], [its[r].unit_cost if r >= 0 else None for r in rows],
-            [its[r].category if r >= 0 else None for r in rows], rows)
+    """Per log item: base price, cost, category and level in category (None where the catalog lacks it)."""
+    its = [catalog.get(i) for i in log.item_ids]
+    return ([it.base_price if it else None for it in its], [it.unit_cost if it else None for it in its],
+            [it.category if it else None for it in its], [catalog.level(i) for i in log.item_ids])
 
 
 def build_rows(log: EventLog, catalog: Catalog, spec: FeatureSpec | None = None, *,
@@ -192,9 +178,7 @@ def build_rows(log: EventLog, catalog: Catalog, spec: FeatureSpec | None = None,
     """Replay ``log`` in event-time order and cut the three row sets (see the module docstring)."""
     spec = spec or FeatureSpec()
     order = np.argsort(log.ts, kind="stable")
-    base, cost, cat, crow = _catalog_columns(log, catalog)
-    levels = category_levels([it.category for it in catalog.items], [it.base_price for it in catalog.items])
-    level = [levels[r] if r >= 0 else None for r in crow]
+    base, cost, cat, level = _catalog_columns(log, catalog)
     n_views = int(np.sum(log.etype == VIEW))
     X = np.zeros((n_views, len(feature_names(spec))), np.float32)
     XI = np.zeros((n_views, len(ITEM_FEATURE_NAMES)), np.float32)
@@ -342,3 +326,18 @@ def fill_item_lift(data: TrainingData, train: np.ndarray, ch_train: np.ndarray, 
 
 
 assert FEATURE_NAMES == feature_names(FeatureSpec())
+
+
+# ---------------------------------------------------------------- time splits
+def holdout_mask(ts: np.ndarray, cutoff: float) -> np.ndarray:
+    """Rows at or after ``cutoff`` (event time) are the holdout."""
+    return np.asarray(ts >= cutoff)
+
+
+def split_rows(ts: np.ndarray, cutoff: float, val_frac: float = 0.1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Exposure masks ``(holdout, fit, validation)``: holdout = at or after ``cutoff``; validation (early
+    stopping) = the last ``val_frac`` of the training period; fit = the rest."""
+    hold = holdout_mask(ts, cutoff)
+    tr = ~hold
+    val = tr & (ts >= np.quantile(ts[tr], 1.0 - val_frac)) if tr.any() else tr
+    return hold, tr & ~val, val

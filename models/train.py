@@ -26,10 +26,21 @@ import numpy as np
 from scipy.stats import spearmanr
 from sklearn.metrics import log_loss, roc_auc_score
 
+from streams.catalog import Catalog
 from streams.features import FEATURE_NAMES, ITEM_FEATURE_NAMES, FeatureSpec
 
-from .dataset import LIFT, Catalog, EventLog, TrainingData, build_rows, fill_item_lift, read_catalog, read_events
-from .simulator import Market, MarketConfig
+from .dataset import (
+    LIFT,
+    EventLog,
+    TrainingData,
+    build_rows,
+    fill_item_lift,
+    holdout_mask,
+    read_catalog,
+    read_events,
+    split_rows,
+)
+from .lab.simulator import Market, add_market_args, market_config
 
 PARITY_ROWS = 10_000
 
@@ -75,20 +86,6 @@ def slope_level(b: np.ndarray, true_beta: np.ndarray) -> dict[str, float]:
 
 
 # ---------------------------------------------------------------- the run
-def holdout_mask(ts: np.ndarray, cutoff: float) -> np.ndarray:
-    """Rows at or after ``cutoff`` (event time) are the holdout."""
-    return np.asarray(ts >= cutoff)
-
-
-def split_rows(ts: np.ndarray, cutoff: float, val_frac: float = 0.1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Exposure masks ``(holdout, fit, validation)``: holdout = at or after ``cutoff``; validation (early
-    stopping) = the last ``val_frac`` of the training period; fit = the rest."""
-    hold = holdout_mask(ts, cutoff)
-    tr = ~hold
-    val = tr & (ts >= np.quantile(ts[tr], 1.0 - val_frac)) if tr.any() else tr
-    return hold, tr & ~val, val
-
-
 def _sample(n: int, k: int, rng: np.random.Generator) -> np.ndarray:
     return rng.permutation(n)[:k] if n >= k else rng.integers(0, n, k)
 
@@ -110,7 +107,7 @@ def train_all(log: EventLog, catalog: Catalog, out: Path, *, market: Market | No
     s_hold, c_hold = (holdout_mask(t, cutoff) for t in (data.sess_ts, data.ch_ts))
     lift = fill_item_lift(data, ~hold, ~c_hold)  # from the training period only: the holdout stays unseen
     seen = np.bincount(data.row_iid[~hold], minlength=len(data.item_ids)) > 0
-    item_table = {data.item_ids[k]: float(lift[k]) for k in np.flatnonzero(seen)}
+    item_table = {data.item_ids[int(k)]: float(lift[k]) for k in np.flatnonzero(seen)}
     cfg = price_cfg or pm.PriceModelConfig()
     cols = (data.user, data.item, data.price_ratio, data.label)
     t0 = time.perf_counter()
@@ -188,8 +185,8 @@ def _true_beta(market: Market | None, data: TrainingData) -> np.ndarray | None:
 
 def _policy_check(market: Market, price: Any, data: TrainingData, hold: np.ndarray) -> dict[str, Any]:
     """Expected profit per holdout exposure under the true demand: base, best uniform, oracle and the
-    production decision on the learned model (see :mod:`models.policy_eval`), with the efficiency."""
-    from .policy_eval import data_market_index, evaluate_policies
+    production decision on the learned model (see :mod:`models.lab.policy_eval`), with the efficiency."""
+    from .lab.policy_eval import data_market_index, evaluate_policies
 
     u, i = data_market_index(market, data)
     rep = evaluate_policies(market, price, data.user[hold], data.item[hold], u[hold], i[hold])
@@ -292,11 +289,7 @@ def parser() -> argparse.ArgumentParser:
     src.add_argument("--truth", type=Path, help="truth .npz from `python -m models simulate` (enables the "
                                                 "sensitivity and profit checks for --events)")
     sim = p.add_argument_group("simulated market knobs (used without --events)")
-    d = MarketConfig()
-    sim.add_argument("--small", action="store_true", help="tiny market (300 users, 1 day) for CI")
-    for name in ("n_users", "n_items", "days", "heterogeneity", "reveal", "noise", "seed"):
-        sim.add_argument(f"--{name.replace('_', '-')}", type=type(getattr(d, name)), default=None,
-                         help=f"default {getattr(d, name)}")
+    add_market_args(sim)
     tr = p.add_argument_group("training")
     tr.add_argument("--out", type=Path, default=Path("artifacts/model"), help="output directory")
     tr.add_argument("--holdout-days", type=float, default=None, help="time holdout (default 3, --small 0.25)")
@@ -315,14 +308,6 @@ def parser() -> argparse.ArgumentParser:
     tr.add_argument("--no-plots", action="store_true")
     tr.add_argument("--quiet", action="store_true", help="no progress bars or Keras logs")
     return p
-
-
-def market_config(args: argparse.Namespace) -> MarketConfig:
-    """The MarketConfig the knobs describe."""
-    cfg = MarketConfig.small() if args.small else MarketConfig()
-    kw = {k: getattr(args, k) for k in ("n_users", "n_items", "days", "heterogeneity", "reveal", "noise", "seed")
-          if getattr(args, k) is not None}
-    return replace(cfg, **kw)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -353,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
             knobs["market"] = asdict(market.cfg)
     else:
         market = Market(market_config(args))
-        log, catalog = market.simulate(), Catalog(market.catalog())
+        log, catalog = market.simulate(), Catalog.of(market.catalog())
         knobs = {"source": "simulated", "market": asdict(market.cfg)}
     load_s = time.perf_counter() - t0
     holdout = args.holdout_days if args.holdout_days is not None else (0.25 if args.small else 3.0)

@@ -11,18 +11,16 @@ import asyncio
 import logging
 import sys
 import time
-import weakref
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import faust
-from faust.streams import _current_event
 
 from .catalog import Catalog
+from .faust_compat import PricingApp, PricingTableManager, check_versions, topic_partitions, write_as_of
 from .pipeline import Pipeline, RawRecord
-from .recovery import PricingApp, PricingTableManager
 from .schemas import DeadLetter, SchemaError, dead_letter_bytes, parse_catalog
 from .scoring import BundleWatcher, DeterministicScorer, Scorer
 from .settings import Settings, cli_settings
@@ -63,6 +61,7 @@ def create_app(s: Settings, *, deterministic_scorer: bool = False,
 
     ``sender(topic, key, value)`` replaces the Kafka producer in agent tests.
     """
+    check_versions()
     app = PricingApp(
         s.app_id, broker=[f"kafka://{h}" for h in s.kafka_bootstrap.split(",")],
         broker_credentials=_credentials(s), store=s.store, datadir=str(s.data_dir),
@@ -70,7 +69,7 @@ def create_app(s: Settings, *, deterministic_scorer: bool = False,
         consumer_auto_offset_reset="earliest", web_enabled=False, broker_commit_every=1000,
         broker_commit_interval=1.0, producer_linger_ms=1,
         broker_session_timeout=s.session_timeout_s, broker_heartbeat_interval=min(3.0, s.session_timeout_s / 3),
-        TableManager=PricingTableManager,  # seek before resuming after recovery (streams/recovery.py)
+        TableManager=PricingTableManager,  # seek before resuming after recovery (streams/faust_compat.py)
     )
     app.fetch_max_wait_ms = s.fetch_max_wait_ms
     clicks = app.topic(s.topic_clickstream, partitions=s.partitions, key_type=bytes, value_type=bytes,
@@ -90,7 +89,7 @@ def create_app(s: Settings, *, deterministic_scorer: bool = False,
         return await app.producer.send(topic, key, value, None, None, None)
 
     @app.agent(clicks, name="clickstream")
-    async def price_clickstream(stream: faust.StreamT) -> None:
+    async def price_clickstream(stream: faust.StreamT[bytes]) -> None:
         await catalog_ready.wait()
         async for events in stream.take_events(s.batch_size, within=s.batch_within_s):  # type: ignore[attr-defined]
             # events: raw clickstream records of one batch, from any partitions we own
@@ -99,11 +98,7 @@ def create_app(s: Settings, *, deterministic_scorer: bool = False,
                                    lambda k: users.get(k.encode()))
             # one table write per user per batch, routed by the partition of its last event
             for ukey, (blob, i) in out.records.items():
-                token = _current_event.set(weakref.ref(events[i]))
-                try:
-                    users[ukey.encode()] = blob
-                finally:
-                    _current_event.reset(token)
+                write_as_of(users, ukey.encode(), blob, events[i])
             pending = [await send(s.topic_dead_letter, k, v) for k, v in out.dead_letters]
             pending += [await send(s.topic_prices, k, v) for k, v in out.prices]
             # at-least-once: the batch is acked (its offsets become committable) only after every
@@ -146,10 +141,7 @@ async def _follow_catalog(app: faust.App, s: Settings, catalog: Catalog, ready: 
     try:
         parts = None
         while not parts:
-            # partitions_for_topic reads the client's metadata cache: ask for this topic's metadata
-            consumer._client.set_topics([s.topic_catalog])
-            await consumer._client.force_metadata_update()
-            parts = consumer.partitions_for_topic(s.topic_catalog)
+            parts = await topic_partitions(consumer, s.topic_catalog)
             if not parts:
                 log.warning("catalog topic %r not found yet; waiting", s.topic_catalog)
                 await asyncio.sleep(2.0)

@@ -13,6 +13,7 @@ scoring.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,6 +44,14 @@ class Catalog:
         self._items: dict[str, CatalogItem] = {}
         self._columns: CatalogColumns | None = None
         self._n_buckets = n_buckets
+
+    @classmethod
+    def of(cls, items: Iterable[CatalogItem], n_buckets: int = FeatureSpec().n_buckets) -> Catalog:
+        """A catalog holding ``items`` (a later item replaces an earlier one with the same id)."""
+        cat = cls(n_buckets)
+        for it in items:
+            cat.put(it)
+        return cat
 
     def __len__(self) -> int:
         return len(self._items)

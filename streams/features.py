@@ -41,6 +41,27 @@ import orjson
 from .schemas import EVENT_TYPES, ClickEvent
 
 STATE_VERSION = 1
+
+
+class Sum:
+    """Named slots of :attr:`UserState.sums`: decayed with ``FeatureSpec.memory_s``, each a (sum, weight) pair.
+
+    The slots stay a flat list (compact on the changelog, one loop to decay); these names are
+    the only way the code reads or writes them. The order is the wire format of the state.
+    """
+
+    VIEW_W = 0          # views of items with a known base price
+    VIEW_RATIO = 1      # their shown price / base, summed
+    BUY_W = 2           # carts and purchases with a known base price
+    BUY_RATIO = 3       # their price / base, summed
+    VIEW_LOG_BASE = 4   # log base price of viewed items, summed
+    VIEW_LOG_BASE_W = 5
+    RATING = 6          # review ratings, summed
+    RATING_W = 7
+    VIEW_LEVEL = 8      # level of the viewed item within its category, summed
+    VIEW_LEVEL_W = 9
+
+
 N_SUMS = 10  # states written before the level-in-category sums had 8: decode pads them with zeros
 SEGMENTS = ("views", "clicks", "carts")  # decayed counts per category bucket, in this order
 _TYPE_INDEX = {t: i for i, t in enumerate(EVENT_TYPES)}
@@ -125,9 +146,7 @@ class UserState:
     t: float = -math.inf          # newest event time seen; counters are decayed to it
     prev_t: float = -math.inf     # event time of the event before the newest
     counts: list[float] = field(default_factory=list)   # len(windows) x len(EVENT_TYPES)
-    # sums decayed with FeatureSpec.memory_s: views with a known base price, their price/base,
-    # buys (cart or purchase) with a known base, their price/base, log base price of views, reviews,
-    # level in category of views (sum, weight)
+    # sums decayed with FeatureSpec.memory_s, in the slots that Sum names
     sums: list[float] = field(default_factory=lambda: [0.0] * N_SUMS)
     # decayed counts per category bucket, one block of n_buckets per SEGMENTS entry: views, clicks,
     # carts and purchases (a bought item counts twice there: its cart and its purchase)
@@ -181,19 +200,19 @@ def update(state: UserState, ev: ClickEvent, spec: FeatureSpec, *, base_price: f
     ratio = ev.price / base_price if base_price and base_price > 0 else None
     if ev.type == "view":
         if ratio is not None:  # the catalog's base price: what the user chose, not what we charged
-            s[0] += ws
-            s[1] += ws * ratio
-            s[4] += ws * math.log(base_price)  # type: ignore[arg-type]
-            s[5] += ws
+            s[Sum.VIEW_W] += ws
+            s[Sum.VIEW_RATIO] += ws * ratio
+            s[Sum.VIEW_LOG_BASE] += ws * math.log(base_price)  # type: ignore[arg-type]
+            s[Sum.VIEW_LOG_BASE_W] += ws
         if level is not None:
-            s[8] += ws * level
-            s[9] += ws
+            s[Sum.VIEW_LEVEL] += ws * level
+            s[Sum.VIEW_LEVEL_W] += ws
     elif ev.type in ("add_to_cart", "purchase") and ratio is not None:
-        s[2] += ws
-        s[3] += ws * ratio
+        s[Sum.BUY_W] += ws
+        s[Sum.BUY_RATIO] += ws * ratio
     elif ev.type == "review" and ev.rating is not None:
-        s[6] += ws * ev.rating
-        s[7] += ws
+        s[Sum.RATING] += ws * ev.rating
+        s[Sum.RATING_W] += ws
     if category is not None and ev.type != "review":
         seg = 0 if ev.type == "view" else 1 if ev.type == "click" else 2
         state.buckets[seg * spec.n_buckets + category_bucket(category, spec.n_buckets)] += wl
@@ -218,10 +237,10 @@ def user_features(state: UserState, spec: FeatureSpec, now: float) -> list[float
     gap = state.t - state.prev_t if state.prev_t > -math.inf else 0.0
     out += [math.log1p(min(gap, 30 * 86400.0)), math.log1p(state.depth)]
     s = state.sums
-    view_ratio = (s[1] + 1.0) / (s[0] + 1.0)
-    buy_ratio = (s[3] + view_ratio) / (s[2] + 1.0)
-    out += [view_ratio, buy_ratio - view_ratio, s[4] / (s[5] + 1.0), s[8] / (s[9] + 1.0),
-            (s[6] + 3.0) / (s[7] + 1.0)]
+    view_ratio = (s[Sum.VIEW_RATIO] + 1.0) / (s[Sum.VIEW_W] + 1.0)
+    buy_ratio = (s[Sum.BUY_RATIO] + view_ratio) / (s[Sum.BUY_W] + 1.0)
+    out += [view_ratio, buy_ratio - view_ratio, s[Sum.VIEW_LOG_BASE] / (s[Sum.VIEW_LOG_BASE_W] + 1.0),
+            s[Sum.VIEW_LEVEL] / (s[Sum.VIEW_LEVEL_W] + 1.0), (s[Sum.RATING] + 3.0) / (s[Sum.RATING_W] + 1.0)]
     per_bucket = state.buckets[:spec.n_buckets]  # views
     total = sum(per_bucket)
     out += [b / (total + 1.0) for b in per_bucket]

@@ -13,7 +13,6 @@ and a table reader in, and writes back what comes out. A batch goes through thes
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 from collections import Counter
@@ -35,7 +34,16 @@ from .features import (
 )
 from .pricing import Guardrails, ItemBatch, conversion, decide_batch, reason_names
 from .privacy import UserHasher
-from .schemas import ClickEvent, DeadLetter, PriceEvent, SchemaError, dead_letter_bytes, dumps, parse_click
+from .schemas import (
+    ClickEvent,
+    DeadLetter,
+    PriceEvent,
+    SchemaError,
+    dead_letter_bytes,
+    decision_id,
+    dumps,
+    parse_click,
+)
 from .scoring import Scorer
 from .settings import Settings
 from .state import UserRecord, decode_record, encode_record, new_record
@@ -72,11 +80,6 @@ class _Trigger:
     features: list[float]
     buckets: list[float]  # a copy of the state's category counts at the event
     replay: bool  # already applied before a crash: re-send its prices, change no state
-
-
-def decision_id(event_id: str, item_id: str) -> str:
-    """Stable id of the decision for (event, item): a replayed event yields the same id."""
-    return hashlib.blake2b(f"{event_id}\x1f{item_id}".encode(), digest_size=12).hexdigest()
 
 
 class Pipeline:
@@ -201,11 +204,11 @@ class Pipeline:
         item_x = self._item_x(scorer, profiles, tk, ij)
         a, b, _ = scorer.price(users[tk], item_x, np.ones(len(rows), np.float32))
         prev = [trig[k].record.prices.get(cols.ids[j]) for k, j in rows]
-        # rows have different event times: pass the age of each previous price as -prev_ts, now 0
+        # each row is decided at its own trigger's event time
         dec = decide_batch(a, b, ItemBatch(base, cost, cols.min_price[ij], cols.max_price[ij]), self.guardrails,
-                           now_ts=0.0, prev_price=np.array([p[0] if p else math.nan for p in prev]),
-                           prev_ts=np.array([(p[1] - trig[k].ev.ts) if p else -math.inf
-                                             for (k, _), p in zip(rows, prev, strict=True)]))
+                           now_ts=np.array([trig[k].ev.ts for k, _ in rows]),
+                           prev_price=np.array([p[0] if p else math.nan for p in prev]),
+                           prev_ts=np.array([p[1] if p else -math.inf for p in prev]))
         base_conv = conversion(a, b, base, base)
         arms = [assign_arm(t.user_key, self.s.experiment_salt, self.s.treatment_share) for t in trig]
         for r, (k, j) in enumerate(rows):

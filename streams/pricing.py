@@ -31,7 +31,7 @@ from __future__ import annotations
 import enum
 import functools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -95,29 +95,6 @@ def optimal_price(a: ArrayLike, b: ArrayLike, base: ArrayLike, cost: ArrayLike) 
         c = np.asarray(cost, dtype=np.float64)
         w = lambertw_exp(np.asarray(a) - bp * c - 1.0)
         return np.asarray(c + (1.0 + w) / bp, dtype=np.float64)
-
-
-def price_grid(lo: ArrayLike, hi: ArrayLike, points: int = 21) -> F:
-    """``points`` evenly spaced candidate prices per row over ``[lo, hi]``, shape ``(n, points)``."""
-    lo2, hi2 = np.atleast_1d(np.asarray(lo, np.float64)), np.atleast_1d(np.asarray(hi, np.float64))
-    grid = lo2[:, None] + (hi2 - lo2)[:, None] * np.linspace(0.0, 1.0, points)
-    return np.asarray(np.minimum(grid, hi2[:, None]), dtype=np.float64)
-
-
-def grid_price(
-    lo: ArrayLike, hi: ArrayLike, cost: ArrayLike, demand: Callable[[F], F], points: int = 21
-) -> tuple[F, F, F]:
-    """Grid fallback for demand curves of any shape: argmax of expected profit on a price grid.
-
-    ``demand`` maps an ``(n, points)`` price grid to conversion probabilities of the same shape;
-    non-finite probabilities never win. Returns ``(price, conversion, profit)``, prices in band.
-    """
-    grid = price_grid(lo, hi, points)
-    probs = np.asarray(demand(grid), dtype=np.float64)
-    profit = (grid - np.atleast_1d(np.asarray(cost, np.float64))[:, None]) * probs
-    profit = np.where(np.isfinite(profit), profit, -np.inf)
-    rows, idx = np.arange(grid.shape[0]), np.argmax(profit, axis=1)
-    return grid[rows, idx], probs[rows, idx], profit[rows, idx]
 
 
 class Reason(enum.IntFlag):
@@ -234,9 +211,14 @@ class BatchDecision(NamedTuple):
     reasons: NDArray[np.int64]
 
 
-def band_batch(items: ItemBatch, g: Guardrails, now_ts: float = 0.0,
+def band_batch(items: ItemBatch, g: Guardrails, now_ts: float | F = 0.0,
                prev_price: F | None = None, prev_ts: F | None = None) -> BandBatch:
-    """Allowed price bands per row (``prev_price`` nan = no previous price)."""
+    """Allowed price bands per row (``prev_price`` nan = no previous price).
+
+    ``now_ts`` is the decision's event time, one for all rows or one per row (rows of a batch
+    come from triggers at different times); a previous price within ``max_step_window_s`` of it
+    limits the step.
+    """
     n = items.base_price.shape[0]
     lo, hi = items.min_price.copy(), items.max_price.copy()
     lo_r = np.full(n, int(Reason.CLIP_MIN_PRICE), np.int64)
@@ -267,7 +249,7 @@ def round_into(price: F, lo: F, hi: F) -> F:
     return np.asarray(np.clip(cents, lo, hi), dtype=np.float64)
 
 
-def decide_batch(a: ArrayLike, b: ArrayLike, items: ItemBatch, g: Guardrails, now_ts: float = 0.0,
+def decide_batch(a: ArrayLike, b: ArrayLike, items: ItemBatch, g: Guardrails, now_ts: float | F = 0.0,
                  prev_price: F | None = None, prev_ts: F | None = None) -> BatchDecision:
     """Guarded profit-optimal prices for a batch of model outputs ``(a, b)``, one row per item."""
     a_, b_ = np.asarray(a, np.float64), np.asarray(b, np.float64)

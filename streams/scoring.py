@@ -99,12 +99,12 @@ class OnnxScorer:
                 widths = [(0, 0), (0, pad)] + [(0, 0)] * (feed[key].ndim - 2)
                 feed[key] = np.pad(feed[key], widths, constant_values=1.0 if key == "price_ratio" else 0.0)
         (probs,) = self._rec.run(["probs"], feed)
-        return probs[:, :k].astype(np.float64)
+        return np.asarray(probs[:, :k], np.float64)
 
     def propensity(self, user: ArrayLike) -> F:
         """See :meth:`Scorer.propensity`: P(class 1) of the user model."""
         (proba,) = self._user.run(["probabilities"], {"X": _f32(user, 2, "user", (self._u,))})
-        return proba[:, 1].astype(np.float64)
+        return np.asarray(proba[:, 1], np.float64)
 
     def item_lift(self, item_ids: Sequence[str]) -> F:
         """See :meth:`Scorer.item_lift`: the bundle's item table."""
@@ -145,7 +145,7 @@ class DeterministicScorer:
         util = np.where(real, util, -np.inf)
         top = np.max(util, axis=1, keepdims=True)
         e = np.where(real, np.exp(util - np.where(np.isfinite(top), top, 0.0)), 0.0)
-        return e / np.maximum(e.sum(axis=1, keepdims=True), 1e-300)
+        return np.asarray(e / np.maximum(e.sum(axis=1, keepdims=True), 1e-300), np.float64)
 
     def propensity(self, user: ArrayLike) -> F:
         """See :meth:`Scorer.propensity`."""

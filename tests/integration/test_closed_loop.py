@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from streams.evaluate import load_exposure_log
 from streams.settings import Settings, load_settings
+from streams.tools.evaluate import load_exposure_log
 from streams.topics import ensure_topics
 
 REPO = Path(__file__).resolve().parents[2]
@@ -63,7 +63,7 @@ def test_closed_loop_run_is_priced_within_guardrails_and_evaluated(
     s, env = loop_env
     train_dir = model_dir.parent / "train"
     out = tmp_path / "run"
-    run(["-m", "models.live_market", "--train-dir", str(train_dir), "--out", str(out), "--days", "1",
+    run(["-m", "models.lab.live_market", "--train-dir", str(train_dir), "--out", str(out), "--days", "1",
          "--duration", "45", "--publish-catalog", "--wait-ready", "120"], env, timeout=300)
 
     meta = json.loads((out / "meta.json").read_text())
@@ -75,7 +75,7 @@ def test_closed_loop_run_is_priced_within_guardrails_and_evaluated(
     assert len(pur.user) > 0
 
     # every shown price inside the guardrails: +-20 % of base, the item's bounds, margin floor
-    from models.simulator import Market, MarketConfig
+    from models.lab.simulator import Market, MarketConfig
 
     market = Market(MarketConfig(**meta["market"]))
     priced = exp.arm != "none"
@@ -89,7 +89,7 @@ def test_closed_loop_run_is_priced_within_guardrails_and_evaluated(
 
     # the exposure-log evaluation writes the report
     report = tmp_path / "report"
-    shown = run(["-m", "streams.evaluate", "--exposures", str(out), "--model-dir", str(model_dir),
+    shown = run(["-m", "models.lab.evaluate", "--exposures", str(out), "--model-dir", str(model_dir),
                  "--report-dir", str(report), "--bootstrap", "300"], env, timeout=300).stdout
     assert "lift of treatment over control" in shown and "efficiency" in shown
     for name in ("report.md", "result.json", "lift.png", "prices.png", "fairness.png", "conversion.png", "demand.png"):
@@ -98,7 +98,7 @@ def test_closed_loop_run_is_priced_within_guardrails_and_evaluated(
     assert result["arms"]["treatment"]["users"] > 0 and result["arms"]["control"]["users"] > 0
 
     # the generic path (topics only) sees the same exposures and purchases
-    kafka = json.loads(run(["-m", "streams.evaluate", "--kafka", "--train-dir", str(train_dir), "--no-report",
+    kafka = json.loads(run(["-m", "models.lab.evaluate", "--kafka", "--train-dir", str(train_dir), "--no-report",
                             "--json", "--bootstrap", "300"], env, timeout=300).stdout)
     assert kafka["counts"]["exposures"] == result["counts"]["exposures"]
     assert kafka["counts"]["purchases_in"] == result["counts"]["purchases_in"]
@@ -116,7 +116,7 @@ def test_warm_up_history_is_consumed_before_the_loop_starts(
 
     s, env = loop_env
     out = tmp_path / "run"
-    run(["-m", "models.live_market", "--train-dir", str(model_dir.parent / "train"), "--out", str(out),
+    run(["-m", "models.lab.live_market", "--train-dir", str(model_dir.parent / "train"), "--out", str(out),
          "--days", "0.1", "--duration", "8", "--warm-days", "0.5", "--publish-catalog", "--wait-ready", "120"],
         env, timeout=300)
     meta = json.loads((out / "meta.json").read_text())
@@ -140,9 +140,9 @@ def test_warm_up_history_is_consumed_before_the_loop_starts(
     admin.close()
     assert sum(om.offset for tp, om in committed.items() if tp.topic == s.topic_clickstream) >= warm["events"]
     # the topics-only evaluation, windowed at the loop's start, sees the loop's exposures, not the history
-    whole = json.loads(run(["-m", "streams.evaluate", "--kafka", "--no-report", "--json", "--bootstrap", "50"],
+    whole = json.loads(run(["-m", "streams.tools.evaluate_cmd", "--kafka", "--no-report", "--json", "--bootstrap", "50"],
                            env, timeout=300).stdout)
-    windowed = json.loads(run(["-m", "streams.evaluate", "--kafka", "--since", str(meta["sim_start"]), "--no-report",
+    windowed = json.loads(run(["-m", "streams.tools.evaluate_cmd", "--kafka", "--since", str(meta["sim_start"]), "--no-report",
                                "--json", "--bootstrap", "50"], env, timeout=300).stdout)
     assert windowed["counts"]["exposures"] == len(exposures) == meta["views"]
     assert whole["counts"]["exposures"] > windowed["counts"]["exposures"]

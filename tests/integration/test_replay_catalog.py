@@ -15,10 +15,9 @@ import orjson
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-from streams.pipeline import decision_id
-from streams.schemas import PriceEvent, dumps, parse_catalog, parse_click, parse_dead_letter, parse_price
+from streams.schemas import PriceEvent, decision_id, dumps, parse_catalog, parse_click, parse_dead_letter, parse_price
 from streams.settings import load_settings
-from streams.source import csv_records, publish
+from streams.tools.source import csv_records, publish
 from streams.topics import ensure_topics
 
 REPO = Path(__file__).resolve().parents[2]
@@ -46,7 +45,7 @@ def read_all(bootstrap: str, topic: str, n: int) -> list:
 
 def test_replay_a_public_csv_keyed_by_user_in_order(bootstrap: str, topic_factory) -> None:
     clicks, catalog = topic_factory(1, prefix="replay"), topic_factory(1, prefix="catalog")
-    done = cli("streams.replay", bootstrap, str(SAMPLE), "--topic", clicks, "--catalog-topic", catalog,
+    done = cli("streams.tools.replay", bootstrap, str(SAMPLE), "--topic", clicks, "--catalog-topic", catalog,
                "--emit-catalog", "--rate", "500", "--no-progress", "--json")
     assert done.returncode == 0, done.stderr
     summary = orjson.loads(done.stdout)
@@ -76,7 +75,7 @@ def test_catalog_apply_is_idempotent_across_duplicates_and_replays(bootstrap: st
     producer = KafkaProducer(bootstrap_servers=bootstrap)
     records = [(e.user_id.encode(), dumps(e)) for e in first] + [(b"u1", b'{"not": "a price"}')]
     assert publish(producer, topic, records).failed == 0
-    done = cli("streams.catalog_apply", bootstrap, "--once", "--db", str(db), "--topic", topic, "--group", group)
+    done = cli("streams.tools.catalog_apply", bootstrap, "--once", "--db", str(db), "--topic", topic, "--group", group)
     assert done.returncode == 0, done.stderr
     assert "applied=3, duplicate=1, stale=1, invalid={'UNKNOWN_FIELD': 1}" in done.stderr
     with sqlite3.connect(db) as conn:
@@ -87,7 +86,7 @@ def test_catalog_apply_is_idempotent_across_duplicates_and_replays(bootstrap: st
     # a replay of everything, with a changed price under an old decision_id: still no change
     assert publish(producer, topic, [(e.user_id.encode(), dumps(replace(e, price=1.0))) for e in first]).failed == 0
     producer.close()
-    again = cli("streams.catalog_apply", bootstrap, "--once", "--db", str(db), "--topic", topic, "--group", group)
+    again = cli("streams.tools.catalog_apply", bootstrap, "--once", "--db", str(db), "--topic", topic, "--group", group)
     assert again.returncode == 0, again.stderr
     assert "applied=0, duplicate=5, stale=0, invalid={}" in again.stderr  # committed offsets: only the replay
     with sqlite3.connect(db) as conn:
@@ -127,14 +126,14 @@ def test_public_csv_priced_end_to_end_and_applied(bootstrap: str, admin, model_d
     run = lambda module, *a: subprocess.run([sys.executable, "-m", module, *a], cwd=REPO, env=env,  # noqa: E731
                                             capture_output=True, text=True, timeout=120)
     # the catalog first (the worker reads it whole at start), then the clicks once the worker runs
-    done = run("streams.replay", str(SAMPLE), "--emit-catalog", "--limit", "0", "--no-progress")
+    done = run("streams.tools.replay", str(SAMPLE), "--emit-catalog", "--limit", "0", "--no-progress")
     assert done.returncode == 0, done.stderr
     log = tmp_path / "worker.log"
     worker = subprocess.Popen([sys.executable, "-m", "streams.app"], env=env, cwd=REPO, stdout=log.open("wb"),
                               stderr=subprocess.STDOUT)
     tail = lambda: "\n".join(log.read_text(errors="replace").splitlines()[-40:])  # noqa: E731
     try:
-        done = run("streams.replay", str(SAMPLE), "--rate", "200", "--no-progress")
+        done = run("streams.tools.replay", str(SAMPLE), "--rate", "200", "--no-progress")
         assert done.returncode == 0, done.stderr
         records = [r for r in csv_records(SAMPLE) if not r.skip]
         valid = [parse_click(r.payload(), now=time.time()) for r in records if not r.invalid]
@@ -152,7 +151,7 @@ def test_public_csv_priced_end_to_end_and_applied(bootstrap: str, admin, model_d
     assert all(r.key == parse_price(r.value).user_id.encode() for r in prices)
     # and the catalog side applies them: one row per (user, item) priced
     db = tmp_path / "catalog.sqlite"
-    done = run("streams.catalog_apply", "--once", "--db", str(db), "--group", f"apply-{tag}")
+    done = run("streams.tools.catalog_apply", "--once", "--db", str(db), "--group", f"apply-{tag}")
     assert done.returncode == 0, done.stderr
     with sqlite3.connect(db) as conn:
         pairs = set(conn.execute("SELECT user_id, item_id FROM personal_prices").fetchall())

@@ -22,12 +22,11 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 
 from export.bundle import read_current
 from streams.features import FeatureSpec, category_levels, new_state, update
-from streams.pipeline import decision_id
 from streams.privacy import UserHasher
-from streams.schemas import CatalogItem, ClickEvent, dumps, parse_dead_letter, parse_price
+from streams.schemas import CatalogItem, ClickEvent, decision_id, dumps, parse_dead_letter, parse_price
 from streams.settings import Settings, load_settings
-from streams.source import keyed, publish
 from streams.state import decode_record
+from streams.tools.source import keyed, publish
 from streams.topics import ensure_topics
 
 REPO = Path(__file__).resolve().parents[2]
@@ -181,15 +180,23 @@ def read_all(s: Settings, topic: str) -> list:
     return records
 
 
-def final_states(s: Settings) -> dict[bytes, bytes]:
-    """Latest value per key of the worker's user-table changelog (after it settles)."""
+def final_states(s: Settings, ref: dict[bytes, object], timeout: float = 60.0) -> dict[bytes, bytes]:
+    """Latest value per key of the worker's user-table changelog, once every user of ``ref`` is there
+    with its newest event folded in (or what is there after ``timeout``: the caller's asserts say what is off)."""
     topic = f"{s.app_id}-users-changelog"
-    time.sleep(3.0)  # the worker commits and flushes every second
-    recs = read_all(s, topic)
-    latest: dict[bytes, bytes] = {}
-    for r in sorted(recs, key=lambda r: (r.partition, r.offset)):
-        latest[r.key] = r.value
-    return latest
+    deadline = time.monotonic() + timeout
+    while True:
+        latest: dict[bytes, bytes] = {}
+        for r in sorted(read_all(s, topic), key=lambda r: (r.partition, r.offset)):
+            latest[r.key] = r.value
+        done = all(k in latest and _clock(decode_record(latest[k]).features) == _clock(st) for k, st in ref.items())
+        if done or time.monotonic() > deadline:
+            return latest
+        time.sleep(0.2)
+
+
+def _clock(state: object) -> tuple:
+    return state.t, state.prev_t, state.session, state.depth
 
 
 def reference_features(s: Settings, evs: list[ClickEvent]) -> dict[bytes, object]:
@@ -265,8 +272,8 @@ def test_kill_9_and_restart_loses_nothing(deployment) -> None:
     assert not (want <= ids(read_all(s, s.topic_prices))), "killed too late to test"
     worker = start("a")  # same data dir: rocksdb state plus changelog recovery
     read_topic(s, s.topic_prices, lambda r: want <= ids(r), 180, worker.tail)
-    states = final_states(s)
     ref = reference_features(s, evs)
+    states = final_states(s, ref)
     assert set(states) == set(ref)
     for key, blob in states.items():
         assert_same_features(decode_record(blob).features, ref[key])
@@ -290,8 +297,8 @@ def test_two_workers_share_partitions_and_take_over(deployment) -> None:
     read_topic(s, s.topic_prices, lambda r: want2 <= {parse_price(x.value).decision_id for x in r}, 180, a.tail)
     assert owned_partitions(a, s.topic_clickstream) == {0, 1, 2, 3}
     # the survivor took over b's partitions and their state: every user's features include all events
-    states = final_states(s)
     ref = reference_features(s, first + second)
+    states = final_states(s, ref)
     assert set(states) == set(ref)
     for key, blob in states.items():
         assert_same_features(decode_record(blob).features, ref[key])
@@ -312,7 +319,11 @@ def test_newer_bundle_is_picked_up_without_restart_or_gap(deployment, models_cop
         subprocess.run([sys.executable, *cmd], cwd=REPO, check=True, capture_output=True, timeout=600)
     new = read_current(models_copy)
     assert new != old
-    time.sleep(3.0)  # > PRICING_MODEL_RELOAD_S: the worker swaps on its next check
+    # the worker checks CURRENT every PRICING_MODEL_RELOAD_S and logs the swap: wait for that line
+    deadline = time.monotonic() + 60
+    while f"model bundle {old} -> {new}" not in worker.log.read_text() and time.monotonic() < deadline:
+        assert worker.alive(), worker.tail()
+        time.sleep(0.2)
     second = make_events(n_users=10, per_user=6, start=100)
     send_events(s, [dumps(e) for e in second])
     want2 = expected_ids(s, second)

@@ -7,8 +7,8 @@ from dataclasses import replace
 
 import pytest
 
-from streams.catalog_apply import apply_batch, connect
 from streams.schemas import PriceEvent, dumps
+from streams.tools.catalog_apply import apply_batch, connect
 
 
 def price(decision_id: str, ts: float, value: float, user: str = "u1", item: str = "i1") -> PriceEvent:

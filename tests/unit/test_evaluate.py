@@ -9,14 +9,13 @@ import numpy as np
 import orjson
 import pytest
 
-from models.live_market import SimClock, session_schedule
-from models.simulator import Market, MarketConfig
-from streams.evaluate import (
+from models.lab.live_market import SimClock, session_schedule
+from models.lab.simulator import Market, MarketConfig
+from streams.tools.evaluate import (
     Exposures,
     Purchases,
     arm_stats,
     attribute,
-    delta_lift_ci,
     efficiency,
     evaluate,
     fairness,
@@ -90,19 +89,15 @@ def test_lift_intervals_cover_the_true_lift() -> None:
     """Known lift: treatment profit per user = 1.2 x control (conversion 0.12 vs 0.10, same margin)."""
     rng = np.random.default_rng(7)
     true_lift = 0.12 / 0.10 - 1.0
-    hits_boot = hits_delta = 0
+    hits_boot = 0
     reps = 120
     for r in range(reps):
         c = synthetic_arm(rng, "c", 400, 0.10, 5.0)
         t = synthetic_arm(rng, "t", 400, 0.12, 5.0)
         lo, _, hi = lift(arm_stats(t, "treatment", reps=400, seed=r), arm_stats(c, "control", reps=400, seed=r + 999))
         hits_boot += lo <= true_lift <= hi
-        pc, pt = (np.bincount(np.unique(x.user, return_inverse=True)[1], x.profit) for x in (c, t))
-        dlo, _, dhi = delta_lift_ci(pt, pc)
-        hits_delta += dlo <= true_lift <= dhi
     # nominal 95 %: with 120 replications, anything in [0.88, 0.995] is consistent
     assert 0.88 <= hits_boot / reps <= 1.0, hits_boot / reps
-    assert 0.88 <= hits_delta / reps <= 1.0, hits_delta / reps
 
 
 def test_arm_stats_are_per_user_means() -> None:
@@ -197,8 +192,8 @@ def test_exposure_log_roundtrip_and_report(tmp_path: Path, market: Market) -> No
         **MarketConfig.small(seed=4).__dict__}}).decode())
     exp, pur, meta = load_exposure_log(tmp_path)
     assert len(exp) == 400 and len(pur.user) == sum(r["bought"] for r in rows)
-    from streams.evaluate import market_of
-    from streams.report import text_table, write_report
+    from models.lab.evaluate import market_of
+    from streams.tools.report import text_table, write_report
 
     m = market_of(meta)
     ev = evaluate(exp, pur, window_s=3600.0, market=m, reps=200)

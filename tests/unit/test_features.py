@@ -171,3 +171,14 @@ def test_state_written_before_the_level_sums_still_decodes() -> None:
     assert s.sums == [1.0] * 8 + [0.0, 0.0]
     assert s.buckets == [0.0] * (3 * SPEC.n_buckets)  # 8 view buckets hashed otherwise: reset
     assert len(user_features(s, SPEC, now=6.0)) == len(FEATURE_NAMES)
+
+
+def test_sum_slots_are_named_once_each_and_fill_the_state() -> None:
+    from streams.features import N_SUMS, Sum, new_state, update
+
+    slots = {k: v for k, v in vars(Sum).items() if k.isupper()}
+    assert sorted(slots.values()) == list(range(N_SUMS))  # every slot named, none twice
+    s = new_state(SPEC)
+    update(s, ClickEvent("e", 10.0, "u", "s", "review", "i", 5.0, rating=4.0), SPEC)
+    assert s.sums[Sum.RATING] == 4.0 and s.sums[Sum.RATING_W] == 1.0
+    assert sum(s.sums) == 5.0  # a review touches its own two slots only

@@ -10,13 +10,14 @@ import numpy as np
 import orjson
 import pytest
 
-from models.live_market import LoopConfig
-from models.loop_sim import InProcessMarket
-from models.simulator import Market, MarketConfig
-from streams.evaluate import evaluate, load_exposure_log, market_of
+from models.lab.evaluate import market_of
+from models.lab.live_market import LoopConfig
+from models.lab.loop_sim import InProcessMarket
+from models.lab.simulator import Market, MarketConfig
 from streams.pricing import Guardrails
 from streams.scoring import DeterministicScorer
 from streams.settings import load_settings
+from streams.tools.evaluate import evaluate, load_exposure_log
 
 
 def run(tmp: Path, **loop: object) -> tuple[InProcessMarket, dict[str, object]]:

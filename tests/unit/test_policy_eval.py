@@ -6,14 +6,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from models.policy_eval import (
+from models.lab.policy_eval import (
     decide_prices,
     evaluate_policies,
     oracle_prices,
     profit_table,
     uniform_policy_prices,
 )
-from models.simulator import Market, MarketConfig
+from models.lab.simulator import Market, MarketConfig
 from streams.features import FEATURE_NAMES
 from streams.pricing import Guardrails, ItemBatch, band_batch, decide_batch
 
@@ -84,13 +84,13 @@ def test_learned_policy_is_decide_batch_inside_the_guardrails(market: Market,
 
 def test_homogeneous_market_learned_policy_does_no_harm() -> None:
     from models import price_model as pm
-    from models.dataset import Catalog, build_rows
-    from models.policy_eval import data_market_index
-    from models.train import split_rows
+    from models.dataset import build_rows, split_rows
+    from models.lab.policy_eval import data_market_index
+    from streams.catalog import Catalog
 
     m = Market(MarketConfig.small(n_users=1500, n_items=60, heterogeneity=0.0, days=2.0))
     log = m.simulate()
-    data = build_rows(log, Catalog(m.catalog()))
+    data = build_rows(log, Catalog.of(m.catalog()))
     hold, fit, val = split_rows(data.row_ts, float(log.ts.max()) - 0.5 * 86400.0)
     cols = (data.user, data.item, data.price_ratio, data.label)
     model = pm.fit_price_model(*(c[fit] for c in cols), cfg=pm.PriceModelConfig(epochs=4),

@@ -18,10 +18,10 @@ from streams.pricing import (
     ItemTerms,
     Reason,
     band,
+    band_batch,
     conversion,
     decide,
     decide_batch,
-    grid_price,
     lambertw0,
     lambertw_exp,
     optimal_price,
@@ -100,16 +100,6 @@ def test_optimal_price_matches_dense_grid_search() -> None:
         ref = minimize_scalar(lambda p: -float(profit(np.array([p]))[0]), method="bounded",
                               bounds=(cost, cost + 200 * base / b), options={"xatol": 1e-10})
         assert abs(ref.x - exact) <= 1e-6 * exact
-
-
-def test_grid_price_agrees_with_exact_optimum_and_ignores_nan() -> None:
-    a, b, base, cost = np.array([2.0]), np.array([3.0]), np.array([10.0]), np.array([6.0])
-    logit = lambda p: conversion(a[:, None], b[:, None], 10.0, p)  # noqa: E731
-    price, conv, profit = grid_price([5.0], [20.0], cost, logit, 1501)
-    assert abs(price[0] - optimal_price(a, b, base, cost)[0]) <= 0.01
-    assert conv[0] == pytest.approx(conversion(a, b, base, price)[0])
-    spiky = grid_price([5.0], [20.0], [0.0], lambda p: np.where(p > 19, np.nan, 0.5), 21)
-    assert spiky[0][0] <= 19 and np.isfinite(spiky[2][0])
 
 
 def test_conversion_decreases_in_price() -> None:
@@ -245,3 +235,13 @@ def test_hundred_thousand_random_model_outputs_stay_inside_their_bands() -> None
     valid = (d.reasons & Reason.MODEL_INVALID) == 0
     assert np.all(np.isfinite(d.expected_profit[valid]))
     assert np.all((d.expected_conversion[valid] >= 0) & (d.expected_conversion[valid] <= 1))
+
+
+def test_each_row_is_decided_at_its_own_event_time() -> None:
+    # two rows with the same previous price at t=1000: one decided 10 s later (step limit holds),
+    # one 2 h later (window passed, no step limit); per-row now_ts, no shifting of times
+    g = Guardrails(max_deviation=0.5, margin_floor=0.0, max_step=0.05, max_step_window_s=3600.0)
+    items = ItemBatch.of([ItemTerms("sku", 10.0, 1.0, 1.0, 100.0)] * 2)
+    bd = band_batch(items, g, np.array([1010.0, 8200.0]), np.array([10.0, 10.0]), np.array([1000.0, 1000.0]))
+    assert (bd.lo[0], bd.hi[0]) == pytest.approx((9.5, 10.5))
+    assert (bd.lo[1], bd.hi[1]) == pytest.approx((5.0, 15.0))

@@ -10,9 +10,9 @@ import kafka
 import orjson
 import pytest
 
-from streams.replay import Schedule, Summary, main, replay
 from streams.schemas import ClickEvent, dumps, parse_catalog, parse_click
-from streams.source import Record, csv_records, derive_catalog, jsonl_records, map_public_row, parse_event_time
+from streams.tools.replay import Schedule, Summary, main, replay
+from streams.tools.source import Record, csv_records, derive_catalog, jsonl_records, map_public_row, parse_event_time
 
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "replay_public_sample.csv"
 T0 = 1569888000.0  # 2019-10-01 00:00:00 UTC

@@ -11,7 +11,7 @@ HEAVY = ("tensorflow", "keras", "tf2onnx", "skl2onnx", "sklearn", "scipy", "matp
 def test_worker_modules_load_no_training_stack() -> None:
     code = (
         "import sys\n"
-        "import streams.app, streams.pipeline, streams.scoring, streams.topics, streams.source\n"
+        "import streams.app, streams.pipeline, streams.scoring, streams.topics, streams.tools.source\n"
         "import export.bundle\n"
         f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))\n"
     )

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from models.dataset import EventLog
-from models.simulator import Market, MarketConfig
+from models.lab.simulator import Market, MarketConfig
 from streams.pricing import optimal_price
 from streams.schemas import EVENT_TYPES, dumps, parse_click
 

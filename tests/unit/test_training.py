@@ -9,13 +9,14 @@ import numpy as np
 import pytest
 from scipy.special import expit
 
-from models.dataset import LIFT, Catalog, EventLog, build_rows, fill_item_lift, item_conv_lift
-from models.simulator import Market, MarketConfig
+from models.dataset import LIFT, EventLog, build_rows, fill_item_lift, item_conv_lift
+from models.lab.simulator import Market, MarketConfig
+from streams.catalog import Catalog
 from streams.features import FEATURE_NAMES, ITEM_FEATURE_NAMES, FeatureSpec, item_features, new_state, update
 from streams.schemas import CatalogItem, ClickEvent
 
 SPEC = FeatureSpec()
-CATALOG = Catalog([CatalogItem("i1", "shoes", 10.0, 6.0, 7.0, 13.0), CatalogItem("i2", "books", 100.0, 50.0, 70.0, 130.0)])
+CATALOG = Catalog.of([CatalogItem("i1", "shoes", 10.0, 6.0, 7.0, 13.0), CatalogItem("i2", "books", 100.0, 50.0, 70.0, 130.0)])
 T0 = 1_735_689_600.0
 
 
@@ -62,7 +63,7 @@ def test_session_rows_and_choice_sets() -> None:
 
 def test_item_lift_is_out_of_fold_for_training_rows() -> None:
     m = Market(MarketConfig.small(n_users=80, n_items=10))
-    d = build_rows(m.simulate(), Catalog(m.catalog()))
+    d = build_rows(m.simulate(), Catalog.of(m.catalog()))
     cut = np.quantile(d.row_ts, 0.7)
     train, ch_train = d.row_ts < cut, d.ch_ts < cut
     table = fill_item_lift(d, train, ch_train)
@@ -81,11 +82,11 @@ def test_item_lift_is_out_of_fold_for_training_rows() -> None:
 def test_simulated_rows_are_point_in_time() -> None:
     m = Market(MarketConfig.small(n_users=40, n_items=20))
     log = m.simulate()
-    full = build_rows(log, Catalog(m.catalog()))
+    full = build_rows(log, Catalog.of(m.catalog()))
     events = list(log.events())
     views = [n for n, e in enumerate(events) if e.type == "view"]
     for r in (3, len(views) // 2, len(views) - 1):
-        cut = build_rows(EventLog.from_events(events[:views[r] + 1]), Catalog(m.catalog()))
+        cut = build_rows(EventLog.from_events(events[:views[r] + 1]), Catalog.of(m.catalog()))
         np.testing.assert_array_equal(full.user[r], cut.user[-1])
 
 
@@ -96,7 +97,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
 
     m = Market(MarketConfig.small(n_users=200))
     out = tmp_path_factory.mktemp("model")
-    summary = train_all(m.simulate(), Catalog(m.catalog()), out, market=m, holdout_days=0.25,
+    summary = train_all(m.simulate(), Catalog.of(m.catalog()), out, market=m, holdout_days=0.25,
                         price_cfg=PriceModelConfig(epochs=2), rec_epochs=2, progress=False)
     return out, summary
 

@@ -1,7 +1,7 @@
 """The closed-loop market without a broker: the worker's pipeline called in-process.
 
-``python -m models.loop_sim --train-dir var/demo/default/train --model-dir var/demo/default/models``
-(``pricing-loop-sim``) runs the same users, sessions and funnel as :mod:`models.live_market`, and
+``python -m models.lab.loop_sim --train-dir var/demo/default/train --model-dir var/demo/default/models``
+(``pricing-loop-sim``) runs the same users, sessions and funnel as :mod:`models.lab.live_market`, and
 the same per-batch logic as the worker (:class:`streams.pipeline.Pipeline` with the exported ONNX
 bundle), but in one process on a simulated clock: no Kafka, no Faust, no waiting. A 4-day run on
 the default market takes a few minutes instead of the demo's twelve, so a change to the features,
@@ -31,13 +31,13 @@ from pathlib import Path
 from typing import Any
 
 from streams.catalog import Catalog
-from streams.pipeline import Pipeline, RawRecord, decision_id
-from streams.schemas import ClickEvent, PriceEvent, dumps, parse_price
+from streams.pipeline import Pipeline, RawRecord
+from streams.schemas import ClickEvent, PriceEvent, decision_id, dumps, parse_price
 from streams.scoring import Scorer
 from streams.settings import Settings, cli_settings
 
 from .live_market import LiveMarket, LoopConfig, SimClock, market_from_args
-from .simulator import Market
+from .simulator import Market, add_market_args
 
 _DAY = 86400.0
 
@@ -135,15 +135,15 @@ class InProcessMarket(LiveMarket):
 
 
 def parser() -> argparse.ArgumentParser:
-    """Arguments of ``python -m models.loop_sim``."""
-    p = argparse.ArgumentParser(prog="python -m models.loop_sim", description=__doc__.split("\n\n")[0],
+    """Arguments of ``python -m models.lab.loop_sim``."""
+    p = argparse.ArgumentParser(prog="python -m models.lab.loop_sim", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                                 epilog="Pipeline settings (top-K, guardrails, A/B share, salt): PRICING_* "
                                        "environment variables (see pricing-settings).")
     d = LoopConfig()
     p.add_argument("--train-dir", type=Path, required=True, help="training run whose simulated market to use")
     p.add_argument("--model-dir", type=Path, required=True, help="model bundle directory (CURRENT is used)")
-    p.add_argument("--heterogeneity", type=float, default=None, help="override the market's heterogeneity")
+    add_market_args(p, knobs=("heterogeneity",), small=False)
     p.add_argument("--out", type=Path, default=Path("var/loop-sim"), help="exposure log, events and meta")
     p.add_argument("--days", type=float, default=4.0, help="simulated days of the loop")
     p.add_argument("--warm-days", type=float, default=7.0, help="simulated history through the pipeline first")
@@ -158,7 +158,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``python -m models.loop_sim`` (``pricing-loop-sim``)."""
+    """Entry point of ``python -m models.lab.loop_sim`` (``pricing-loop-sim``)."""
     from streams.features import FeatureSpec, feature_names
     from streams.scoring import BundleWatcher
 
@@ -174,8 +174,9 @@ def main(argv: list[str] | None = None) -> int:
     meta = asyncio.run(sim.run_in_process())
     print(json.dumps({k: meta[k] for k in ("wall_s", "sessions", "views", "events", "purchases", "dead_letters")}))
     if args.evaluate:
-        from streams.evaluate import evaluate, load_exposure_log, market_of
-        from streams.report import text_table
+        from models.lab.evaluate import market_of
+        from streams.tools.evaluate import evaluate, load_exposure_log
+        from streams.tools.report import text_table
 
         exp, pur, meta = load_exposure_log(args.out)
         print(text_table(evaluate(exp, pur, market=market_of(meta), reps=500), meta))

@@ -16,7 +16,7 @@ policies:
 1 = as good as knowing every user's demand), with a user-level bootstrap interval (exposures of
 one user are resampled together; the uniform prices stay fixed, as they would be in a live test).
 
-``python -m models.policy_eval --heterogeneity 0`` simulates a market, trains the price model on
+``python -m models.lab.policy_eval --heterogeneity 0`` simulates a market, trains the price model on
 it and prints the table (the "does no harm where it cannot help" check).
 """
 
@@ -25,7 +25,7 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -33,7 +33,7 @@ import numpy as np
 from streams.features import FEATURE_NAMES
 from streams.pricing import Guardrails, ItemBatch, band_batch, decide_batch
 
-from .simulator import Market, MarketConfig
+from .simulator import Market, MarketConfig, add_market_args, market_config
 
 POLICIES = ("base", "uniform", "oracle", "learned")
 DEFAULT_GUARDRAILS = Guardrails()  # production defaults
@@ -70,7 +70,7 @@ def uniform_policy_prices(market: Market, user: np.ndarray, item: np.ndarray,
 
 def model_ab(model: Any, user_x: np.ndarray, item_x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``a, b`` of a Keras price model at ``price_ratio = 1`` (what the serving scorer reads)."""
-    from .price_model import predict
+    from models.price_model import predict
 
     o = predict(model, user_x, item_x, np.ones(len(user_x)))
     return o["a"], o["b"]
@@ -172,19 +172,6 @@ def evaluate_policies(market: Market, price_model: Any, user_x: np.ndarray, item
     return rep
 
 
-def reference_ab(market: Market, user: np.ndarray, item: np.ndarray, a: np.ndarray,
-                 b: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Diagnostic reference policies built from a model's ``a, b`` and the truth.
-
-    * ``true_beta``: the true slope, the model's conversion at base (``a - b``) kept:
-      what a learner with a perfect sensitivity estimate but its own base utility would earn;
-    * ``true_alpha``: the true base utility with the model's slope.
-    """
-    beta, alpha = market.beta[user], market.alpha(user, item)
-    return {"true_beta": (np.asarray(a) - np.asarray(b) + beta, beta),
-            "true_alpha": (alpha - beta + np.asarray(b), np.asarray(b))}
-
-
 def table(rep: PolicyReport) -> str:
     """The report as text."""
     lines = [f"{'policy':<14}{'profit/exposure':>16}{'mean p/base':>13}", "-" * 43]
@@ -200,14 +187,14 @@ def table(rep: PolicyReport) -> str:
 # ---------------------------------------------------------------- command line
 def run(cfg: MarketConfig, holdout_days: float = 3.0, price_cfg: Any = None, progress: bool = False) -> dict[str, Any]:
     """Simulate ``cfg``, build rows, train the price model on the pre-holdout rows, evaluate on the holdout."""
-    from . import price_model as pm
-    from .dataset import Catalog, build_rows
-    from .train import split_rows
+    from models import price_model as pm
+    from models.dataset import build_rows, split_rows
+    from streams.catalog import Catalog
 
     t0 = time.perf_counter()
     market = Market(cfg)
     log = market.simulate()
-    data = build_rows(log, Catalog(market.catalog()), progress=progress)
+    data = build_rows(log, Catalog.of(market.catalog()), progress=progress)
     hold, fit, val = split_rows(data.row_ts, float(log.ts.max()) - holdout_days * 86400.0)
     model = pm.fit_price_model(data.user[fit], data.item[fit], data.price_ratio[fit], data.label[fit],
                                cfg=price_cfg or pm.PriceModelConfig(),
@@ -228,17 +215,12 @@ def data_market_index(market: Market, data: Any) -> tuple[np.ndarray, np.ndarray
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m models.policy_eval``: train the price model on a simulated market and print the table."""
-    p = argparse.ArgumentParser(prog="python -m models.policy_eval", description=main.__doc__)
-    p.add_argument("--small", action="store_true")
-    d = MarketConfig()
-    for name in ("n_users", "n_items", "days", "heterogeneity", "reveal", "noise", "seed"):
-        p.add_argument(f"--{name.replace('_', '-')}", type=type(getattr(d, name)), default=None)
+    """``python -m models.lab.policy_eval``: train the price model on a simulated market and print the table."""
+    p = argparse.ArgumentParser(prog="python -m models.lab.policy_eval", description=main.__doc__)
+    add_market_args(p)
     p.add_argument("--holdout-days", type=float, default=None)
     args = p.parse_args(argv)
-    cfg = MarketConfig.small() if args.small else MarketConfig()
-    cfg = replace(cfg, **{k: getattr(args, k) for k in ("n_users", "n_items", "days", "heterogeneity", "reveal",
-                                                         "noise", "seed") if getattr(args, k) is not None})
+    cfg = market_config(args)
     res = run(cfg, args.holdout_days if args.holdout_days is not None else (0.25 if args.small else 3.0))
     print(table(res["report"]))
     print(f"{res['seconds']:.1f} s")

@@ -287,11 +287,10 @@ def plot_demand(exp: Exposures, out: Path, market: Any, model_dir: Path, events:
     import orjson
 
     from export.bundle import load_bundle
-
-    from .features import FeatureSpec, category_levels, item_features, new_state, update, user_features
-    from .pricing import conversion
-    from .schemas import ClickEvent
-    from .scoring import OnnxScorer
+    from streams.features import FeatureSpec, category_levels, item_features, new_state, update, user_features
+    from streams.pricing import conversion
+    from streams.schemas import ClickEvent
+    from streams.scoring import OnnxScorer
 
     m = exp.arm == "treatment"
     if exp.user_index is None or exp.item_index is None or not m.any():

@@ -1,4 +1,19 @@
-"""Faust's recovery and fetch path, fixed so that a restart or a takeover loses no event.
+"""Every use of Faust's and aiokafka's private API, in one guarded place.
+
+The worker relies on internals of faust-streaming and aiokafka in four places, all here:
+
+* the recovery and fetch path, fixed so that a restart or a takeover loses no event
+  (:class:`OrderedRecovery`, :class:`SafeConsumerThread`, described below);
+* the consumer's fetch wait, which Faust hard-codes (:class:`SafeConsumerThread`);
+* routing a table write to the changelog partition of a given event (:func:`write_as_of`), which
+  Faust reads from a private context variable;
+* asking an aiokafka consumer outside any group for one topic's metadata (:func:`topic_partitions`).
+
+:func:`check_versions` refuses to start on versions these overrides were not verified against:
+re-read each override against the new version's source, re-run the kill -9 and two-worker
+integration tests, then add the version to ``VERIFIED``.
+
+The recovery and fetch path:
 
 When table recovery ends, faust-streaming 0.15 resumes the stream partitions *first* and then
 seeks them to their committed offsets, with its fetcher already running (it was started to read
@@ -37,9 +52,14 @@ Two more holes are in Faust's aiokafka consumer thread, closed by :class:`SafeCo
 from __future__ import annotations
 
 import asyncio
+import weakref
+from collections.abc import Iterator, MutableMapping
+from contextlib import contextmanager
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import faust
+from faust.streams import _current_event
 from faust.tables.manager import TableManager
 from faust.tables.recovery import Recovery
 from faust.transport.drivers import aiokafka as faust_aiokafka
@@ -174,3 +194,72 @@ class PricingApp(faust.App):
 
     def _new_transport(self) -> Any:
         return _Transport(self.conf.broker_consumer, self)
+
+
+# ---------------------------------------------------------------- versions
+VERIFIED: dict[str, tuple[str, ...]] = {
+    # package -> versions whose private API the overrides in this module were read and tested against
+    "faust-streaming": ("0.15.3",),
+    "aiokafka": ("0.14.0",),
+}
+
+
+class FaustVersionError(RuntimeError):
+    """An installed Faust or aiokafka version that the overrides here were not verified against."""
+
+
+def check_versions(installed: dict[str, str] | None = None) -> dict[str, str]:
+    """The installed versions of the packages in ``VERIFIED``; raises if one was not verified.
+
+    >>> check_versions({"faust-streaming": "0.15.3", "aiokafka": "0.14.0"})["aiokafka"]
+    '0.14.0'
+    """
+    found = dict(installed) if installed is not None else {}
+    for name in VERIFIED:
+        if name not in found:
+            try:
+                found[name] = version(name)
+            except PackageNotFoundError:
+                found[name] = "not installed"
+    bad = {n: v for n, v in found.items() if n in VERIFIED and v not in VERIFIED[n]}
+    if bad:
+        have = ", ".join(f"{n} {v}" for n, v in sorted(bad.items()))
+        want = ", ".join(f"{n} {' or '.join(v)}" for n, v in sorted(VERIFIED.items()))
+        raise FaustVersionError(
+            f"streams/faust_compat.py overrides Faust and aiokafka internals and was verified against {want}; "
+            f"installed: {have}. Install the pinned versions (pip install -e .), or re-verify the overrides "
+            f"against the new versions and add them to VERIFIED.")
+    return found
+
+
+# ---------------------------------------------------------------- table writes and metadata
+@contextmanager
+def as_of(event: Any) -> Iterator[None]:
+    """Within the block, Faust takes ``event`` as the current event (its partition routes table writes)."""
+    token = _current_event.set(weakref.ref(event))
+    try:
+        yield
+    finally:
+        _current_event.reset(token)
+
+
+def write_as_of(table: MutableMapping[bytes, bytes], key: bytes, value: bytes, event: Any) -> None:
+    """``table[key] = value``, its changelog record sent to the partition of ``event``.
+
+    Faust routes a table write to the partition of the event being processed, which it reads from
+    a context variable; an agent that writes after a batch (one write per user per batch) names
+    the event that last touched the user, so the state lives in that user's partition.
+    """
+    with as_of(event):
+        table[key] = value
+
+
+async def topic_partitions(consumer: Any, topic: str) -> set[int]:
+    """Partitions of ``topic`` for an aiokafka consumer outside any group (empty if unknown yet).
+
+    ``partitions_for_topic`` reads the client's metadata cache, which an unassigned consumer never
+    fills for a topic it has not subscribed to: ask for that topic's metadata first.
+    """
+    consumer._client.set_topics([topic])
+    await consumer._client.force_metadata_update()
+    return set(consumer.partitions_for_topic(topic) or ())

@@ -1,8 +1,8 @@
 """The simulated market as a live process: a closed loop through Kafka and the pricing worker.
 
-``python -m models.live_market --train-dir var/demo/train --out var/demo/run`` (``pricing-market``).
+``python -m models.lab.live_market --train-dir var/demo/train --out var/demo/run`` (``pricing-market``).
 
-Users of :class:`~models.simulator.Market` start sessions and browse: a session lists 48 random
+Users of :class:`~models.lab.simulator.Market` start sessions and browse: a session lists 48 random
 items at the prices this user currently sees (the newest personalized price the pipeline sent
 for them, else the base price), picks the ones it views by taste, price level and shown price
 (as the history generator does), and sends ``view`` events to the clickstream, keyed by user.
@@ -25,7 +25,7 @@ falls behind (slow worker, timeouts), events are sent late with their scheduled 
 Outputs in ``--out``: ``exposures.jsonl`` (one row per view: user, item, arm, shown and base
 price, bought, true buy probability, oracle price, decision_id, event time, ...), ``events.jsonl``
 (every ClickEvent sent) and ``meta.json`` (market config, clock, counts), read by
-:mod:`streams.evaluate`.
+:mod:`streams.tools.evaluate`.
 """
 
 from __future__ import annotations
@@ -45,11 +45,10 @@ import numpy as np
 import orjson
 from scipy.special import expit
 
-from streams.pipeline import decision_id
-from streams.schemas import ClickEvent, PriceEvent, SchemaError, dumps, parse_price
+from streams.schemas import ClickEvent, PriceEvent, SchemaError, decision_id, dumps, parse_price
 from streams.settings import Settings, cli_settings
 
-from .simulator import Market, MarketConfig
+from .simulator import Market, MarketConfig, add_market_args, market_config
 
 _DAY = 86400.0
 LISTING = 48
@@ -499,20 +498,17 @@ def market_from_args(args: argparse.Namespace) -> Market:
         if not known:
             raise SystemExit(f"{args.train_dir}: training was not on a simulated market (no knobs.market)")
         cfg = MarketConfig(**known)
-    if args.heterogeneity is not None:
-        cfg = replace(cfg, heterogeneity=args.heterogeneity)
-    return Market(cfg)
+    return Market(market_config(args, base=cfg))
 
 
 def parser() -> argparse.ArgumentParser:
-    """Arguments of ``python -m models.live_market``."""
-    p = argparse.ArgumentParser(prog="python -m models.live_market", description=__doc__.split("\n\n")[0],
+    """Arguments of ``python -m models.lab.live_market``."""
+    p = argparse.ArgumentParser(prog="python -m models.lab.live_market", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                                 epilog="Kafka and topics: PRICING_* environment variables (see pricing-settings).")
     d = LoopConfig()
     p.add_argument("--train-dir", type=Path, help="training run whose simulated market to bring to life")
-    p.add_argument("--small", action="store_true", help="the tiny market (without --train-dir)")
-    p.add_argument("--heterogeneity", type=float, default=None, help="override the market's heterogeneity")
+    add_market_args(p, knobs=("heterogeneity",))  # --small: the tiny market (without --train-dir)
     p.add_argument("--out", type=Path, default=Path("var/market"), help="exposure log, events and meta")
     p.add_argument("--days", type=float, default=d.days, help="simulated days")
     p.add_argument("--duration", type=float, default=d.duration_s, help="target wall seconds for --days")
@@ -533,7 +529,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``python -m models.live_market`` (``pricing-market``)."""
+    """Entry point of ``python -m models.lab.live_market`` (``pricing-market``)."""
     args = parser().parse_args(argv)
     s = cli_settings()
     market = market_from_args(args)
@@ -569,7 +565,7 @@ def publish_catalog(market: Market, s: Settings) -> None:
     """The market's catalog to the (compacted) catalog topic, keyed by item id."""
     from kafka import KafkaProducer
 
-    from streams.source import publish
+    from streams.tools.source import publish
 
     producer = KafkaProducer(bootstrap_servers=s.kafka_bootstrap.split(","))
     try:

@@ -21,10 +21,11 @@ from typing import Any
 
 import orjson
 
-from .schemas import dumps
-from .settings import Settings, cli_settings
+from streams.schemas import dumps
+from streams.settings import Settings, cli_settings
+from streams.topics import kafka_client_config
+
 from .source import Record, count_lines, csv_records, derive_catalog, jsonl_records, publish
-from .topics import kafka_client_config
 
 MAX_FUTURE_SKEW_S = 300.0
 

@@ -26,7 +26,7 @@ from typing import Any, BinaryIO, Final, cast
 
 import orjson
 
-from .schemas import CatalogItem, SchemaError, dumps, parse_catalog, parse_click
+from streams.schemas import CatalogItem, SchemaError, dumps, parse_catalog, parse_click
 
 
 def open_binary(path: str | Path) -> BinaryIO:

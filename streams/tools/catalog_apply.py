@@ -30,9 +30,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .schemas import SchemaError, parse_price
-from .settings import cli_settings
-from .topics import kafka_client_config
+from streams.schemas import SchemaError, parse_price
+from streams.settings import cli_settings
+from streams.topics import kafka_client_config
 
 log = logging.getLogger("pricing.catalog_apply")
 

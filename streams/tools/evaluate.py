@@ -1,7 +1,7 @@
 """Closed-loop A/B evaluation: price decisions joined with the purchases that follow.
 
-``python -m streams.evaluate --exposures var/demo/run`` reads the exposure log of
-:mod:`models.live_market`; ``python -m streams.evaluate --kafka`` reads the prices, clickstream
+``pricing-evaluate --exposures var/demo/run`` reads the exposure log of
+:mod:`models.lab.live_market`; ``pricing-evaluate --kafka`` reads the prices, clickstream
 and catalog topics named by the ``PRICING_*`` settings (any run, simulated or not). Either way the
 input becomes two tables, **exposures** (a user saw an item at a price, in an arm) and
 **purchases**, and the same code does the rest:
@@ -31,7 +31,6 @@ from __future__ import annotations
 import bisect
 import json
 import math
-import sys
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -43,7 +42,7 @@ import numpy as np
 import orjson
 from numpy.typing import NDArray
 
-from .settings import Settings
+from streams.settings import Settings
 
 F = NDArray[np.float64]
 ARMS = ("control", "treatment")
@@ -147,22 +146,6 @@ def percentile_ci(samples: F, level: float = 0.95) -> tuple[float, float]:
         return (math.nan, math.nan)
     q = (1 - level) / 2
     return float(np.quantile(s, q)), float(np.quantile(s, 1 - q))
-
-
-def delta_lift_ci(x_t: F, x_c: F, level: float = 0.95) -> tuple[float, float, float]:
-    """``mean(x_t) / mean(x_c) - 1`` with a delta-method interval on the log ratio of means.
-
-    >>> lo, est, hi = delta_lift_ci(np.array([2.0, 4.0] * 50), np.array([1.0, 3.0] * 50))
-    >>> round(est, 2), lo < est < hi
-    (0.5, True)
-    """
-    from statistics import NormalDist
-
-    mt, mc = float(x_t.mean()), float(x_c.mean())
-    se = math.sqrt(float(x_t.var(ddof=1)) / (len(x_t) * mt**2) + x_c.var(ddof=1) / (len(x_c) * mc**2))
-    z = NormalDist().inv_cdf(0.5 + level / 2)
-    r = math.log(mt / mc)
-    return math.exp(r - z * se) - 1, mt / mc - 1, math.exp(r + z * se) - 1
 
 
 # ---------------------------------------------------------------- per arm and lift
@@ -404,8 +387,7 @@ def load_kafka(s: Settings, *, exclude_prefix: str = "probe-", timeout_s: float 
     view's own item (``decision_id(event_id, item_id)``); a view without one is an exposure at
     the price on the event, arm ``none``. Unit costs come from the catalog topic.
     """
-    from .pipeline import decision_id
-    from .schemas import parse_catalog, parse_click, parse_price
+    from streams.schemas import decision_id, parse_catalog, parse_click, parse_price
 
     prices = {pe.decision_id: pe for pe in _read_topic(s, s.topic_prices, parse_price, timeout_s)}
     cost = {c.item_id: c.unit_cost for c in _read_topic(s, s.topic_catalog, parse_catalog, timeout_s)}
@@ -434,8 +416,8 @@ def _read_topic(s: Settings, topic: str, parse: Callable[[bytes], Any], timeout_
     """Every parsable record of ``topic`` from the beginning to its end offsets at call time."""
     from kafka import KafkaConsumer, TopicPartition
 
-    from .schemas import SchemaError
-    from .topics import kafka_client_config
+    from streams.schemas import SchemaError
+    from streams.topics import kafka_client_config
 
     consumer = KafkaConsumer(enable_auto_commit=False, group_id=None, **kafka_client_config(s))
     try:
@@ -460,79 +442,3 @@ def _read_topic(s: Settings, topic: str, parse: Callable[[bytes], Any], timeout_
         return out
     finally:
         consumer.close()
-
-
-def market_of(meta: dict[str, Any]) -> Any | None:
-    """The simulated market a run's meta describes (its truth), or None for a non-simulated run."""
-    cfg = meta.get("market") or meta.get("knobs", {}).get("market")
-    if not cfg:
-        return None
-    from models.simulator import Market, MarketConfig
-
-    return Market(MarketConfig(**cfg))
-
-
-# ---------------------------------------------------------------- command line
-def main(argv: list[str] | None = None) -> int:
-    """``pricing-evaluate``: evaluate an A/B run, print the table, write the report."""
-    import argparse
-
-    p = argparse.ArgumentParser(prog="pricing-evaluate", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--exposures", type=Path, help="closed-loop run directory (or its exposures.jsonl)")
-    src.add_argument("--kafka", action="store_true", help="read the PRICING_* prices/clickstream/catalog topics")
-    p.add_argument("--train-dir", type=Path, help="with --kafka: the training run of the simulated market (truth)")
-    p.add_argument("--since", type=float, default=-math.inf,
-                   help="with --kafka: first event time (epoch s) of the experiment window")
-    p.add_argument("--until", type=float, default=math.inf,
-                   help="with --kafka: end (exclusive) of the experiment window, event time")
-    p.add_argument("--window", type=float, default=86400.0, help="attribution window, event-time seconds")
-    p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap replicates")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--model-dir", type=Path, help="model bundle directory: adds learned vs true demand plots")
-    p.add_argument("--report-dir", type=Path, help="where to write the report (default reports/<run>)")
-    p.add_argument("--no-report", action="store_true", help="print the table only")
-    p.add_argument("--json", action="store_true", help="print the result as JSON instead of the table")
-    args = p.parse_args(argv)
-    if args.exposures:
-        exp, pur, meta = load_exposure_log(args.exposures)
-        run = meta.get("run_id") or Path(args.exposures).name
-    else:
-        from .settings import cli_settings
-
-        exp, pur, meta = load_kafka(cli_settings(), since=args.since, until=args.until)
-        if args.train_dir:
-            meta["market"] = json.loads((args.train_dir / "training_summary.json").read_text())["knobs"]["market"]
-            exp = _with_market_index(exp, market_of(meta))
-        run = meta["topics"]["prices"]
-    if len(exp) == 0:
-        print("error: no exposures to evaluate", file=sys.stderr)
-        return 1
-    market = market_of(meta) if exp.user_index is not None else None
-    result = evaluate(exp, pur, window_s=args.window, market=market, reps=args.bootstrap, seed=args.seed)
-    from .report import text_table, write_report
-
-    print(json.dumps(result.as_dict(), indent=2, default=float) if args.json else text_table(result, meta))
-    if not args.no_report:
-        out = args.report_dir or Path("reports") / str(run)
-        path = write_report(result, exp, meta, out, market=market, model_dir=args.model_dir,
-                            events=Path(args.exposures) / "events.jsonl" if args.exposures
-                            and Path(args.exposures).is_dir() else None)
-        print(f"\nreport: {path}")
-    return 0
-
-
-def _with_market_index(exp: Exposures, market: Any) -> Exposures:
-    """Market user/item indices for exposures whose ids are the market's (others are dropped)."""
-    uidx = {u: k for k, u in enumerate(market.user_ids)}
-    iidx = {i: k for k, i in enumerate(market.item_ids)}
-    keep = np.array([u in uidx and i in iidx for u, i in zip(exp.user, exp.item, strict=True)], bool)
-    exp = exp.take(keep)
-    exp.user_index = np.array([uidx[u] for u in exp.user], np.int64)
-    exp.item_index = np.array([iidx[i] for i in exp.item], np.int64)
-    return exp
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -24,6 +24,7 @@ True
 
 from __future__ import annotations
 
+import argparse
 import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
@@ -33,9 +34,8 @@ from typing import Any
 import numpy as np
 from scipy.special import expit, lambertw
 
+from models.dataset import EventLog
 from streams.schemas import CatalogItem
-
-from .dataset import EventLog
 
 CATEGORIES = ("shoes", "electronics", "books", "toys", "garden", "beauty", "kitchen", "sports",
               "fashion", "grocery", "music", "pets")
@@ -68,6 +68,27 @@ class MarketConfig:
     def small(cls, **kw: Any) -> MarketConfig:
         """A tiny market for tests and CI (a few hundred users, one day)."""
         return replace(cls(n_users=300, n_items=60, days=1.0, sessions_per_day=3.0), **kw)
+
+
+CLI_KNOBS = ("n_users", "n_items", "days", "heterogeneity", "reveal", "noise", "seed")
+"""The market knobs every command line offers (``--n-users`` ...), declared here once."""
+
+
+def add_market_args(p: argparse.ArgumentParser | argparse._ArgumentGroup, knobs: tuple[str, ...] = CLI_KNOBS,
+                    small: bool = True) -> None:
+    """Add ``--small`` and one option per knob (default None: the market's own value) to ``p``."""
+    d = MarketConfig()
+    if small:
+        p.add_argument("--small", action="store_true", help="tiny market (300 users, 60 items, 1 day) for CI")
+    for name in knobs:
+        p.add_argument(f"--{name.replace('_', '-')}", type=type(getattr(d, name)), default=None,
+                       help=f"market knob (default {getattr(d, name)})")
+
+
+def market_config(args: argparse.Namespace, base: MarketConfig | None = None) -> MarketConfig:
+    """``base`` (else ``--small`` or the defaults) with the knobs the command line set."""
+    cfg = base or (MarketConfig.small() if getattr(args, "small", False) else MarketConfig())
+    return replace(cfg, **{k: getattr(args, k) for k in CLI_KNOBS if getattr(args, k, None) is not None})
 
 
 class Market:

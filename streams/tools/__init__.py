@@ -1,0 +1,4 @@
+"""Tools that run beside the worker and that the worker never imports.
+
+Replay, catalog sink, evaluation, report, monitor.
+"""
