@@ -20,6 +20,7 @@ import faust
 
 from .catalog import Catalog
 from .faust_compat import PricingApp, PricingTableManager, check_versions, topic_partitions, write_as_of
+from .features import FeatureSpec, feature_names
 from .pipeline import Pipeline, RawRecord
 from .schemas import DeadLetter, SchemaError, dead_letter_bytes, parse_catalog
 from .scoring import BundleWatcher, DeterministicScorer, Scorer
@@ -45,7 +46,6 @@ def _scorer_source(s: Settings, deterministic: bool) -> tuple[Callable[[], Score
     if deterministic:
         fixed = DeterministicScorer()
         return (lambda: fixed), None
-    from .features import FeatureSpec, feature_names
 
     watcher = BundleWatcher(s.model_dir, s.model_reload_s, feature_names(FeatureSpec.from_settings(s)),
                             threads=s.onnx_threads)

@@ -30,11 +30,15 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from models.lab.evaluate import market_of
 from streams.catalog import Catalog
+from streams.features import FeatureSpec, feature_names
 from streams.pipeline import Pipeline, RawRecord
 from streams.schemas import ClickEvent, PriceEvent, decision_id, dumps, parse_price
-from streams.scoring import Scorer
+from streams.scoring import BundleWatcher, Scorer
 from streams.settings import Settings, cli_settings
+from streams.tools.evaluate import evaluate, load_exposure_log
+from streams.tools.report import text_table
 
 from .live_market import LiveMarket, LoopConfig, SimClock, market_from_args
 from .simulator import Market, add_market_args
@@ -159,8 +163,6 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m models.lab.loop_sim`` (``pricing-loop-sim``)."""
-    from streams.features import FeatureSpec, feature_names
-    from streams.scoring import BundleWatcher
 
     args = parser().parse_args(argv)
     s = cli_settings()
@@ -174,9 +176,6 @@ def main(argv: list[str] | None = None) -> int:
     meta = asyncio.run(sim.run_in_process())
     print(json.dumps({k: meta[k] for k in ("wall_s", "sessions", "views", "events", "purchases", "dead_letters")}))
     if args.evaluate:
-        from models.lab.evaluate import market_of
-        from streams.tools.evaluate import evaluate, load_exposure_log
-        from streams.tools.report import text_table
 
         exp, pur, meta = load_exposure_log(args.out)
         print(text_table(evaluate(exp, pur, market=market_of(meta), reps=500), meta))

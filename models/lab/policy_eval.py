@@ -30,6 +30,8 @@ from typing import Any
 
 import numpy as np
 
+from models.dataset import build_rows, split_rows
+from streams.catalog import Catalog
 from streams.features import FEATURE_NAMES
 from streams.pricing import Guardrails, ItemBatch, band_batch, decide_batch
 
@@ -188,8 +190,6 @@ def table(rep: PolicyReport) -> str:
 def run(cfg: MarketConfig, holdout_days: float = 3.0, price_cfg: Any = None, progress: bool = False) -> dict[str, Any]:
     """Simulate ``cfg``, build rows, train the price model on the pre-holdout rows, evaluate on the holdout."""
     from models import price_model as pm
-    from models.dataset import build_rows, split_rows
-    from streams.catalog import Catalog
 
     t0 = time.perf_counter()
     market = Market(cfg)

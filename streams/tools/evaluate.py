@@ -42,7 +42,9 @@ import numpy as np
 import orjson
 from numpy.typing import NDArray
 
+from streams.schemas import SchemaError, decision_id, parse_catalog, parse_click, parse_price
 from streams.settings import Settings
+from streams.topics import kafka_client_config
 
 F = NDArray[np.float64]
 ARMS = ("control", "treatment")
@@ -387,7 +389,6 @@ def load_kafka(s: Settings, *, exclude_prefix: str = "probe-", timeout_s: float 
     view's own item (``decision_id(event_id, item_id)``); a view without one is an exposure at
     the price on the event, arm ``none``. Unit costs come from the catalog topic.
     """
-    from streams.schemas import decision_id, parse_catalog, parse_click, parse_price
 
     prices = {pe.decision_id: pe for pe in _read_topic(s, s.topic_prices, parse_price, timeout_s)}
     cost = {c.item_id: c.unit_cost for c in _read_topic(s, s.topic_catalog, parse_catalog, timeout_s)}
@@ -416,8 +417,6 @@ def _read_topic(s: Settings, topic: str, parse: Callable[[bytes], Any], timeout_
     """Every parsable record of ``topic`` from the beginning to its end offsets at call time."""
     from kafka import KafkaConsumer, TopicPartition
 
-    from streams.schemas import SchemaError
-    from streams.topics import kafka_client_config
 
     consumer = KafkaConsumer(enable_auto_commit=False, group_id=None, **kafka_client_config(s))
     try:

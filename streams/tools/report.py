@@ -12,6 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
+
+from export.bundle import load_bundle
+from streams.features import FeatureSpec, category_levels, item_features, new_state, update, user_features
+from streams.pricing import conversion
+from streams.schemas import ClickEvent
+from streams.scoring import OnnxScorer
 
 from .evaluate import ARMS, Evaluation, Exposures
 
@@ -284,13 +291,7 @@ def plot_demand(exp: Exposures, out: Path, market: Any, model_dir: Path, events:
     """Learned vs true demand for four treatment users spanning the sensitivity range, each at their
     last exposure: their features are rebuilt from the events sent (the serving feature code) and
     scored with the bundle's price model."""
-    import orjson
 
-    from export.bundle import load_bundle
-    from streams.features import FeatureSpec, category_levels, item_features, new_state, update, user_features
-    from streams.pricing import conversion
-    from streams.schemas import ClickEvent
-    from streams.scoring import OnnxScorer
 
     m = exp.arm == "treatment"
     if exp.user_index is None or exp.item_index is None or not m.any():

@@ -17,6 +17,8 @@ import pytest
 from export.bundle import CURRENT, ITEM_TABLE_FILE, MANIFEST, MODEL_FILES, BundleError, load_bundle, write_bundle
 from streams.features import FEATURE_NAMES, ITEM_FEATURE_NAMES, FeatureSpec, feature_names
 
+pytestmark = pytest.mark.slow  # trains or exports models: not in `make test-fast`
+
 convert = pytest.importorskip("export.convert")  # needs the `train` extra (TensorFlow)
 keras = pytest.importorskip("keras")
 
@@ -221,6 +223,7 @@ def test_serving_imports_no_tensorflow(exported: tuple[Path, Any, dict]) -> None
 import sys, numpy as np
 from export.bundle import load_bundle
 from streams.scoring import OnnxScorer
+
 s = OnnxScorer(load_bundle({str(exported[0])!r}))
 a, b, p = s.price(np.zeros((4, {NU})), np.zeros((4, {NI})), np.ones(4))
 assert p.shape == (4,) and s.recommend(np.zeros((2, {NU})), np.zeros((2, 3, {NI})), np.ones((2, 3)),

@@ -19,6 +19,8 @@ from streams.scoring import DeterministicScorer
 from streams.settings import load_settings
 from streams.tools.evaluate import evaluate, load_exposure_log
 
+pytestmark = pytest.mark.slow  # trains or exports models: not in `make test-fast`
+
 
 def run(tmp: Path, **loop: object) -> tuple[InProcessMarket, dict[str, object]]:
     market = Market(MarketConfig.small(n_users=60, seed=5))

@@ -17,6 +17,8 @@ from models.lab.simulator import Market, MarketConfig
 from streams.features import FEATURE_NAMES
 from streams.pricing import Guardrails, ItemBatch, band_batch, decide_batch
 
+pytestmark = pytest.mark.slow  # trains or exports models: not in `make test-fast`
+
 
 @pytest.fixture(scope="module")
 def market() -> Market:

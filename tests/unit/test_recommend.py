@@ -46,6 +46,7 @@ def test_clogit_matches_statsmodels_and_recovers_truth(sim: tuple[np.ndarray, ..
     assert 0.0 < ours.pseudo_r2 < 1.0 and ours.n_occasions == n
 
 
+@pytest.mark.slow
 def test_keras_linear_model_is_the_conditional_logit(sim: tuple[np.ndarray, ...]) -> None:
     X, chosen, mask = sim
     user = np.random.default_rng(2).normal(size=(len(chosen), 5))  # must not matter
@@ -56,6 +57,7 @@ def test_keras_linear_model_is_the_conditional_logit(sim: tuple[np.ndarray, ...]
     assert choice_loglik(probs, chosen) == pytest.approx(model.clogit.loglik, rel=1e-5)
 
 
+@pytest.mark.slow
 def test_nonlinear_model_starts_at_the_clogit(sim: tuple[np.ndarray, ...]) -> None:
     X, chosen, mask = sim
     user = np.random.default_rng(3).normal(size=(len(chosen), 5))
@@ -139,6 +141,7 @@ def _interaction_data(n: int, seed: int) -> tuple[np.ndarray, ...]:
     return user, items, price, u.argmax(axis=1)
 
 
+@pytest.mark.slow
 def test_nonlinear_beats_linear_and_is_monotone_in_own_price() -> None:
     user, items, price, chosen = _interaction_data(4000, seed=6)
     tu, ti, tp, tc = _interaction_data(1000, seed=7)
@@ -158,6 +161,7 @@ def test_nonlinear_beats_linear_and_is_monotone_in_own_price() -> None:
 
 
 @pytest.mark.parametrize("linear", [False, True])
+@pytest.mark.slow
 def test_tf2onnx_conversion_parity(linear: bool) -> None:
     tf = pytest.importorskip("tensorflow")
     tf2onnx = pytest.importorskip("tf2onnx")

@@ -102,6 +102,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     return out, summary
 
 
+@pytest.mark.slow
 def test_price_model_demand_falls_in_price(tiny: tuple[Path, dict]) -> None:
     import keras
 
@@ -119,6 +120,7 @@ def test_price_model_demand_falls_in_price(tiny: tuple[Path, dict]) -> None:
     np.testing.assert_allclose(o["p_buy"], expit(o["a"] - o["b"]), rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_price_model_cannot_read_the_features_it_ignores(tiny: tuple[Path, dict]) -> None:
     """The shown-price features are zeroed inside the graph: changing them changes no output."""
     import keras
@@ -141,6 +143,7 @@ def test_price_model_cannot_read_the_features_it_ignores(tiny: tuple[Path, dict]
     assert not np.allclose(predict(model, moved, item, np.ones(100))["a"], a["a"])
 
 
+@pytest.mark.slow
 def test_price_model_slope_reads_only_its_features(tiny: tuple[Path, dict]) -> None:
     """The slope tower reads the slope features only: other user features move the conversion at base
     (``a - b``) but never ``b``; a slope feature moves ``b``."""
@@ -185,6 +188,7 @@ def test_train_cli_refuses_an_unknown_slope_feature_before_any_work(capsys: pyte
     assert "unknown slope features ['nope']" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_ensemble_averages_its_members_in_one_graph() -> None:
     """The merged graph's u and log b are the members' means; the members keep their own weights."""
     import keras
@@ -222,6 +226,7 @@ def test_feature_mask_rejects_unknown_names() -> None:
         feature_mask(("x",), ("nope",))
 
 
+@pytest.mark.slow
 def test_tiny_end_to_end_run_writes_the_agreed_layout(tiny: tuple[Path, dict]) -> None:
     import joblib
 
