@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .catalog import Catalog, CatalogColumns
-from .experiment import assign_arm
+from .experiment import assign_arm, bucket
 from .features import (
     ITEM_FEATURE_NAMES,
     FeatureSpec,
@@ -32,7 +32,7 @@ from .features import (
     update,
     user_features,
 )
-from .pricing import Guardrails, ItemBatch, conversion, decide_batch, reason_names
+from .pricing import Guardrails, ItemBatch, Reason, conversion, decide_batch, reason_names
 from .privacy import UserHasher
 from .schemas import (
     ClickEvent,
@@ -95,6 +95,8 @@ class Pipeline:
         self.names = feature_names(self.spec)
         self._lift: tuple[str, CatalogColumns, np.ndarray] | None = None  # scorer version, columns, lifts
         self.guardrails = Guardrails.from_settings(settings)
+        self._explore_salt = f"{settings.experiment_salt}:explore"
+        self._policy = f"dither:{settings.exploration_width:g}"
         self.hasher = UserHasher(settings.user_hash_key.get_secret_value())
         self.triggers = frozenset(settings.triggers)
 
@@ -204,24 +206,33 @@ class Pipeline:
         item_x = self._item_x(scorer, profiles, tk, ij)
         a, b, _ = scorer.price(users[tk], item_x, np.ones(len(rows), np.float32))
         prev = [trig[k].record.prices.get(cols.ids[j]) for k, j in rows]
-        # each row is decided at its own trigger's event time
+        dids = [decision_id(trig[k].ev.event_id, cols.ids[j]) for k, j in rows]
+        width = self.s.exploration_width
+        # each row is decided at its own trigger's event time; with exploration, the draw is seeded by
+        # the decision id, so a replayed event is priced the same
         dec = decide_batch(a, b, ItemBatch(base, cost, cols.min_price[ij], cols.max_price[ij]), self.guardrails,
                            now_ts=np.array([trig[k].ev.ts for k, _ in rows]),
                            prev_price=np.array([p[0] if p else math.nan for p in prev]),
-                           prev_ts=np.array([p[1] if p else -math.inf for p in prev]))
+                           prev_ts=np.array([p[1] if p else -math.inf for p in prev]),
+                           explore_width=width,
+                           explore_u=np.array([bucket(d, self._explore_salt) for d in dids]) if width > 0 else None)
         base_conv = conversion(a, b, base, base)
         arms = [assign_arm(t.user_key, self.s.experiment_salt, self.s.treatment_share) for t in trig]
+        propensity = dec.propensity if dec.propensity is not None else np.ones(len(rows))
         for r, (k, j) in enumerate(rows):
             t, item_id, arm = trig[k], cols.ids[j], arms[k]
             if arm == "treatment":
                 price, conv, reasons = float(dec.price[r]), float(dec.expected_conversion[r]), \
                     reason_names(int(dec.reasons[r]))
+                drawn = bool(dec.reasons[r] & Reason.EXPLORED)
+                prop, policy = float(propensity[r]) if drawn else 1.0, self._policy if drawn else "greedy"
             else:  # control shows the base price: the comparison the experiment needs
-                price, conv, reasons = float(base[r]), float(base_conv[r]), ("CONTROL",)
+                price, conv, reasons, prop, policy = float(base[r]), float(base_conv[r]), ("CONTROL",), 1.0, "control"
             ok = math.isfinite(conv)
-            event = PriceEvent(decision_id(t.ev.event_id, item_id), t.ev.ts, t.ev.user_id, item_id, price,
+            event = PriceEvent(dids[r], t.ev.ts, t.ev.user_id, item_id, price,
                                float(base[r]), arm, conv if ok else None,
-                               (price - float(cost[r])) * conv if ok else None, scorer.version, reasons)
+                               (price - float(cost[r])) * conv if ok else None, scorer.version, reasons,
+                               propensity=prop, policy=policy)
             if not t.replay:
                 t.record.remember_price(item_id, price, t.ev.ts)
             out.prices.append((t.ev.user_id.encode(), dumps(event)))

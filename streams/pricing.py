@@ -108,6 +108,7 @@ class Reason(enum.IntFlag):
     CLIP_STEP_LIMIT = 32
     MODEL_INVALID = 64
     BAND_EMPTY = 128
+    EXPLORED = 256      # drawn around the decision (exploration); the event's propensity says how
 
 
 @functools.lru_cache(maxsize=1024)
@@ -203,12 +204,40 @@ class BandBatch(NamedTuple):
 
 
 class BatchDecision(NamedTuple):
-    """Vectorised decisions; ``reasons`` are ``Reason`` flag ints."""
+    """Vectorised decisions; ``reasons`` are ``Reason`` flag ints.
+
+    ``propensity`` is 1 where the price is the decision itself (a point mass), and where it was
+    drawn (``Reason.EXPLORED``) the density of ``log(price)`` at the drawn price (:func:`explore`).
+    """
 
     price: F
     expected_conversion: F
     expected_profit: F
     reasons: NDArray[np.int64]
+    propensity: F | None = None
+
+
+def explore(price: F, lo: F, hi: F, width: float, u: F) -> tuple[F, F, NDArray[np.bool_]]:
+    """Draw each price log-uniformly on ``[max(lo, price/e^w), min(hi, price*e^w)]`` with uniforms ``u``.
+
+    The draw never leaves the band ``[lo, hi]`` (the interval is cut to it, not clipped, so no
+    price edge gets a point mass), and is rounded to whole cents inside the band. Returns the
+    prices, the density of ``log(price)`` under the draw (``1 / log(b / a)``; 1 where the interval
+    is a point, and the price is the decision itself), and which rows were drawn.
+
+    >>> p, dens, drawn = explore(np.array([10.0]), np.array([8.0]), np.array([12.0]), 0.1, np.array([0.5]))
+    >>> float(p[0]), round(float(dens[0]), 3), bool(drawn[0])
+    (10.0, 5.0, True)
+    """
+    with np.errstate(divide="ignore", invalid="ignore"):
+        a = np.maximum(lo, price * math.exp(-width))
+        b = np.minimum(hi, price * math.exp(width))
+        span = np.log(b) - np.log(a)
+        drawn = np.isfinite(span) & (span > 1e-12)
+        draw = np.exp(np.log(a) + np.clip(u, 0.0, 1.0) * span)
+        out = round_into(np.where(drawn, draw, price), lo, hi)
+        density = np.where(drawn, 1.0 / np.where(drawn, span, 1.0), 1.0)
+    return out, np.asarray(density, np.float64), drawn
 
 
 def band_batch(items: ItemBatch, g: Guardrails, now_ts: float | F = 0.0,
@@ -250,8 +279,14 @@ def round_into(price: F, lo: F, hi: F) -> F:
 
 
 def decide_batch(a: ArrayLike, b: ArrayLike, items: ItemBatch, g: Guardrails, now_ts: float | F = 0.0,
-                 prev_price: F | None = None, prev_ts: F | None = None) -> BatchDecision:
-    """Guarded profit-optimal prices for a batch of model outputs ``(a, b)``, one row per item."""
+                 prev_price: F | None = None, prev_ts: F | None = None, *, explore_width: float = 0.0,
+                 explore_u: F | None = None) -> BatchDecision:
+    """Guarded profit-optimal prices for a batch of model outputs ``(a, b)``, one row per item.
+
+    With ``explore_width > 0``, each price is drawn around its decision (:func:`explore`, uniforms
+    ``explore_u``, one per row), inside the same band; conversion and profit are those of the
+    drawn price, and ``propensity`` its density.
+    """
     a_, b_ = np.asarray(a, np.float64), np.asarray(b, np.float64)
     bd = band_batch(items, g, now_ts, prev_price, prev_ts)
     with np.errstate(all="ignore"):
@@ -263,8 +298,14 @@ def decide_batch(a: ArrayLike, b: ArrayLike, items: ItemBatch, g: Guardrails, no
         reasons |= np.where(target < bd.lo, bd.lo_reason, 0) | np.where(target > bd.hi, bd.hi_reason, 0)
         reasons |= np.where(reasons & ~int(Reason.BAND_EMPTY), 0, int(Reason.OPTIMAL))
         price = round_into(np.clip(target, bd.lo, bd.hi), bd.lo, bd.hi)
+        propensity = np.ones_like(price)
+        if explore_width > 0:
+            if explore_u is None or np.shape(explore_u) != price.shape:
+                raise ValueError("explore_width > 0 needs one uniform per row in explore_u")
+            price, propensity, drawn = explore(price, bd.lo, bd.hi, explore_width, explore_u)
+            reasons = reasons | np.where(drawn, int(Reason.EXPLORED), 0)
         conv = np.where(invalid, np.nan, conversion(a_, b_, items.base_price, price))
-    return BatchDecision(price, conv, (price - items.unit_cost) * conv, reasons)
+    return BatchDecision(price, conv, (price - items.unit_cost) * conv, reasons, propensity)
 
 
 def _prev(previous: tuple[float, float] | None) -> tuple[F | None, F | None]:

@@ -102,6 +102,11 @@ class PriceEvent:
     model_version: str
     reasons: tuple[str, ...]
     currency: str = "EUR"
+    # how the price was chosen, for estimators that reweight logged prices: with policy "control"
+    # (base price) or "greedy" (the decision itself), propensity is the probability 1 of a point
+    # mass; with a "dither:<w>" policy it is the density of log(price) of the draw (pricing.explore)
+    propensity: float = 1.0
+    policy: str = "greedy"
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +140,7 @@ _PRICE: Final[dict[str, tuple[tuple[type, ...], bool]]] = {
     "price": (_NUM, True), "base_price": (_NUM, True), "arm": (_STR, True),
     "expected_conversion": (_NUM + (type(None),), True), "expected_profit": (_NUM + (type(None),), True),
     "model_version": (_STR, True), "reasons": ((list,), True), "currency": (_STR, False),
+    "propensity": (_NUM, False), "policy": (_STR, False),
 }
 
 
@@ -222,7 +228,8 @@ def parse_price(data: bytes, *, max_bytes: int = MAX_PAYLOAD_BYTES) -> PriceEven
                       _finite("base_price", obj["base_price"], code="BAD_PRICE", positive=True),
                       obj["arm"], _optional_float(obj["expected_conversion"]),
                       _optional_float(obj["expected_profit"]), obj["model_version"], tuple(obj["reasons"]),
-                      obj.get("currency", "EUR"))
+                      obj.get("currency", "EUR"),
+                      _finite("propensity", obj.get("propensity", 1.0), positive=True), obj.get("policy", "greedy"))
 
 
 def dumps(record: ClickEvent | CatalogItem | PriceEvent) -> bytes:

@@ -81,6 +81,10 @@ class Settings(BaseSettings):
     # --- experiment and privacy
     treatment_share: float = Field(0.5, ge=0, le=1)
     experiment_salt: str = "exp-1"
+    exploration_width: float = Field(0.0, ge=0, le=0.5,
+                                     description="treatment prices drawn log-uniformly within +-this log width "
+                                                 "of the decision (0.05 ~ +-5 %), inside the guardrails; "
+                                                 "0 = the decision itself")
     user_hash_key: SecretStr = SecretStr("change-me-in-production")
 
     @field_validator("triggers", mode="before")

@@ -49,10 +49,14 @@ def item_batch(market: Market, item: np.ndarray) -> ItemBatch:
 
 
 def decide_prices(market: Market, item: np.ndarray, a: np.ndarray, b: np.ndarray,
-                  guardrails: Guardrails = DEFAULT_GUARDRAILS) -> np.ndarray:
-    """The production price for model outputs ``a, b``: ``decide_batch`` under ``guardrails``."""
+                  guardrails: Guardrails = DEFAULT_GUARDRAILS, explore_width: float = 0.0,
+                  seed: int = 0) -> np.ndarray:
+    """The production price for model outputs ``a, b``: ``decide_batch`` under ``guardrails``; with
+    ``explore_width``, one draw per row around it, as the worker's exploration draws."""
+    n = len(np.asarray(a).ravel())
+    u = np.random.default_rng(seed).random(n) if explore_width > 0 else None
     return decide_batch(np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel(),
-                        item_batch(market, item), guardrails).price
+                        item_batch(market, item), guardrails, explore_width=explore_width, explore_u=u).price
 
 
 def oracle_prices(market: Market, user: np.ndarray, item: np.ndarray,
@@ -149,14 +153,16 @@ def profit_table(market: Market, user: np.ndarray, item: np.ndarray, prices: dic
 def evaluate_policies(market: Market, price_model: Any, user_x: np.ndarray, item_x: np.ndarray,
                       user: np.ndarray, item: np.ndarray, *, guardrails: Guardrails = DEFAULT_GUARDRAILS,
                       ab: AB | None = None, others: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
-                      n_boot: int = 1000, seed: int = 0) -> PolicyReport:
+                      explore_widths: tuple[float, ...] = (), n_boot: int = 1000, seed: int = 0) -> PolicyReport:
     """The policy table on exposures: features ``user_x [N, U]``, ``item_x [N, 3]`` and the market's
     ``user``/``item`` indices of the same rows.
 
     The learned policy is ``decide_batch(a, b, ...)`` with ``a, b`` from ``price_model`` at
     ``price_ratio = 1`` (or from ``ab(user_x, item_x)`` if given, for models in other forms).
     ``others`` maps extra policy names to their own ``(a, b)`` (priced the same way, reported in
-    ``extra``), e.g. the true ``beta`` with an estimated ``alpha``.
+    ``extra``), e.g. the true ``beta`` with an estimated ``alpha``. Each of ``explore_widths`` adds
+    the learned policy with the worker's exploration at that width (``dither:<w>``): its expected
+    profit is the cost of exploring.
     """
     user, item = np.asarray(user), np.asarray(item)
     a, b = ab(user_x, item_x) if ab is not None else model_ab(price_model, user_x, item_x)
@@ -166,6 +172,8 @@ def evaluate_policies(market: Market, price_model: Any, user_x: np.ndarray, item
               "learned": decide_prices(market, item, a, b, guardrails)}
     for name, (oa, ob) in (others or {}).items():
         prices[name] = decide_prices(market, item, oa, ob, guardrails)
+    for w in explore_widths:
+        prices[f"dither:{w:g}"] = decide_prices(market, item, a, b, guardrails, explore_width=w, seed=seed)
     rep = profit_table(market, user, item, prices, n_boot=n_boot, seed=seed)
     bd = band_batch(item_batch(market, item), guardrails)
     p = prices["learned"]
@@ -183,11 +191,17 @@ def table(rep: PolicyReport) -> str:
     lines.append(f"efficiency {rep.efficiency:.3f}  95% CI [{rep.efficiency_ci[0]:.3f}, {rep.efficiency_ci[1]:.3f}]"
                  f"  learned/uniform {rep.learned_over_uniform:.4f}  ({rep.n_exposures:,} exposures,"
                  f" {rep.n_users:,} users)")
+    for k in rep.extra_policies():
+        if k.startswith("dither:"):
+            eff = float(_efficiency(np.array(rep.extra[k]), np.array(rep.uniform), np.array(rep.oracle)))
+            lines.append(f"exploration {k}: efficiency {eff:.3f}, profit {rep.extra[k] / rep.learned - 1:+.2%} "
+                         "against the learned policy without it")
     return "\n".join(lines)
 
 
 # ---------------------------------------------------------------- command line
-def run(cfg: MarketConfig, holdout_days: float = 3.0, price_cfg: Any = None, progress: bool = False) -> dict[str, Any]:
+def run(cfg: MarketConfig, holdout_days: float = 3.0, price_cfg: Any = None, progress: bool = False,
+        explore_widths: tuple[float, ...] = ()) -> dict[str, Any]:
     """Simulate ``cfg``, build rows, train the price model on the pre-holdout rows, evaluate on the holdout."""
     from models import price_model as pm
 
@@ -201,7 +215,8 @@ def run(cfg: MarketConfig, holdout_days: float = 3.0, price_cfg: Any = None, pro
                                validation=(data.user[val], data.item[val], data.price_ratio[val], data.label[val]),
                                verbose=2 if progress else 0, feature_names=FEATURE_NAMES)
     u, i = data_market_index(market, data)
-    rep = evaluate_policies(market, model, data.user[hold], data.item[hold], u[hold], i[hold])
+    rep = evaluate_policies(market, model, data.user[hold], data.item[hold], u[hold], i[hold],
+                            explore_widths=explore_widths)
     return {"report": rep, "seconds": time.perf_counter() - t0}
 
 
@@ -219,9 +234,13 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m models.lab.policy_eval", description=main.__doc__)
     add_market_args(p)
     p.add_argument("--holdout-days", type=float, default=None)
+    p.add_argument("--explore-widths", default="", metavar="W,W",
+                   help="also price with the worker's exploration at these widths (PRICING_EXPLORATION_WIDTH)")
     args = p.parse_args(argv)
     cfg = market_config(args)
-    res = run(cfg, args.holdout_days if args.holdout_days is not None else (0.25 if args.small else 3.0))
+    widths = tuple(float(w) for w in args.explore_widths.split(",") if w.strip())
+    res = run(cfg, args.holdout_days if args.holdout_days is not None else (0.25 if args.small else 3.0),
+              explore_widths=widths)
     print(table(res["report"]))
     print(f"{res['seconds']:.1f} s")
     return 0

@@ -122,3 +122,22 @@ def test_pipeline_item_features_are_the_training_ones() -> None:
         np.testing.assert_allclose(row, want, rtol=1e-6)
     np.testing.assert_allclose(users[0], user_features(state, pipe.spec, NOW - 1000 + 3), rtol=1e-6)
     assert items[0, 5] == np.float32(0.7)  # i1's lift reached the price model
+
+
+def test_exploration_is_logged_and_replays_to_the_same_price() -> None:
+    views = [record(i, "view", item=f"i{i % 6}", user=f"u{i}") for i in range(60)]
+    pipe, table = make(exploration_width=0.1, top_k=0)
+    first = [parse_price(v) for _, v in run(pipe, table, views).prices]
+    again, t2 = make(exploration_width=0.1, top_k=0)  # another worker, the same events: the same draws
+    assert [parse_price(v) for _, v in run(again, t2, views).prices] == first
+    greedy, t3 = make(top_k=0)
+    decided = {p.decision_id: p for p in (parse_price(v) for _, v in run(greedy, t3, views).prices)}
+    treated = [p for p in first if p.arm == "treatment"]
+    control = [p for p in first if p.arm == "control"]
+    assert treated and control
+    assert all(p.policy == "control" and p.propensity == 1.0 and p.price == p.base_price for p in control)
+    drawn = [p for p in treated if "EXPLORED" in p.reasons]
+    assert drawn and all(p.policy == "dither:0.1" and 1 / 0.2 - 1e-9 <= p.propensity for p in drawn)
+    assert any(p.price != decided[p.decision_id].price for p in drawn)  # moved from the decision ...
+    assert all(abs(np.log(p.price / decided[p.decision_id].price)) <= 0.1 + 1e-3 for p in drawn)  # ... within w
+    assert all(p.policy == "greedy" and p.propensity == 1.0 for p in decided.values() if p.arm == "treatment")

@@ -245,3 +245,55 @@ def test_each_row_is_decided_at_its_own_event_time() -> None:
     bd = band_batch(items, g, np.array([1010.0, 8200.0]), np.array([10.0, 10.0]), np.array([1000.0, 1000.0]))
     assert (bd.lo[0], bd.hi[0]) == pytest.approx((9.5, 10.5))
     assert (bd.lo[1], bd.hi[1]) == pytest.approx((5.0, 15.0))
+
+
+@settings(max_examples=1000, deadline=None)
+@given(wild, wild, items(), guardrails, st.none() | st.tuples(money, st.floats(0, 2e5)),
+       st.floats(0.001, 0.5), st.floats(0.0, 1.0))
+def test_explored_prices_never_leave_their_guardrails(a: float, b: float, item: ItemTerms, g: Guardrails,
+                                                      prev: tuple[float, float] | None, width: float,
+                                                      u: float) -> None:
+    pp, pts = (np.array([math.nan]), np.array([-math.inf])) if prev is None else \
+        (np.array([prev[0]]), np.array([0.0]))
+    now = 0.0 if prev is None else prev[1]
+    d = decide_batch([a], [b], ItemBatch.of([item]), g, now, pp, pts, explore_width=width, explore_u=np.array([u]))
+    p, age = (None, None) if prev is None else prev
+    assert_within(float(d.price[0]), int(d.reasons[0]), item, g, p, age)
+    assert d.propensity is not None and d.propensity[0] > 0 and math.isfinite(d.propensity[0])
+
+
+def test_exploration_draws_log_uniformly_around_the_decision_with_its_density() -> None:
+    n = 20_000
+    item = ItemBatch.of([ItemTerms("i", 100.0, 10.0, 50.0, 200.0)] * n)
+    a, b = np.full(n, 3.53), np.full(n, 3.0)  # optimum near the base price, far inside the band
+    greedy = decide_batch(a, b, item, Guardrails())
+    assert 95 < greedy.price[0] < 105
+    u = np.random.default_rng(3).random(n)
+    d = decide_batch(a, b, item, Guardrails(), explore_width=0.1, explore_u=u)
+    ratio = np.log(d.price / greedy.price)
+    assert np.all(np.abs(ratio) <= 0.1 + 1e-3)                     # within the width (cents aside)
+    assert abs(float(np.mean(ratio))) < 0.005                      # centred on the decision
+    hist, _ = np.histogram(ratio, bins=10, range=(-0.1, 0.1))
+    assert hist.min() > 0.8 * n / 10                               # flat in log price
+    assert np.allclose(d.propensity, 1 / 0.2)                      # density of log(price) on a 0.2-wide span
+    assert np.all(d.reasons & Reason.EXPLORED)
+    assert np.all(d.expected_conversion == conversion(a, b, item.base_price, d.price))
+    same = decide_batch(a, b, item, Guardrails(), explore_width=0.1, explore_u=u)
+    assert np.array_equal(same.price, d.price)                     # the same uniforms, the same prices
+
+
+def test_exploration_at_a_band_edge_is_cut_to_the_band_not_clipped() -> None:
+    # decision at the deviation cap (base 100, +20 %): the draw is on [120 e^-0.1, 120], so no mass piles at 120
+    item = ItemBatch.of([ItemTerms("i", 100.0, 10.0, 50.0, 200.0)] * 5000)
+    a, b = np.full(5000, 10.0), np.full(5000, 0.5)  # wants far above the cap
+    d = decide_batch(a, b, item, Guardrails(), explore_width=0.1, explore_u=np.random.default_rng(1).random(5000))
+    assert d.price.max() <= 120.0 and np.mean(d.price >= 119.99) < 0.01
+    assert np.allclose(d.propensity, 1 / 0.1)
+
+
+def test_no_width_means_the_decision_itself() -> None:
+    item = ItemBatch.of([ITEM])
+    d = decide_batch([2.0], [3.0], item, G)
+    assert d.propensity is not None and d.propensity[0] == 1.0 and not d.reasons[0] & Reason.EXPLORED
+    with pytest.raises(ValueError, match="one uniform per row"):
+        decide_batch([2.0], [3.0], item, G, explore_width=0.1)
