@@ -416,10 +416,10 @@ def _read_topic(s: Settings, topic: str, parse: Callable[[bytes], Any], timeout_
     """Every parsable record of ``topic`` from the beginning to its end offsets at call time."""
     from kafka import KafkaConsumer, TopicPartition
 
+    from streams.kafka_config import kafka_python_config
     from streams.schemas import SchemaError
-    from streams.topics import kafka_client_config
 
-    consumer = KafkaConsumer(enable_auto_commit=False, group_id=None, **kafka_client_config(s))
+    consumer = KafkaConsumer(enable_auto_commit=False, group_id=None, **kafka_python_config(s))
     try:
         parts = consumer.partitions_for_topic(topic) or set()
         tps = [TopicPartition(topic, p) for p in sorted(parts)]
