@@ -579,34 +579,31 @@ def cmd_up(cfg: Config, _args: argparse.Namespace) -> int:
     return 0
 
 
-def _stop(node: Node) -> None:
-    pid = running_pid(node)
-    if pid is None:
-        node.pid_file.unlink(missing_ok=True)
-        return
-    info(f"stopping broker {node.node_id} (pid {pid})")
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and _is_our_broker(pid, node):
-        time.sleep(0.2)
-    if _is_our_broker(pid, node):
-        info("still running after 30s, sending SIGKILL")
-        os.kill(pid, signal.SIGKILL)
-        while _is_our_broker(pid, node):
-            time.sleep(0.1)
-    node.pid_file.unlink(missing_ok=True)
-
-
 def cmd_down(cfg: Config, _args: argparse.Namespace) -> int:
-    """SIGTERM our broker(s), SIGKILL after 30 s."""
-    nodes = [n for n in cfg.nodes() if running_pid(n) is not None]
-    if not nodes:
+    """SIGTERM our broker(s), SIGKILL after 30 s.
+
+    All nodes of a cluster are signalled at once: stopped one by one, the last ones lose their
+    controller quorum and wait for it until the SIGKILL.
+    """
+    pids = {n.node_id: (n, pid) for n in cfg.nodes() if (pid := running_pid(n)) is not None}
+    if not pids:
         for n in cfg.nodes():
             n.pid_file.unlink(missing_ok=True)
         info("no broker started by this script is running")
         return 0
-    for node in reversed(nodes):  # controllers last-in-first-out; each stop waits for its JVM
-        _stop(node)
+    for node, pid in pids.values():
+        info(f"stopping broker {node.node_id} (pid {pid})")
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and any(_is_our_broker(pid, n) for n, pid in pids.values()):
+        time.sleep(0.2)
+    for node, pid in pids.values():
+        if _is_our_broker(pid, node):
+            info(f"broker {node.node_id} still running after 30s, sending SIGKILL")
+            os.kill(pid, signal.SIGKILL)
+            while _is_our_broker(pid, node):
+                time.sleep(0.1)
+        node.pid_file.unlink(missing_ok=True)
     info("stopped")
     return 0
 
