@@ -21,10 +21,9 @@ import pytest
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 
 from streams.kafka_config import kafka_python_config
-from streams.pipeline import decision_id
-from streams.schemas import CatalogItem, ClickEvent, dumps, parse_price
+from streams.schemas import CatalogItem, ClickEvent, decision_id, dumps, parse_price
 from streams.settings import load_settings
-from streams.source import keyed, publish
+from streams.tools.source import keyed, publish
 from streams.topics import ensure_topics
 
 REPO = Path(__file__).resolve().parents[2]

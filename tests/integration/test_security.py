@@ -21,16 +21,16 @@ import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from streams.kafka_config import kafka_python_config
-from streams.pipeline import decision_id
-from streams.schemas import CatalogItem, ClickEvent, dumps, parse_price
+from streams.schemas import CatalogItem, ClickEvent, decision_id, dumps, parse_price
 from streams.settings import Settings, load_settings
-from streams.source import publish
+from streams.tools.source import publish
 from streams.topics import ensure_topics
 
 REPO = Path(__file__).resolve().parents[2]
 CATALOG = [CatalogItem(f"i{k}", f"cat{k % 3}", 10.0 + k, 4.0 + k / 2, 8.0 + k * 0.8, 12.0 + k * 1.2)
            for k in range(6)]
 TIMEOUT_S = 60  # a refused login must be reported well within this, never hang
+pytestmark = pytest.mark.cluster
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +84,7 @@ def _read_prices(s: Settings, want: set[str], timeout: float, logs) -> set[str]:
 
 
 def _replay(env: dict[str, str], path: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "streams.replay", str(path), "--rate", "2000", "--no-progress",
+    return subprocess.run([sys.executable, "-m", "streams.tools.replay", str(path), "--rate", "2000", "--no-progress",
                            "--json"], cwd=REPO, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
 
 
@@ -145,7 +145,7 @@ def test_refused_credentials_fail_fast_typed_and_named(secured, tmp_path: Path, 
     pricing |= {"PRICING_DATA_DIR": str(tmp_path / "worker"), "PRICING_STORE": "memory://"}
     events = tmp_path / "events.jsonl"
     events.write_bytes(dumps(_events(1, 1)[0]) + b"\n")
-    commands = {"pricing-replay": [sys.executable, "-m", "streams.replay", str(events), "--no-progress"],
+    commands = {"pricing-replay": [sys.executable, "-m", "streams.tools.replay", str(events), "--no-progress"],
                 "pricing-worker": [sys.executable, "-m", "streams.app", "--deterministic-scorer"],
                 "pricing-topics": [sys.executable, "-m", "streams.topics"]}
     for prog, cmd in commands.items():
