@@ -24,8 +24,11 @@ demo: venv  ## the whole loop on a simulated market: broker, history, training, 
 demo-homogeneous: venv  ## the demo in a market where all users are alike (personalization must do no harm)
 	@bash deploy/demo.sh --homogeneous
 
-kafka-up: venv  ## start the local Kafka broker (idempotent), create the topics; prints the bootstrap address
-	@boot=$$($(BROKER) up | tail -n 1) && PRICING_KAFKA_BOOTSTRAP=$$boot $(PY) -m streams.topics >&2 && echo $$boot
+BROKERS ?= 1
+kafka-up: venv  ## start the local Kafka broker (idempotent; BROKERS=3 for a 3-node cluster), create the topics
+	@boot=$$($(BROKER) up --brokers $(BROKERS) | tail -n 1) && env PRICING_KAFKA_BOOTSTRAP=$$boot \
+	  $$( [ $(BROKERS) -ge 3 ] && echo PRICING_REPLICATION_FACTOR=3 PRICING_MIN_INSYNC_REPLICAS=2 ) \
+	  $(PY) -m streams.topics >&2 && echo $$boot
 
 kafka-down: venv  ## stop the broker that kafka-up started
 	@$(BROKER) down

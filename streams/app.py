@@ -21,25 +21,13 @@ import faust
 from .catalog import Catalog
 from .faust_compat import PricingApp, PricingTableManager, check_versions, topic_partitions, write_as_of
 from .features import FeatureSpec, feature_names
+from .kafka_config import aiokafka_config, cli_check_connection, faust_broker, faust_credentials
 from .pipeline import Pipeline, RawRecord
 from .schemas import DeadLetter, SchemaError, dead_letter_bytes, parse_catalog
 from .scoring import BundleWatcher, DeterministicScorer, Scorer
 from .settings import Settings, cli_settings
-from .topics import kafka_client_config
 
 log = logging.getLogger("pricing.worker")
-
-
-def _credentials(s: Settings) -> Any:
-    if s.kafka_sasl_mechanism:
-        return faust.SASLCredentials(username=s.kafka_sasl_username,
-                                     password=s.kafka_sasl_password.get_secret_value()
-                                     if s.kafka_sasl_password else None, mechanism=s.kafka_sasl_mechanism)
-    if s.kafka_security_protocol == "SSL":
-        import ssl
-
-        return faust.SSLCredentials(ssl.create_default_context(cafile=s.kafka_ssl_cafile))
-    return None
 
 
 def _scorer_source(s: Settings, deterministic: bool) -> tuple[Callable[[], Scorer], BundleWatcher | None]:
@@ -63,8 +51,8 @@ def create_app(s: Settings, *, deterministic_scorer: bool = False,
     """
     check_versions()
     app = PricingApp(
-        s.app_id, broker=[f"kafka://{h}" for h in s.kafka_bootstrap.split(",")],
-        broker_credentials=_credentials(s), store=s.store, datadir=str(s.data_dir),
+        s.app_id, broker=faust_broker(s),
+        broker_credentials=faust_credentials(s), store=s.store, datadir=str(s.data_dir),
         topic_partitions=s.partitions, topic_replication_factor=s.replication_factor,
         consumer_auto_offset_reset="earliest", web_enabled=False, broker_commit_every=1000,
         broker_commit_interval=1.0, producer_linger_ms=1,
@@ -133,10 +121,8 @@ async def _follow_catalog(app: faust.App, s: Settings, catalog: Catalog, ready: 
     """Read the whole compacted catalog topic (outside the group) forever; set ``ready`` when caught up."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
-    cfg = kafka_client_config(s)
-    consumer = AIOKafkaConsumer(bootstrap_servers=cfg.pop("bootstrap_servers"), group_id=None,
-                                enable_auto_commit=False, auto_offset_reset="earliest",
-                                **{k: v for k, v in cfg.items() if k != "ssl_cafile"})
+    consumer = AIOKafkaConsumer(group_id=None, enable_auto_commit=False, auto_offset_reset="earliest",
+                                **aiokafka_config(s))
     await consumer.start()
     try:
         parts = None
@@ -181,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--loglevel", default="info", choices=["debug", "info", "warning", "error"])
     args = parser.parse_args(argv)
     s = cli_settings()
+    # a refused certificate or password fails here, named, instead of as endless client retries
+    cli_check_connection(s, "pricing-worker")
     Path(s.data_dir).mkdir(parents=True, exist_ok=True)
     app = create_app(s, deterministic_scorer=args.deterministic_scorer)
     web = ["--web-port", str(s.web_port)] if s.web_port else ["--without-web"]

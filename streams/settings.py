@@ -38,7 +38,11 @@ class Settings(BaseSettings):
     kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
     kafka_sasl_username: str | None = None
     kafka_sasl_password: SecretStr | None = None
-    kafka_ssl_cafile: Path | None = None
+    kafka_ssl_cafile: Path | None = Field(None, description="PEM CA bundle that signed the brokers' certificates")
+    kafka_ssl_certfile: Path | None = Field(None, description="PEM client certificate (mTLS); needs the key file")
+    kafka_ssl_keyfile: Path | None = Field(None, description="PEM private key of the client certificate")
+    kafka_ssl_key_password: SecretStr | None = Field(None, description="password of an encrypted key file")
+    kafka_ssl_check_hostname: bool = Field(True, description="check the broker certificate names its host")
 
     # --- topics
     topic_clickstream: str = "clickstream"
@@ -47,6 +51,7 @@ class Settings(BaseSettings):
     topic_dead_letter: str = "clickstream-dlq"
     partitions: int = Field(4, ge=1, le=1024, description="partitions of clickstream and prices")
     replication_factor: int = Field(1, ge=1, le=16)
+    min_insync_replicas: int = Field(1, ge=1, le=16, description="min.insync.replicas of the topics we create")
     dead_letter_retention_ms: int = Field(30 * 24 * 3600 * 1000, ge=3600 * 1000)
 
     # --- worker
@@ -102,9 +107,35 @@ class Settings(BaseSettings):
         allowed = {"view", "click", "add_to_cart", "purchase", "review"}
         if bad := set(self.triggers) - allowed:
             raise ValueError(f"unknown trigger event types {sorted(bad)}; allowed: {sorted(allowed)}")
-        if self.kafka_security_protocol.startswith("SASL") and not self.kafka_sasl_mechanism:
-            raise ValueError("SASL security protocol needs PRICING_KAFKA_SASL_MECHANISM")
+        if self.min_insync_replicas > self.replication_factor:
+            raise ValueError(f"PRICING_MIN_INSYNC_REPLICAS={self.min_insync_replicas} is above "
+                             f"PRICING_REPLICATION_FACTOR={self.replication_factor}: no write could succeed")
+        self._check_security()
         return self
+
+    def _check_security(self) -> None:
+        """Refuse security settings that could only fail at connect time, naming the setting."""
+        proto = self.kafka_security_protocol
+        if proto.startswith("SASL"):
+            for name in ("kafka_sasl_mechanism", "kafka_sasl_username", "kafka_sasl_password"):
+                if not getattr(self, name):
+                    raise ValueError(f"PRICING_KAFKA_SECURITY_PROTOCOL={proto} needs {ENV_PREFIX}{name.upper()}")
+        ssl_names = ("kafka_ssl_cafile", "kafka_ssl_certfile", "kafka_ssl_keyfile", "kafka_ssl_key_password")
+        if not proto.endswith("SSL"):
+            # a CA file with PLAINTEXT would silently connect unencrypted
+            if set_ := [ENV_PREFIX + n.upper() for n in ssl_names if getattr(self, n) is not None]:
+                raise ValueError(f"{', '.join(set_)} set but PRICING_KAFKA_SECURITY_PROTOCOL={proto} "
+                                 f"does not use TLS (use SSL or SASL_SSL)")
+            return
+        for name in ssl_names[:3]:
+            path = getattr(self, name)
+            if path is not None and not Path(path).is_file():
+                raise ValueError(f"{ENV_PREFIX}{name.upper()}={path}: no such file")
+        if (self.kafka_ssl_certfile is None) != (self.kafka_ssl_keyfile is None):
+            raise ValueError("PRICING_KAFKA_SSL_CERTFILE and PRICING_KAFKA_SSL_KEYFILE go together "
+                             "(client certificate and its private key)")
+        if self.kafka_ssl_key_password is not None and self.kafka_ssl_keyfile is None:
+            raise ValueError("PRICING_KAFKA_SSL_KEY_PASSWORD set without PRICING_KAFKA_SSL_KEYFILE")
 
     def masked(self) -> dict[str, object]:
         """The effective settings as plain values, secrets shown as ``**********``."""

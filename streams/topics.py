@@ -12,6 +12,7 @@ import logging
 import sys
 from dataclasses import dataclass
 
+from .kafka_config import cli_check_connection, kafka_python_config
 from .settings import Settings, cli_settings
 
 log = logging.getLogger("pricing.topics")
@@ -29,28 +30,20 @@ class TopicSpec:
 def topic_specs(s: Settings) -> list[TopicSpec]:
     """The topics this project needs, from the settings."""
     week = str(7 * 24 * 3600 * 1000)
+    # with replication factor 3 and min ISR 2, an acks=all write survives one broker down
+    isr = {"min.insync.replicas": str(s.min_insync_replicas)}
     return [
-        TopicSpec(s.topic_clickstream, s.partitions, {"cleanup.policy": "delete", "retention.ms": week}),
+        TopicSpec(s.topic_clickstream, s.partitions, {"cleanup.policy": "delete", "retention.ms": week, **isr}),
         # catalog is keyed by item: compaction keeps the latest terms of every item forever
-        TopicSpec(s.topic_catalog, 1, {"cleanup.policy": "compact", "min.compaction.lag.ms": "0"}),
-        TopicSpec(s.topic_prices, s.partitions, {"cleanup.policy": "delete", "retention.ms": week}),
+        TopicSpec(s.topic_catalog, 1, {"cleanup.policy": "compact", "min.compaction.lag.ms": "0", **isr}),
+        TopicSpec(s.topic_prices, s.partitions, {"cleanup.policy": "delete", "retention.ms": week, **isr}),
         TopicSpec(s.topic_dead_letter, 1,
-                  {"cleanup.policy": "delete", "retention.ms": str(s.dead_letter_retention_ms)}),
+                  {"cleanup.policy": "delete", "retention.ms": str(s.dead_letter_retention_ms), **isr}),
     ]
 
 
-def kafka_client_config(s: Settings) -> dict[str, object]:
-    """kafka-python connection settings (bootstrap and security) from the settings."""
-    cfg: dict[str, object] = {"bootstrap_servers": s.kafka_bootstrap.split(","),
-                              "security_protocol": s.kafka_security_protocol}
-    if s.kafka_sasl_mechanism:
-        cfg["sasl_mechanism"] = s.kafka_sasl_mechanism
-        cfg["sasl_plain_username"] = s.kafka_sasl_username
-        if s.kafka_sasl_password is not None:
-            cfg["sasl_plain_password"] = s.kafka_sasl_password.get_secret_value()
-    if s.kafka_ssl_cafile:
-        cfg["ssl_cafile"] = str(s.kafka_ssl_cafile)
-    return cfg
+# kept for callers of the old name: one builder for every client lives in streams/kafka_config.py
+kafka_client_config = kafka_python_config
 
 
 def ensure_topics(s: Settings, specs: list[TopicSpec] | None = None) -> dict[str, str]:
@@ -59,7 +52,7 @@ def ensure_topics(s: Settings, specs: list[TopicSpec] | None = None) -> dict[str
     from kafka.errors import TopicAlreadyExistsError
 
     specs = topic_specs(s) if specs is None else specs
-    admin = KafkaAdminClient(client_id="pricing-topics", request_timeout_ms=30_000, **kafka_client_config(s))
+    admin = KafkaAdminClient(client_id="pricing-topics", request_timeout_ms=30_000, **kafka_python_config(s))
     try:
         existing = set(admin.list_topics())
         result: dict[str, str] = {}
@@ -91,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("kafka").setLevel(logging.WARNING)  # its INFO lines are connection chatter
     s = cli_settings()
+    cli_check_connection(s, "pricing-topics")
     try:
         result = ensure_topics(s)
     except Exception as exc:  # noqa: BLE001 - a CLI reports any broker failure plainly

@@ -45,6 +45,7 @@ import numpy as np
 import orjson
 from scipy.special import expit
 
+from streams.kafka_config import aiokafka_config, cli_check_connection, kafka_python_config
 from streams.schemas import ClickEvent, PriceEvent, SchemaError, decision_id, dumps, parse_price
 from streams.settings import Settings, cli_settings
 
@@ -296,9 +297,8 @@ class LiveMarket:
         from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
         self.out.mkdir(parents=True, exist_ok=True)
-        boot = self.s.kafka_bootstrap
-        self.producer = AIOKafkaProducer(bootstrap_servers=boot, linger_ms=2, acks=1)
-        consumer = AIOKafkaConsumer(bootstrap_servers=boot, group_id=None, enable_auto_commit=False)
+        self.producer = AIOKafkaProducer(linger_ms=2, acks=1, **aiokafka_config(self.s))
+        consumer = AIOKafkaConsumer(group_id=None, enable_auto_commit=False, **aiokafka_config(self.s))
         await self.producer.start()
         await consumer.start()
         follower: asyncio.Task[None] | None = None
@@ -410,7 +410,7 @@ class LiveMarket:
         """End offset of every clickstream partition (kafka-python, in a thread)."""
         from kafka import KafkaConsumer, TopicPartition
 
-        c = KafkaConsumer(bootstrap_servers=self.s.kafka_bootstrap, enable_auto_commit=False)
+        c = KafkaConsumer(enable_auto_commit=False, **kafka_python_config(self.s))
         try:
             tps = [TopicPartition(self.s.topic_clickstream, p)
                    for p in sorted(c.partitions_for_topic(self.s.topic_clickstream) or ())]
@@ -422,7 +422,7 @@ class LiveMarket:
         """Wait until the worker's group (``PRICING_APP_ID``) has committed ``end`` on the clickstream."""
         from kafka import KafkaAdminClient
 
-        admin = KafkaAdminClient(bootstrap_servers=self.s.kafka_bootstrap, client_id="market-warm-up")
+        admin = KafkaAdminClient(client_id="market-warm-up", **kafka_python_config(self.s))
         deadline, last, lag = time.monotonic() + timeout, 0.0, -1
         try:
             while time.monotonic() < deadline:
@@ -532,6 +532,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m models.lab.live_market`` (``pricing-market``)."""
     args = parser().parse_args(argv)
     s = cli_settings()
+    cli_check_connection(s, "pricing-market")
     market = market_from_args(args)
     cfg = LoopConfig(args.days, args.duration, args.users, args.price_timeout, args.max_sessions, args.seed,
                      args.run_id, args.listing, args.max_wall, args.warm_days)
@@ -567,7 +568,7 @@ def publish_catalog(market: Market, s: Settings) -> None:
 
     from streams.tools.source import publish
 
-    producer = KafkaProducer(bootstrap_servers=s.kafka_bootstrap.split(","))
+    producer = KafkaProducer(**kafka_python_config(s))
     try:
         result = publish(producer, s.topic_catalog, [(c.item_id.encode(), dumps(c)) for c in market.catalog()])
     finally:

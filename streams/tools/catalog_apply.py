@@ -30,9 +30,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from streams.kafka_config import cli_check_connection, kafka_python_config
 from streams.schemas import SchemaError, parse_price
 from streams.settings import cli_settings
-from streams.topics import kafka_client_config
 
 log = logging.getLogger("pricing.catalog_apply")
 
@@ -148,12 +148,13 @@ def main(argv: list[str] | None = None) -> int:
     s = cli_settings(**{k: v for k, v in overrides.items() if v})
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("kafka").setLevel(logging.WARNING)  # its INFO lines are connection chatter
+    cli_check_connection(s, "pricing-catalog-apply")
     args.db.parent.mkdir(parents=True, exist_ok=True)
     conn = connect(sqlite3.connect(args.db))
     stopping: list[int] = []
     signal.signal(signal.SIGTERM, lambda signum, frame: stopping.append(signum))
     consumer = KafkaConsumer(s.topic_prices, group_id=args.group, client_id="pricing-catalog-apply",
-                             enable_auto_commit=False, auto_offset_reset="earliest", **kafka_client_config(s))
+                             enable_auto_commit=False, auto_offset_reset="earliest", **kafka_python_config(s))
     try:
         total = run(consumer, conn, args.once, args.timeout, stop=lambda: bool(stopping))
         incomplete = args.once and not stopping and not drained(consumer)

@@ -42,9 +42,9 @@ import numpy as np
 import orjson
 from numpy.typing import NDArray
 
+from streams.kafka_config import kafka_python_config
 from streams.schemas import SchemaError, decision_id, parse_catalog, parse_click, parse_price
 from streams.settings import Settings
-from streams.topics import kafka_client_config
 
 F = NDArray[np.float64]
 ARMS = ("control", "treatment")
@@ -418,7 +418,7 @@ def _read_topic(s: Settings, topic: str, parse: Callable[[bytes], Any], timeout_
     from kafka import KafkaConsumer, TopicPartition
 
 
-    consumer = KafkaConsumer(enable_auto_commit=False, group_id=None, **kafka_client_config(s))
+    consumer = KafkaConsumer(enable_auto_commit=False, group_id=None, **kafka_python_config(s))
     try:
         parts = consumer.partitions_for_topic(topic) or set()
         tps = [TopicPartition(topic, p) for p in sorted(parts)]

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from streams.kafka_config import cli_check_connection
 from streams.settings import cli_settings
 from streams.version import add_version
 
@@ -60,7 +61,9 @@ def main(argv: list[str] | None = None, *, truth: Truth | None = None, prog: str
         exp, pur, meta = load_exposure_log(args.exposures)
         run = meta.get("run_id") or Path(args.exposures).name
     else:
-        exp, pur, meta = load_kafka(cli_settings(), since=args.since, until=args.until)
+        s = cli_settings()
+        cli_check_connection(s, prog)
+        exp, pur, meta = load_kafka(s, since=args.since, until=args.until)
         if truth is not None and args.train_dir:
             meta["market"] = json.loads((args.train_dir / "training_summary.json").read_text())["knobs"]["market"]
             exp = _with_market_index(exp, truth(meta))

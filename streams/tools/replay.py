@@ -21,9 +21,9 @@ from typing import Any
 
 import orjson
 
+from streams.kafka_config import cli_check_connection, kafka_python_config
 from streams.schemas import dumps
 from streams.settings import Settings, cli_settings
-from streams.topics import kafka_client_config
 
 from .source import Record, count_lines, csv_records, derive_catalog, jsonl_records, publish
 
@@ -202,7 +202,8 @@ def _prepare(args: argparse.Namespace) -> tuple[int, float | None, list[Any]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``pricing-replay``: exit 0 when everything was delivered, 1 on delivery failures, 2 on bad input."""
+    """``pricing-replay``: exit 0 when everything was delivered, 1 on delivery failures, 2 on bad input,
+    3 when Kafka is unreachable or refuses the TLS/SASL settings."""
     import logging
     from itertools import islice
 
@@ -218,9 +219,10 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError, EOFError) as exc:
         print(f"error: cannot read {args.path}: {exc}", file=sys.stderr)
         return 2
+    cli_check_connection(s, "pricing-replay")
     try:
         producer = KafkaProducer(client_id="pricing-replay", linger_ms=5, max_block_ms=30_000,
-                                 **kafka_client_config(s))
+                                 **kafka_python_config(s))
     except KafkaError as exc:
         print(f"error: cannot reach Kafka at {s.kafka_bootstrap}: {exc!r}", file=sys.stderr)
         return 1

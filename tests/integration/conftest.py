@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -147,3 +149,90 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
             pytest.fail(f"{' '.join(cmd[1:4])} failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}",
                         pytrace=False)
     return root / "models"
+
+
+# --- brokers of their own: a secured one, a 3-node cluster (deploy/kafka/broker.py) ------------
+
+BROKER_SCRIPT = REPO / "deploy" / "kafka" / "broker.py"
+
+
+class LocalBrokers:
+    """Brokers a test module starts with broker.py in its own data dir and ports, and stops after."""
+
+    def __init__(self, data_dir: Path, port: int, brokers: int, security: bool) -> None:
+        self.data_dir, self.brokers, self.security = data_dir, brokers, security
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "PRICING_"))}
+        self.env |= {"KAFKA_DATA_DIR": str(data_dir), "KAFKA_PORT": str(port),
+                     "KAFKA_CONTROLLER_PORT": str(port + brokers), "KAFKA_BROKERS": str(brokers),
+                     "KAFKA_SECURITY": "1" if security else "0", "KAFKA_HEAP": "384m"}
+        if security:  # ssl, mtls, sasl_ssl, sasl_plaintext right after the controller port
+            names = ("KAFKA_SSL_PORT", "KAFKA_MTLS_PORT", "KAFKA_SASL_SSL_PORT", "KAFKA_SASL_PLAINTEXT_PORT")
+            self.env |= {n: str(port + brokers + 1 + k) for k, n in enumerate(names)}
+        self.bootstrap = ""
+
+    def run(self, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+        """``broker.py ARGS`` with this setup's environment."""
+        return subprocess.run([sys.executable, str(BROKER_SCRIPT), *args], env=self.env, capture_output=True,
+                              text=True, timeout=timeout)
+
+    def up(self) -> str:
+        """Start every node that is not running; returns the bootstrap addresses."""
+        done = self.run("up")
+        if done.returncode != 0:
+            pytest.fail(f"broker.py up failed ({done.returncode}):\n{done.stderr[-4000:]}", pytrace=False)
+        self.bootstrap = done.stdout.strip().splitlines()[-1]
+        return self.bootstrap
+
+    def down(self) -> None:
+        """Stop every node."""
+        self.run("down", timeout=120)
+
+    def client_env(self, name: str) -> dict[str, str]:
+        """PRICING_* settings of a secured listener, from the env file broker.py wrote."""
+        lines = (self.data_dir / "security" / f"{name}.env").read_text().splitlines()
+        return dict(line.split("=", 1) for line in lines if line)
+
+    def node_pid(self, node: int) -> int:
+        """Pid of one node of a cluster."""
+        return int((self.data_dir / f"node-{node}" / "broker.pid").read_text())
+
+
+def free_port_block(n: int, offset: int) -> int:
+    """First of ``n`` consecutive free ports: IT_KAFKA_PORT_BASE + offset when set, else a free block."""
+    import random
+
+    base = os.environ.get("IT_KAFKA_PORT_BASE")
+    if base:
+        return int(base) + offset
+    rng = random.Random()
+    for _ in range(200):
+        first = rng.randrange(20000, 32000 - n)
+        ok = True
+        for port in range(first, first + n):
+            with socket.socket() as sock:
+                try:
+                    sock.bind(("127.0.0.1", port))
+                except OSError:
+                    ok = False
+                    break
+        if ok:
+            return first
+    raise RuntimeError(f"no block of {n} free ports found")
+
+
+@pytest.fixture(scope="module")
+def local_brokers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., LocalBrokers]]:
+    """Factory: ``local_brokers(brokers=3)`` or ``local_brokers(security=True)``; all stopped at module end."""
+    started: list[LocalBrokers] = []
+
+    def start(*, brokers: int = 1, security: bool = False) -> LocalBrokers:
+        n_ports = 2 * brokers + (4 if security else 0)
+        port = free_port_block(n_ports, offset=0 if security else 10)
+        handle = LocalBrokers(tmp_path_factory.mktemp("kafka"), port, brokers, security)
+        started.append(handle)
+        handle.up()
+        return handle
+
+    yield start
+    for handle in started:
+        handle.down()

@@ -184,6 +184,8 @@ class FakeProducer:
 def test_cli_sends_catalog_then_clicks_and_reports(monkeypatch: pytest.MonkeyPatch,
                                                    capsys: pytest.CaptureFixture[str]) -> None:
     producer = FakeProducer()
+    # the broker preflight (streams/kafka_config.py) is covered by the integration tests
+    monkeypatch.setitem(main.__globals__, "cli_check_connection", lambda *a, **k: None)
     monkeypatch.setattr(kafka, "KafkaProducer", lambda **cfg: producer)
     code = main([str(SAMPLE), "--emit-catalog", "--topic", "clicks", "--catalog-topic", "cat", "--skip", "2",
                  "--limit", "20", "--no-progress", "--json"])
@@ -197,6 +199,8 @@ def test_cli_sends_catalog_then_clicks_and_reports(monkeypatch: pytest.MonkeyPat
 
 
 def test_cli_exit_codes(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # the broker preflight (streams/kafka_config.py) is covered by the integration tests
+    monkeypatch.setitem(main.__globals__, "cli_check_connection", lambda *a, **k: None)
     monkeypatch.setattr(kafka, "KafkaProducer", lambda **cfg: FakeProducer(fail=True))
     assert main([str(SAMPLE), "--no-progress"]) == 1  # delivery failures
     for bad in (["--speed", "-1"], ["--rate", "0"], ["--speed", "2", "--rate", "3"], ["--band", "1.5"]):

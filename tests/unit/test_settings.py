@@ -35,7 +35,8 @@ def test_invalid_values_are_refused(env: dict[str, str]) -> None:
 
 def test_secrets_are_masked() -> None:
     s = load_settings({"PRICING_USER_HASH_KEY": "topsecret", "PRICING_KAFKA_SASL_PASSWORD": "pw",
-                       "PRICING_KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "PRICING_KAFKA_SASL_MECHANISM": "PLAIN"})
+                       "PRICING_KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "PRICING_KAFKA_SASL_MECHANISM": "PLAIN",
+                       "PRICING_KAFKA_SASL_USERNAME": "u"})
     assert s.user_hash_key.get_secret_value() == "topsecret"
     shown = repr(s.masked()) + repr(s)
     assert "topsecret" not in shown and "'pw'" not in shown
