@@ -22,9 +22,9 @@ from __future__ import annotations
 import gzip
 import math
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import numpy as np
 from scipy.special import logit
@@ -43,7 +43,17 @@ from streams.features import (
     update,
     user_features,
 )
-from streams.schemas import EVENT_TYPES, CatalogItem, ClickEvent, dumps, parse_catalog, parse_click
+from streams.schemas import (
+    EVENT_TYPES,
+    CatalogItem,
+    ClickEvent,
+    PriceEvent,
+    decision_id,
+    dumps,
+    parse_catalog,
+    parse_click,
+    parse_price,
+)
 
 VIEW, PURCHASE = EVENT_TYPES.index("view"), EVENT_TYPES.index("purchase")
 LIFT = ITEM_FEATURE_NAMES.index("item_conv_lift")
@@ -341,3 +351,61 @@ def split_rows(ts: np.ndarray, cutoff: float, val_frac: float = 0.1) -> tuple[np
     tr = ~hold
     val = tr & (ts >= np.quantile(ts[tr], 1.0 - val_frac)) if tr.any() else tr
     return hold, tr & ~val, val
+
+
+# ---------------------------------------------------------------- logged decisions
+def read_prices(path: str | Path) -> list[PriceEvent]:
+    """PriceEvents from a JSONL file (.gz ok), e.g. a dump of the prices topic; a bad line raises."""
+    with _open(path, "r") as f:
+        return [parse_price(line) for line in f if line.strip()]
+
+
+def apply_decisions(log: EventLog, prices: Iterable[PriceEvent]) -> tuple[EventLog, dict[str, Any]]:
+    """``log`` with each view's price replaced by the price the worker decided for it.
+
+    In a clickstream logged while the worker prices, a view carries the listing price; the user
+    then sees the decision made for that view (``decision_id(view event_id, item_id)``), and that
+    is the price a purchase answers. Views without a decision keep their own price. Returns the new
+    log and counts: views, matched, and matched per arm and per policy.
+    """
+    if log.event_ids is None:
+        raise ValueError("the event log has no event ids: decisions cannot be joined to it")
+    by_id = {p.decision_id: p for p in prices}
+    price = log.price.copy()
+    views = np.flatnonzero(log.etype == VIEW)
+    stats: dict[str, Any] = {"views": int(len(views)), "matched": 0, "arms": {}, "policies": {}}
+    for n in views.tolist():
+        pe = by_id.get(decision_id(log.event_ids[n], log.item_ids[int(log.item[n])]))
+        if pe is None:
+            continue
+        price[n] = pe.price
+        stats["matched"] += 1
+        stats["arms"][pe.arm] = stats["arms"].get(pe.arm, 0) + 1
+        stats["policies"][pe.policy] = stats["policies"].get(pe.policy, 0) + 1
+    return replace(log, price=price), stats
+
+
+def price_variation(data: TrainingData, rows: np.ndarray, ridge: float = 1.0,
+                    user_columns: np.ndarray | None = None) -> dict[str, float]:
+    """How much of the exposures' price variation is left once the features are accounted for.
+
+    Sensitivity is learnt from prices that vary for reasons other than the user and the item. In a
+    randomised history most of the variation is left; in one whose prices a policy chose from the
+    same features (promotions, an earlier pricing engine), little is: a ridge regression of
+    ``log(price / base)`` on the user and item features says how much (``residual_sd``, and the
+    share explained, ``r2``). ``user_columns`` (a 0/1 mask) leaves out user features that measure
+    the shown prices themselves (the price model's ``ignore``): they contain the row's own price.
+    """
+    y = np.log(np.clip(data.price_ratio[rows].astype(np.float64), 1e-6, None))
+    user = data.user[rows] if user_columns is None else data.user[rows][:, np.asarray(user_columns) > 0]
+    x = np.hstack([user, data.item[rows]]).astype(np.float64)
+    if len(y) < 10:
+        return {"rows": float(len(y)), "sd_log_price": float("nan"), "residual_sd": float("nan"), "r2": float("nan")}
+    mu, sd = x.mean(0), x.std(0)
+    z = (x - mu) / np.where(sd > 0, sd, 1.0)
+    z = np.hstack([z, np.ones((len(z), 1))])
+    coef = np.linalg.solve(z.T @ z + ridge * np.eye(z.shape[1]), z.T @ y)
+    resid = y - z @ coef
+    total = float(np.var(y))
+    return {"rows": float(len(y)), "sd_log_price": float(np.sqrt(total)), "residual_sd": float(np.std(resid)),
+            "r2": float(1.0 - np.var(resid) / total) if total > 0 else float("nan")}

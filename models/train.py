@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import sys
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -33,11 +34,14 @@ from .dataset import (
     LIFT,
     EventLog,
     TrainingData,
+    apply_decisions,
     build_rows,
     fill_item_lift,
     holdout_mask,
+    price_variation,
     read_catalog,
     read_events,
+    read_prices,
     split_rows,
 )
 from .lab.simulator import Market, add_market_args, market_config
@@ -90,6 +94,15 @@ def _sample(n: int, k: int, rng: np.random.Generator) -> np.ndarray:
     return rng.permutation(n)[:k] if n >= k else rng.integers(0, n, k)
 
 
+class TrainingDataError(ValueError):
+    """The event log cannot give the rows training needs; the message says why and what to change."""
+
+
+CONFOUNDED_RESIDUAL_SD = 0.02
+"""Below this much log-price variation left over by the features, the price sensitivity is not
+identifiable from the history: ``pricing-train`` warns (a shop whose prices a policy chose)."""
+
+
 def train_all(log: EventLog, catalog: Catalog, out: Path, *, market: Market | None = None,
               holdout_days: float = 3.0, price_cfg: Any = None, rec_epochs: int = 30, rec_linear: bool = False,
               plots: bool = True, progress: bool = True, knobs: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -104,11 +117,18 @@ def train_all(log: EventLog, catalog: Catalog, out: Path, *, market: Market | No
     timings["rows_s"] = time.perf_counter() - t0
     cutoff = float(log.ts.max()) - holdout_days * 86400.0
     hold, fit, val = split_rows(data.row_ts, cutoff)
+    if not fit.any() or not hold.any():
+        raise TrainingDataError(
+            f"the time holdout ({holdout_days:g} days before the last event) leaves {int(fit.sum())} exposures "
+            f"(views of catalog items) to fit and {int(hold.sum())} to judge: both are needed. The log's views end "
+            f"{(float(log.ts.max()) - float(data.row_ts.max())) / 86400.0 if len(data.row_ts) else float('nan'):.1f} "
+            "days before its last event; pass a --holdout-days that leaves views on both sides")
     s_hold, c_hold = (holdout_mask(t, cutoff) for t in (data.sess_ts, data.ch_ts))
+    cfg = price_cfg or pm.PriceModelConfig()
+    variation = price_variation(data, fit, user_columns=pm.feature_mask(FEATURE_NAMES, cfg.ignore))
     lift = fill_item_lift(data, ~hold, ~c_hold)  # from the training period only: the holdout stays unseen
     seen = np.bincount(data.row_iid[~hold], minlength=len(data.item_ids)) > 0
     item_table = {data.item_ids[int(k)]: float(lift[k]) for k in np.flatnonzero(seen)}
-    cfg = price_cfg or pm.PriceModelConfig()
     cols = (data.user, data.item, data.price_ratio, data.label)
     t0 = time.perf_counter()
     price = pm.fit_price_model(data.user[fit], data.item[fit], data.price_ratio[fit], data.label[fit], cfg=cfg,
@@ -116,7 +136,8 @@ def train_all(log: EventLog, catalog: Catalog, out: Path, *, market: Market | No
                                feature_names=FEATURE_NAMES)
     timings["price_model_s"] = time.perf_counter() - t0
     ph = pm.predict(price, data.user[hold], data.item[hold], data.price_ratio[hold])
-    metrics: dict[str, Any] = {"price_model": binary_metrics(ph["p_buy"], data.label[hold])}
+    metrics: dict[str, Any] = {"price_model": binary_metrics(ph["p_buy"], data.label[hold]),
+                               "price_variation": variation}
     metrics["price_model"]["b_mean"] = float(ph["b"].mean())
     # user model
     t0 = time.perf_counter()
@@ -286,6 +307,9 @@ def parser() -> argparse.ArgumentParser:
     src = p.add_argument_group("data (an event log, or else a fresh simulated history)")
     src.add_argument("--events", type=Path, help="clickstream JSONL (.gz ok) in the wire schema")
     src.add_argument("--catalog", type=Path, help="catalog JSONL (required with --events)")
+    src.add_argument("--prices", type=Path,
+                     help="PriceEvents JSONL (a dump of the prices topic) logged with --events: each view's "
+                          "exposure price becomes the price decided for it, the one the user saw")
     src.add_argument("--truth", type=Path, help="truth .npz from `python -m models simulate` (enables the "
                                                 "sensitivity and profit checks for --events)")
     sim = p.add_argument_group("simulated market knobs (used without --events)")
@@ -334,6 +358,11 @@ def main(argv: list[str] | None = None) -> int:
         log, catalog = EventLog.from_events(read_events(args.events)), read_catalog(args.catalog)
         market = Market.from_truth(args.truth) if args.truth else None
         knobs: dict[str, Any] = {"source": str(args.events), "catalog": str(args.catalog)}
+        if args.prices:
+            log, joined = apply_decisions(log, read_prices(args.prices))
+            knobs["decisions"] = {"prices": str(args.prices), **joined}
+            print(f"decisions: {joined['matched']:,} of {joined['views']:,} views priced by the worker "
+                  f"(arms {joined['arms']}, policies {joined['policies']})", file=sys.stderr)
         if market is not None:
             knobs["market"] = asdict(market.cfg)
     else:
@@ -342,13 +371,25 @@ def main(argv: list[str] | None = None) -> int:
         knobs = {"source": "simulated", "market": asdict(market.cfg)}
     load_s = time.perf_counter() - t0
     holdout = args.holdout_days if args.holdout_days is not None else (0.25 if args.small else 3.0)
-    summary = train_all(log, catalog, args.out, market=market, holdout_days=holdout,
-                        price_cfg=price_cfg, rec_epochs=args.rec_epochs,
-                        rec_linear=args.rec_linear, plots=not args.no_plots, progress=not args.quiet, knobs=knobs)
+    try:
+        summary = train_all(log, catalog, args.out, market=market, holdout_days=holdout,
+                            price_cfg=price_cfg, rec_epochs=args.rec_epochs,
+                            rec_linear=args.rec_linear, plots=not args.no_plots, progress=not args.quiet, knobs=knobs)
+    except TrainingDataError as exc:
+        print(f"pricing-train: error: {exc}", file=sys.stderr)
+        return 2
     summary["timings_s"]["load_or_simulate_s"] = load_s
     summary["timings_s"]["total_s"] = time.perf_counter() - t0
     (args.out / "training_summary.json").write_text(json.dumps(summary, indent=2, default=float))
     print(metrics_table(summary))
+    pv = summary["metrics"]["price_variation"]
+    print(f"\nprice variation left once the features are accounted for: {pv['residual_sd']:.3f} in log price "
+          f"(of {pv['sd_log_price']:.3f}; the features explain {pv['r2']:.0%})")
+    if pv["residual_sd"] < CONFOUNDED_RESIDUAL_SD:
+        print(f"warning: the history's prices follow its features almost entirely (less than "
+              f"{CONFOUNDED_RESIDUAL_SD:.0%} left): the price sensitivity cannot be learnt from it, and the price "
+              "model's slope is a guess. Explore (PRICING_EXPLORATION_WIDTH) and retrain on the logged decisions "
+              "(--prices).", file=sys.stderr)
     print(f"\n{summary['data']['events']:,} events, {summary['data']['users']:,} users; "
           f"total {summary['timings_s']['total_s']:.1f} s; wrote {args.out}")
     return 0

@@ -244,3 +244,57 @@ def test_tiny_end_to_end_run_writes_the_agreed_layout(tiny: tuple[Path, dict]) -
         assert set(z.files) >= {"user", "item", "price_ratio", "rec_user", "rec_items", "rec_price_ratio", "rec_mask"}
         p = joblib.load(out / "user_model.joblib").predict_proba(z["user"][:50])[:, 1]
     assert np.all((p > 0) & (p < 1))
+
+
+def test_decisions_replace_the_listing_price_of_the_views_they_priced(tmp_path: Path) -> None:
+    from models.dataset import apply_decisions, read_prices
+    from streams.schemas import PriceEvent, decision_id, dumps
+
+    log = EventLog.from_events(history())
+    decided = [PriceEvent(decision_id("e0", "i1"), T0, "u1", "i1", 9.1, 10.0, "treatment", 0.1, 0.3, "m", ("OPTIMAL",),
+                          propensity=5.0, policy="dither:0.1"),
+               PriceEvent(decision_id("e5", "i2"), T0, "u1", "i2", 100.0, 100.0, "control", 0.1, 5.0, "m", ("CONTROL",),
+                          policy="control"),
+               PriceEvent(decision_id("e1", "i1"), T0, "u1", "i1", 1.0, 10.0, "treatment", 0.1, 0.3, "m", ("OPTIMAL",))]
+    path = tmp_path / "prices.jsonl"
+    path.write_bytes(b"\n".join(dumps(p) for p in decided) + b"\n")
+    joined, stats = apply_decisions(log, read_prices(path))
+    by_event = {e.event_id: e.price for e in joined.events()}
+    assert by_event["e0"] == 9.1 and by_event["e5"] == 100.0      # the views the worker priced
+    assert by_event["e2"] == 120.0 and by_event["e1"] == 8.0       # a view without a decision; a click is no view
+    assert stats == {"views": 4, "matched": 2, "arms": {"treatment": 1, "control": 1},
+                     "policies": {"dither:0.1": 1, "control": 1}}
+    rows = build_rows(joined, CATALOG)
+    assert rows.price_ratio[0] == pytest.approx(0.91)               # the exposure is at the decided price
+
+
+def test_price_variation_tells_a_policy_history_from_a_randomised_one() -> None:
+    from models.dataset import price_variation
+
+    m = Market(MarketConfig.small(seed=3))
+    data = build_rows(m.simulate(), Catalog.of(m.catalog()))
+    from models.price_model import PriceModelConfig, feature_mask
+
+    rows = np.ones(len(data.price_ratio), bool)
+    cols = feature_mask(FEATURE_NAMES, PriceModelConfig().ignore)  # not the features made of shown prices
+    randomised = price_variation(data, rows, user_columns=cols)
+    assert randomised["residual_sd"] > 0.05 and randomised["r2"] < 0.2   # the simulator's prices are random
+    x = np.hstack([data.user[:, cols > 0], data.item]).astype(np.float64)
+    w = np.random.default_rng(0).normal(0, 0.01, x.shape[1])
+    data.price_ratio = np.exp((x - x.mean(0)) @ w).astype(np.float32)   # prices a policy chose from the features
+    policy = price_variation(data, rows, user_columns=cols)
+    assert policy["residual_sd"] < 0.01 and policy["r2"] > 0.95
+
+
+def test_train_refuses_a_log_whose_holdout_has_no_views(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from models.dataset import write_jsonl
+    from models.train import main
+
+    evs = history() + [ClickEvent("late", T0 + 10 * 86400, "u1", "s9", "review", "i2", 75.0, rating=4.0)]
+    write_jsonl(tmp_path / "ev.jsonl", evs)
+    write_jsonl(tmp_path / "cat.jsonl", [CatalogItem("i1", "shoes", 10.0, 6.0, 7.0, 13.0),
+                                         CatalogItem("i2", "books", 100.0, 50.0, 70.0, 130.0)])
+    rc = main(["--events", str(tmp_path / "ev.jsonl"), "--catalog", str(tmp_path / "cat.jsonl"),
+               "--out", str(tmp_path / "out"), "--holdout-days", "1", "--no-plots", "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "0 to judge" in err and "--holdout-days" in err and "Traceback" not in err
