@@ -174,6 +174,7 @@ class TrainingData:
     ch_iid: np.ndarray          # [M, K] item index per slot, -1 = padding
     user_ids: Sequence[str]
     item_ids: Sequence[str]
+    row_log: np.ndarray | None = None  # [N] the log row (event) of each exposure
 
 
 def _catalog_columns(log: EventLog, catalog: Catalog) -> tuple[list, list, list, list]:
@@ -251,7 +252,7 @@ def _labels_and_choices(log: EventLog, catalog: Catalog, spec: FeatureSpec, X: n
     return TrainingData(X, XI, (log.price[view_n] / base[log.item[view_n]]).astype(np.float32),
                         label.astype(np.int8), log.user[view_n], log.item[view_n], log.ts[view_n],
                         SX, sess_label.astype(np.int8), log.user[sess_n], log.ts[sess_n], *ch,  # type: ignore[misc, arg-type]
-                        user_ids=log.user_ids, item_ids=log.item_ids)
+                        user_ids=log.user_ids, item_ids=log.item_ids, row_log=view_n)
 
 
 def _choices(log: EventLog, catalog: Catalog, spec: FeatureSpec, view_n: np.ndarray, SX: np.ndarray,

@@ -66,6 +66,8 @@ class InProcessMarket(LiveMarket):
         self.offset = 0
         self.dead_letters = 0
         self.decisions: dict[str, PriceEvent] = {}
+        self._prices: Any = None     # prices.jsonl: every decision of the loop, as the prices topic holds them
+        self._warm: Any = None       # warm_events.jsonl: the warm-up history (features at the loop's start)
 
     def _process(self, events: list[ClickEvent]) -> None:
         """Events through the pipeline as one batch; prices become known, as the follower does."""
@@ -78,6 +80,8 @@ class InProcessMarket(LiveMarket):
             self.table[key] = blob
         self.dead_letters += len(out.dead_letters)
         for _, value in out.prices:
+            if self._prices is not None:
+                self._prices.write(value + b"\n")
             pe = parse_price(value)
             self.known[(pe.user_id, pe.item_id)] = pe.price
             self.decisions[pe.decision_id] = pe
@@ -98,6 +102,8 @@ class InProcessMarket(LiveMarket):
         events, total = self.warm_events(sim_start)
         pending: list[ClickEvent] = []
         for ev in events:
+            if self._warm is not None:
+                self._warm.write(dumps(ev) + b"\n")
             pending.append(ev)
             if len(pending) == batch:
                 self._process(pending)
@@ -116,9 +122,11 @@ class InProcessMarket(LiveMarket):
         clock.sim_start, clock.sim_end = sim_start, sim_start + cfg.days * _DAY
         plan = self.session_plan()
         t_run = time.time()
-        with (self.out / "exposures.jsonl").open("wb") as xf, (self.out / "events.jsonl").open("wb") as ef:
-            self._exposures, self._events = xf, ef
+        with (self.out / "exposures.jsonl").open("wb") as xf, (self.out / "events.jsonl").open("wb") as ef, \
+                (self.out / "warm_events.jsonl").open("wb") as wf, (self.out / "prices.jsonl").open("wb") as pf:
+            self._exposures, self._events, self._warm = xf, ef, wf
             warm = self.warm_up(sim_start) if cfg.warm_days > 0 else {}
+            self._prices = pf  # the loop's decisions only, not the warm-up's
             if warm:
                 print(f"[loop-sim] warm-up: {warm['events']:,} events of {cfg.warm_days:g} simulated days "
                       f"in {warm['wall_s']:.0f} s", flush=True)
