@@ -7,7 +7,7 @@ defaults from the dataclasses; value bounds that the parser checks in code are r
 bad records, so the two cannot drift apart unnoticed. What JSON Schema cannot say (payload size in
 bytes, cross-field rules, the reader's clock) is written in each schema's ``description``.
 
-``python -m streams.jsonschema --out schemas/`` rewrites the committed files;
+``python -m streams.tools.jsonschema --out schemas/`` rewrites the committed files;
 ``--check`` only compares them (exit 1 when they differ).
 
 >>> s = record_schema("ClickEvent")
@@ -24,7 +24,8 @@ import sys
 from pathlib import Path
 from typing import Any, Final
 
-from . import schemas as sch
+from .. import schemas as sch
+from ..version import add_version
 
 DRAFT: Final = "https://json-schema.org/draft/2020-12/schema"
 _NONE = type(None)
@@ -173,27 +174,18 @@ def stale(out: Path) -> list[str]:
             if not (out / file).is_file() or (out / file).read_text(encoding="utf-8") != render(name)]
 
 
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        pkg = version("pricing-streams")
-    except PackageNotFoundError:
-        pkg = "unknown"
-    return f"pricing-streams {pkg}, PriceEvent schema_version {sch.PRICE_SCHEMA_VERSION}"
-
-
 def main(argv: list[str] | None = None) -> int:
-    """``python -m streams.jsonschema``: write (or check) the JSON Schema files of the wire records."""
-    parser = argparse.ArgumentParser(prog="python -m streams.jsonschema", description=main.__doc__)
+    """``python -m streams.tools.jsonschema``: write (or check) the JSON Schema files of the wire records."""
+    parser = argparse.ArgumentParser(prog="python -m streams.tools.jsonschema", description=main.__doc__,
+                                     epilog=f"PriceEvent schema_version: {sch.PRICE_SCHEMA_VERSION}")
     parser.add_argument("--out", type=Path, default=Path("schemas"), help="directory of the files (default: schemas)")
     parser.add_argument("--check", action="store_true", help="write nothing; exit 1 if a file is missing or stale")
-    parser.add_argument("--version", action="version", version=_version())
+    add_version(parser)
     args = parser.parse_args(argv)
     if args.check:
         if bad := stale(args.out):
             print(f"error: stale or missing under {args.out}: {', '.join(bad)}; "
-                  f"run python -m streams.jsonschema --out {args.out}", file=sys.stderr)
+                  f"run python -m streams.tools.jsonschema --out {args.out}", file=sys.stderr)
             return 1
         print(f"{len(RECORDS)} schema files under {args.out} are up to date")
         return 0
