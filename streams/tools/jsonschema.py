@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from .. import schemas as sch
+from ..pricing import Reason
 from ..version import add_version
 
 DRAFT: Final = "https://json-schema.org/draft/2020-12/schema"
@@ -44,8 +45,8 @@ _COMMON = ("Unknown fields are rejected. Integers are written without a fraction
            "the parser rejects 1.0 where an integer is expected, JSON Schema cannot tell them apart). Numbers "
            "must be finite doubles: 1e400 is refused as not JSON.")
 _DEAD_REASONS: Final = (*sch.SchemaError.CODES, "KEY_MISMATCH", "LATE_EVENT")  # the last two: pipeline, features
-_PRICE_REASONS: Final = ("OPTIMAL", "CLIP_MIN_PRICE", "CLIP_MAX_PRICE", "CLIP_MAX_DEVIATION", "CLIP_MARGIN_FLOOR",
-                         "CLIP_STEP_LIMIT", "MODEL_INVALID", "BAND_EMPTY", "CONTROL")  # streams.pricing.Reason
+# the pricing reasons, plus CONTROL that the pipeline gives the control arm
+_PRICE_REASONS: Final = (*(str(r.name) for r in Reason), "CONTROL")
 
 # record -> (description, {field: (description, extra JSON Schema keywords)}). Every field of the
 # parser's spec must appear here (checked below), so a new field cannot be published undocumented.
@@ -94,6 +95,10 @@ _RULES: Final[dict[str, tuple[str, dict[str, tuple[str, dict[str, Any]]]]]] = {
             "reasons": ("why the price is what it is, one or more of: " + ", ".join(_PRICE_REASONS),
                         {"items": {"type": "string"}}),
             "currency": ("ISO 4217 code, the catalog's", {}),
+            "propensity": ("how likely this price was under `policy`: 1 for a point mass (control, greedy), the "
+                           "density of log(price) for a dithered draw; > 0", {"exclusiveMinimum": 0}),
+            "policy": ("how the price was chosen: control, greedy or dither:<w>", {"examples": ["greedy", "control",
+                                                                                              "dither:0.05"]}),
             "schema_version": ("version of this format", {"minimum": 1, "maximum": sch.PRICE_SCHEMA_VERSION}),
         }),
     "DeadLetter": (

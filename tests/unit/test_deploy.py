@@ -102,7 +102,7 @@ def test_configmap_secret_and_env_name_real_settings_with_valid_values() -> None
     # the values, too, must pass the worker's own validation
     env = {k: v for k, v in {**data, **secret}.items() if k not in PENDING_SETTINGS}
     s = load_settings(env)
-    assert s.replication_factor == 3 and str(s.model_dir) == "/models"
+    assert (s.replication_factor, s.min_insync_replicas) == (3, 2) and str(s.model_dir) == "/models"
     assert s.user_hash_key.get_secret_value() == secret["PRICING_USER_HASH_KEY"]
 
 
@@ -219,6 +219,7 @@ def test_compose_kafka_is_three_combined_kraft_nodes_rf3_isr2() -> None:
         assert e["KAFKA_MIN_INSYNC_REPLICAS"] == e["KAFKA_TRANSACTION_STATE_LOG_MIN_ISR"] == "2"
     # the pricing topics and Faust's changelog get the same replication
     assert services["worker"]["environment"]["PRICING_REPLICATION_FACTOR"] == "3"
+    assert services["pricing-topics"]["environment"]["PRICING_MIN_INSYNC_REPLICAS"] == "2"
 
 
 def test_compose_pricing_services_and_settings() -> None:

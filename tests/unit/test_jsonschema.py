@@ -109,7 +109,9 @@ CORPUS: dict[str, tuple[list[dict[str, Any]], list[dict[str, Any]]]] = {  # name
          rec("PriceEvent", expected_conversion=None, expected_profit=None, reasons=["MODEL_INVALID"]),
          rec("PriceEvent", expected_profit=-3.5), rec("PriceEvent", reasons=[]), rec("PriceEvent", model_version=""),
          rec("PriceEvent", arm="control", reasons=["CONTROL"]), rec("PriceEvent", currency=ABSENT),
-         rec("PriceEvent", price=1e-9), rec("PriceEvent", reasons=["SOMETHING_NEW"])],
+         rec("PriceEvent", price=1e-9), rec("PriceEvent", reasons=["SOMETHING_NEW"]),
+         rec("PriceEvent", propensity=0.25, policy="dither:0.05"), rec("PriceEvent", propensity=3.2),
+         rec("PriceEvent", propensity=ABSENT, policy=ABSENT), rec("PriceEvent", policy="")],
         [*missing_each("PriceEvent"), rec("PriceEvent", colour="red"),
          rec("PriceEvent", schema_version=PRICE_SCHEMA_VERSION + 1), rec("PriceEvent", schema_version=0),
          rec("PriceEvent", schema_version=-1), rec("PriceEvent", schema_version=True),
@@ -118,7 +120,10 @@ CORPUS: dict[str, tuple[list[dict[str, Any]], list[dict[str, Any]]]] = {  # name
          rec("PriceEvent", reasons="OPTIMAL"), rec("PriceEvent", reasons=None), rec("PriceEvent", price=0),
          rec("PriceEvent", base_price=-1), rec("PriceEvent", ts=-1), rec("PriceEvent", expected_conversion="0.3"),
          rec("PriceEvent", expected_profit=True), rec("PriceEvent", currency=1), rec("PriceEvent", model_version=None),
-         rec("PriceEvent", decision_id=""), rec("PriceEvent", user_id=ID129)],
+         rec("PriceEvent", decision_id=""), rec("PriceEvent", user_id=ID129),
+         rec("PriceEvent", propensity=0), rec("PriceEvent", propensity=-0.5), rec("PriceEvent", propensity=True),
+         rec("PriceEvent", propensity="1"), rec("PriceEvent", propensity=None), rec("PriceEvent", policy=None),
+         rec("PriceEvent", policy=1)],
     ),
     "DeadLetter": (
         [rec("DeadLetter"), *[rec("DeadLetter", original_b64=b) for b in ("", "YQ==", "YWI=", "YWJj", "+/+/")],
@@ -189,7 +194,8 @@ _VALUES: dict[str, dict[str, list[Any]]] = {
                     "extra": [ABSENT, "x"]},
     "PriceEvent": {"price": [0.5, 0, -1], "arm": ["control", "treatment", "Control"],
                    "expected_conversion": [0.3, -5, ABSENT], "reasons": [[], ["A"], [1], "A"],
-                   "schema_version": [ABSENT, 1, 2, 0], "model_version": ["", "m"], "extra": [ABSENT, 0]},
+                   "schema_version": [ABSENT, 1, 2, 0], "model_version": ["", "m"], "extra": [ABSENT, 0],
+                   "propensity": [ABSENT, 1.0, 0.2, 0, -0.1], "policy": [ABSENT, "greedy", "dither:0.1", ""]},
     "DeadLetter": {"original_b64": ["", "YQ==", "YQ=", "YQ==\n"], "partition": [0, -1, MAX_PARTITION + 1, 7],
                    "offset": [0, MAX_OFFSET, MAX_OFFSET + 1, -5], "ts": [0, NOW, -1], "error_code": ["", "X"],
                    "extra": [ABSENT, None]},
@@ -295,6 +301,7 @@ def test_reason_and_error_code_lists_match_the_code() -> None:
     from streams.pricing import Reason
 
     assert set(gen._PRICE_REASONS) == {r.name for r in Reason} | {"CONTROL"}
+    assert '"CONTROL"' in (Path(__file__).resolve().parents[2] / "streams/pipeline.py").read_text()
     assert LateEvent.code in gen._DEAD_REASONS and set(SchemaError.CODES) <= set(gen._DEAD_REASONS)
 
 
