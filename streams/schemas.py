@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
@@ -32,6 +33,17 @@ Arm = Literal["control", "treatment"]
 MAX_PAYLOAD_BYTES: Final = 16_384
 MAX_FUTURE_SKEW_S: Final = 300.0
 MAX_ID_LEN: Final = 128
+# Version of the PriceEvent wire format. Writers always send it; a record without it is version 1
+# (written before the field existed). A reader refuses versions newer than it knows (BAD_VALUE):
+# with unknown fields rejected, any change to the fields is a new version.
+PRICE_SCHEMA_VERSION: Final = 1
+# Kafka's own bounds: partitions are int32, offsets int64
+MAX_PARTITION: Final = 2**31 - 1
+MAX_OFFSET: Final = 2**63 - 1
+# Canonical padded base64. `(?![\s\S])` is "end of input" in both ECMA-262 (JSON Schema) and
+# Python regexes, where `$` would also match before a final newline.
+BASE64_PATTERN: Final = r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?(?![\s\S])"
+_BASE64: Final = re.compile(BASE64_PATTERN)
 
 
 class SchemaError(ValueError):
@@ -107,6 +119,7 @@ class PriceEvent:
     # mass; with a "dither:<w>" policy it is the density of log(price) of the draw (pricing.explore)
     propensity: float = 1.0
     policy: str = "greedy"
+    schema_version: int = PRICE_SCHEMA_VERSION
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +154,11 @@ _PRICE: Final[dict[str, tuple[tuple[type, ...], bool]]] = {
     "expected_conversion": (_NUM + (type(None),), True), "expected_profit": (_NUM + (type(None),), True),
     "model_version": (_STR, True), "reasons": ((list,), True), "currency": (_STR, False),
     "propensity": (_NUM, False), "policy": (_STR, False),
+    "schema_version": ((int,), False),
+}
+_DEAD: Final[dict[str, tuple[tuple[type, ...], bool]]] = {
+    "original_b64": (_STR, True), "topic": (_STR, True), "partition": ((int,), True), "offset": ((int,), True),
+    "error_code": (_STR, True), "message": (_STR, True), "ts": (_NUM, True),
 }
 
 
@@ -223,13 +241,18 @@ def parse_price(data: bytes, *, max_bytes: int = MAX_PAYLOAD_BYTES) -> PriceEven
         raise SchemaError("BAD_VALUE", f"arm must be control or treatment, got {obj['arm'][:40]!r}")
     if not all(isinstance(r, str) for r in obj["reasons"]):
         raise SchemaError("WRONG_TYPE", "reasons must be a list of strings")
+    version = obj.get("schema_version", 1)
+    if not 1 <= version <= PRICE_SCHEMA_VERSION:
+        raise SchemaError("BAD_VALUE", f"schema_version {version} is not one this reader knows "
+                                       f"(1..{PRICE_SCHEMA_VERSION})")
     return PriceEvent(obj["decision_id"], _finite("ts", obj["ts"]), obj["user_id"], obj["item_id"],
                       _finite("price", obj["price"], code="BAD_PRICE", positive=True),
                       _finite("base_price", obj["base_price"], code="BAD_PRICE", positive=True),
                       obj["arm"], _optional_float(obj["expected_conversion"]),
                       _optional_float(obj["expected_profit"]), obj["model_version"], tuple(obj["reasons"]),
                       obj.get("currency", "EUR"),
-                      _finite("propensity", obj.get("propensity", 1.0), positive=True), obj.get("policy", "greedy"))
+                      _finite("propensity", obj.get("propensity", 1.0), positive=True), obj.get("policy", "greedy"),
+                      version)
 
 
 def dumps(record: ClickEvent | CatalogItem | PriceEvent) -> bytes:
@@ -252,10 +275,19 @@ def dead_letter_bytes(letter: DeadLetter) -> bytes:
     })
 
 
-def parse_dead_letter(data: bytes) -> DeadLetter:
-    """Inverse of :func:`dead_letter_bytes` (for tools and tests reading the dead-letter topic)."""
+def parse_dead_letter(data: bytes, *, max_bytes: int = 2**31) -> DeadLetter:
+    """Inverse of :func:`dead_letter_bytes` (for tools and tests reading the dead-letter topic).
+
+    Validated like the other records (raises :class:`SchemaError` only). No size limit by default:
+    an oversize original is exactly what a dead letter may carry.
+    """
     import base64
 
-    obj = orjson.loads(data)
+    obj = _load_object(data, _DEAD, max_bytes)
+    if not _BASE64.match(obj["original_b64"]):
+        raise SchemaError("BAD_VALUE", "original_b64 is not canonical padded base64")
+    for name, hi in (("partition", MAX_PARTITION), ("offset", MAX_OFFSET)):
+        if not 0 <= obj[name] <= hi:
+            raise SchemaError("BAD_VALUE", f"{name} must be within 0..{hi}, got {obj[name]}")
     return DeadLetter(base64.b64decode(obj["original_b64"]), obj["topic"], obj["partition"],
-                      obj["offset"], obj["error_code"], obj["message"], obj["ts"])
+                      obj["offset"], obj["error_code"], obj["message"], _finite("ts", obj["ts"]))
