@@ -48,13 +48,15 @@ def check(run: Path, logging_dir: Path, candidates: list[Path], bandwidth: float
     rows = np.array([(pe := by_id.get(decision_id(joined.event_ids[int(n)], joined.item_ids[int(joined.item[n])])))
                      is not None and pe.arm == "treatment" and pe.policy.startswith("dither:") for n in data.row_log])
     u, i = data_market_index(market, data)
+    ur, ir = u[rows], i[rows]
+    true_value = lambda q: float(np.mean((q - market.cost[ir]) * market.buy_prob(ur, ir, q)))  # noqa: E731
+    q_logging, _, _ = bundle_prices(logging, data, rows, catalog, guard)
     out = []
     for cand in candidates:
         scorer = OnnxScorer(load_bundle(cand))
         res = evaluate_bundle(log, catalog, prices, scorer, logging, guard, bandwidth=bandwidth, reps=reps)
         q, _, _ = bundle_prices(scorer, data, rows, catalog, guard)
-        ur, ir = u[rows], i[rows]
-        res["truth"] = float(np.mean((q - market.cost[ir]) * market.buy_prob(ur, ir, q)))
+        res["truth"], res["truth_logging"] = true_value(q), true_value(q_logging)
         res["candidate_dir"] = str(cand)
         out.append(res)
     return out
@@ -70,14 +72,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bandwidth", type=float, default=0.02)
     p.add_argument("--reps", type=int, default=500)
     args = p.parse_args(argv)
-    print("| candidate | IPW [95% CI] | DM | DR [95% CI] | truth | covered (IPW / DR) | support |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print("| candidate | IPW [95% CI] | DM | DR [95% CI] | truth | covered (IPW / DR) | support "
+          "| DR minus logging's decisions, paired [95% CI] | true difference |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in check(args.run, args.logging, args.candidate, args.bandwidth, args.reps):
         ipw, dm, dr, t = r["ipw"], r["dm"], r["dr"], r["truth"]
         print(f"| {r['candidate']} | {ipw.value:.4f} [{ipw.lo:.4f}, {ipw.hi:.4f}] | {dm.value:.4f} "
               f"| {dr.value:.4f} [{dr.lo:.4f}, {dr.hi:.4f}] | {t:.4f} "
               f"| {'yes' if ipw.lo <= t <= ipw.hi else 'no'} / {'yes' if dr.lo <= t <= dr.hi else 'no'} "
-              f"| {r['support']:.0%} |", flush=True)
+              f"| {r['support']:.0%} | {r['vs_logging']['dr'].value:+.4f} [{r['vs_logging']['dr'].lo:+.4f}, "
+              f"{r['vs_logging']['dr'].hi:+.4f}] | {r['truth'] - r['truth_logging']:+.4f} |", flush=True)
     return 0
 
 

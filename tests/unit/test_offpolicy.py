@@ -66,3 +66,20 @@ def test_support_says_when_the_candidate_is_outside_what_was_logged() -> None:
 def test_the_kernel_integrates_to_one() -> None:
     z = np.linspace(-1.5, 1.5, 300_001)
     assert np.trapezoid(epanechnikov(z), z) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_a_target_at_the_band_edge_is_not_undervalued() -> None:
+    # decisions capped at the band's top edge: the logging draw is cut to [hi e^-w, hi], and the
+    # candidate prices at hi too; half of a plain kernel around hi falls where nothing is shown
+    rng = np.random.default_rng(5)
+    n, w = 60_000, 0.1
+    x = rng.normal(1.0, 0.5, n)
+    hi, lo = np.full(n, 12.0), np.full(n, 8.0)
+    price = hi * np.exp(rng.uniform(-w, 0.0, n))
+    bought = (rng.random(n) < buy_prob(x, price)).astype(np.float64)
+    base = dict(user=np.arange(n) // 3, price=price, cost=np.full(n, COST), bought=bought, density=np.full(n, 1 / w))
+    truth = true_value(x, hi)
+    plain = estimate(Logged(**base), hi, bandwidth=0.03, reps=200)["ipw"]
+    banded = estimate(Logged(**base, lo=lo, hi=hi), hi, bandwidth=0.03, reps=200)["ipw"]
+    assert plain.hi < 0.6 * truth                       # the boundary bias, about a half
+    assert banded.lo <= truth <= banded.hi
