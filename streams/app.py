@@ -197,7 +197,8 @@ def main(argv: list[str] | None = None) -> int:
     # a refused certificate or password fails here, named, instead of as endless client retries
     cli_check_connection(s, "pricing-worker")
     web = ["--web-port", str(s.web_port)] if s.web_port else ["--without-web"]
-    sys.argv = [sys.argv[0], "worker", "--loglevel", args.loglevel, *web]
+    quiet = ["--quiet"] if s.log_format == "json" else []  # Faust's startup banner is not JSON
+    sys.argv = [sys.argv[0], *quiet, "worker", "--loglevel", args.loglevel, *web]
     app.main()
     return 0
 

@@ -82,7 +82,8 @@ def faust_snapshot(app: Any, *, catalog_caught_up: bool, catalog_items: int, sco
 
     Lag per assigned partition of ``topics``: the consumer's high-water mark (updated by every fetch
     response) minus the offset Faust last committed (its monitor's ``tp_committed_offsets``; before
-    this process's first commit, the committed offset Faust sought to at assignment).
+    this process's first commit, the committed offset Faust sought to at assignment; 0 if the group
+    never committed on that partition).
     """
     recovery = app.tables.recovery
     lag: dict[tuple[str, int], int] = {}
@@ -101,8 +102,9 @@ def faust_snapshot(app: Any, *, catalog_caught_up: bool, catalog_items: int, sco
         done = committed.get(tp)
         if done is None:
             done = sought.get(tp)
-        if high is not None and done is not None:
-            lag[(tp.topic, tp.partition)] = max(0, int(high) - int(done))
+        if high is not None:
+            # never committed by the group: counted from offset 0 (exact unless retention removed the start)
+            lag[(tp.topic, tp.partition)] = max(0, int(high) - int(done or 0))
     return Snapshot(time.monotonic(), catalog_caught_up, catalog_items, bundle_loaded, scorer_version,
                     bundle_loaded_at, recovery.completed.is_set(), bool(getattr(app, "in_recovery", False)), lag)
 
