@@ -30,7 +30,13 @@ from ..schemas import SchemaError, decision_id, parse_catalog, parse_click, pars
 from ..settings import Settings
 from .evaluate import ARMS, Exposures, Purchases, attribute
 
+PENDING_S = 10.0  # views younger than this (event time) without a decision yet are left out, not "none"
 RATIO_EDGES = np.round(np.linspace(0.75, 1.25, 21), 4)  # price / base bins; the guardrail is +-20 % by default
+
+
+def _increase(now: float, before: float) -> float:
+    """A counter's increase; a counter below its previous value was reset (a restarted worker), as in Prometheus."""
+    return now - before if now >= before else now
 
 
 def histogram_quantile(q: float, buckets: list[tuple[float, float]]) -> float | None:
@@ -110,14 +116,14 @@ class MetricsHistory:
         if not self.rounds:
             return {"workers": [], "series": [], "latency": {}, "dead_letters": {}, "totals": {}}
         now, last = self.rounds[-1]
-        series, prev = [], None
-        for t, scrapes in self.rounds:
-            vals = [self._sum(scrapes, n) for n in ("pricing_records_total", "pricing_prices_total",
-                                                     "pricing_dead_letters_total")]
-            if prev is not None and t > prev[0]:  # a restarted worker's counters drop: no negative rates
-                series.append([round(t, 3), *(round(max(0.0, v - p) / (t - prev[0]), 2)
-                                              for v, p in zip(vals, prev[1], strict=True))])
-            prev = (t, vals)
+        names = ("pricing_records_total", "pricing_prices_total", "pricing_dead_letters_total")
+        series = []
+        for (t0, before), (t1, after) in zip(self.rounds, list(self.rounds)[1:], strict=False):
+            if t1 > t0:
+                old = {s.url: s for s in before if s.up}
+                rates = [sum(_increase(s.total(n), old[s.url].total(n) if s.url in old else 0.0)
+                             for s in after if s.up) / (t1 - t0) for n in names]
+                series.append([round(t1, 3), *(round(r, 2) for r in rates)])
         base = next((s for t, s in self.rounds if t >= now - latency_window_s), self.rounds[0][1])
         buckets = self._latency_buckets(last, base if base is not last else [])
         if not buckets or buckets[-1][1] == 0:  # nothing new in the window: since the workers started
@@ -234,7 +240,10 @@ class TopicFollower:
         """Price/base histograms, per-arm exposures, conversion and profit so far, model versions."""
         with self._lock:
             views, buys, cost = list(self.views), list(self.buys), dict(self.cost)
-            rows = [(u, i, *(self.decisions.get(decision_id(e, i)) or ("none", p, p)), ts) for u, i, e, p, ts in views]
+            # a view's decision comes a moment after the view: a recent view without one is pending, not "none"
+            pending_after = time.time() - PENDING_S
+            rows = [(u, i, *(d or ("none", p, p)), ts) for u, i, e, p, ts in views
+                    if (d := self.decisions.get(decision_id(e, i))) is not None or ts < pending_after]
             ratio = {a: c.tolist() for a, c in self.ratio_counts.items()}
             versions, read = dict(self.versions), dict(self.read)
         exp = Exposures(np.array([r[0] for r in rows], object), np.array([r[1] for r in rows], object),

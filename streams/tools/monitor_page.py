@@ -7,8 +7,8 @@ PAGE = """<!doctype html>
  body{font:14px/1.4 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;background:#f5f6f8;color:#1d2330}
  header{background:#1d2330;color:#fff;padding:10px 20px;display:flex;gap:24px;align-items:baseline;flex-wrap:wrap}
  header h1{font-size:18px;margin:0} header .muted{color:#aab}
- main{display:grid;grid-template-columns:repeat(auto-fit,minmax(420px,1fr));gap:14px;padding:14px 20px}
- .card{background:#fff;border-radius:8px;box-shadow:0 1px 3px #0002;padding:12px 16px}
+ main{display:grid;grid-template-columns:repeat(auto-fit,minmax(540px,1fr));gap:14px;padding:14px 20px}
+ .card{background:#fff;border-radius:8px;box-shadow:0 1px 3px #0002;padding:12px 16px;overflow-x:auto}
  .card h2{font-size:13px;text-transform:uppercase;letter-spacing:.05em;color:#667;margin:0 0 8px}
  .tiles{display:grid;grid-template-columns:repeat(4,1fr);gap:10px}
  .tile .v{font-size:24px;font-weight:600;font-variant-numeric:tabular-nums} .tile .l{color:#667;font-size:12px}
@@ -69,7 +69,7 @@ function lines(el, series, colors) {
 }
 function bars(el, labels, groups, colors, h) {
   const w = 600, l = 10, b = 22, n = labels.length, g = groups.length;
-  const top = Math.max(1, ...groups.flat()), bw = (w - l - 10) / Math.max(1, n);
+  const top = Math.max(1, ...groups.flat()), bw = Math.min(90, (w - l - 10) / Math.max(1, n));
   let out = `<line x1="${l}" y1="${h-b}" x2="${w-10}" y2="${h-b}" stroke="#ccd"/>`;
   labels.forEach((lab, i) => {
     groups.forEach((vals, k) => {
