@@ -22,22 +22,30 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
 BATCH_SECONDS_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
-# BatchOutput.counts key prefix -> (metric attribute, label name); "replayed" has no label
-_PREFIXES = {"event": ("events", "type"), "dead_letter": ("dead_letters", "code"), "price": ("prices", "arm"),
-             "reason": ("reasons", "reason"), "skipped": ("skipped", "reason")}
+# BatchOutput.counts key prefix -> (counter name, help, label); keys without a known prefix go to the last one
+_COUNTERS = {
+    "event": ("pricing_events", "valid clickstream events, by event type", "type"),
+    "dead_letter": ("pricing_dead_letters", "records sent to the dead-letter topic, by error code", "code"),
+    "price": ("pricing_prices", "price decisions sent, by experiment arm", "arm"),
+    "reason": ("pricing_price_reasons", "price decisions by reason (a treatment price can carry several; control "
+               "prices carry CONTROL)", "reason"),
+    "skipped": ("pricing_skipped_triggers", "trigger events whose own item was not priced, by reason", "reason"),
+    "": ("pricing_pipeline_counts", "pipeline counts with no metric of their own", "key"),
+}
 
 
 class BulkHistogram(Collector):
@@ -110,19 +118,9 @@ class WorkerMetrics(Collector):
     def __init__(self, registry: CollectorRegistry | None = None, *, clock: Any = time.time) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         self.clock, r = clock, self.registry
-        self.records = Counter("pricing_records", "clickstream records consumed", registry=r)
-        self.events = Counter("pricing_events", "valid clickstream events, by event type", ["type"], registry=r)
-        self.dead_letters = Counter("pricing_dead_letters", "records sent to the dead-letter topic, by error code",
-                                    ["code"], registry=r)
-        self.prices = Counter("pricing_prices", "price decisions sent, by experiment arm", ["arm"], registry=r)
-        self.reasons = Counter("pricing_price_reasons", "price decisions by reason (a treatment price can carry "
-                               "several; control prices carry CONTROL)", ["reason"], registry=r)
-        self.skipped = Counter("pricing_skipped_triggers", "trigger events whose own item was not priced, by reason",
-                               ["reason"], registry=r)
-        self.replayed = Counter("pricing_replayed_events", "events already applied before a restart (prices re-sent, "
-                                "state unchanged)", registry=r)
-        self.other = Counter("pricing_pipeline_counts", "pipeline counts with no metric of their own", ["key"],
-                             registry=r)
+        # the pipeline's counts summed in a plain Counter (a dict update per batch, no lock per label set);
+        # rendered as Prometheus counters at scrape time
+        self._totals: Counter[str] = Counter()
         self.batch_size = Histogram("pricing_batch_size", "records per scoring batch", buckets=BATCH_SIZE_BUCKETS,
                                     registry=r)
         self.batch_seconds = Histogram("pricing_batch_seconds", "time in Pipeline.process per batch",
@@ -130,32 +128,33 @@ class WorkerMetrics(Collector):
         self.latency = BulkHistogram("pricing_decision_latency_seconds", "per record: its Kafka timestamp to the "
                                      "moment its batch's prices and dead letters were acknowledged by Kafka",
                                      LATENCY_BUCKETS, r)
-        self._children: dict[str, Any] = {}  # counts key -> counter child (labels() is the slow part)
         self.snapshot = Snapshot(monotonic=time.monotonic())
         r.register(self)
 
     def on_batch(self, counts: Mapping[str, int], *, records: int, seconds: float, record_ts: Sequence[float],
                  done_at: float) -> None:
         """One batch's worth: the pipeline's counts, its size and time, and the latency of each record."""
-        for key, n in counts.items():
-            child = self._children.get(key)
-            if child is None:
-                child = self._children[key] = self._child(key)
-            child.inc(n)
-        self.records.inc(records)
+        self._totals.update(counts)
+        self._totals[" records"] += records  # a key no pipeline count can have
         self.batch_size.observe(records)
         self.batch_seconds.observe(seconds)
-        ts = np.fromiter((t for t in record_ts if t), np.float64)  # records without a timestamp are left out
+        ts = np.array(record_ts, np.float64)  # a missing timestamp (None) becomes NaN
+        ts = ts[ts > 0]  # records without a timestamp are left out
         self.latency.observe_many(np.maximum(done_at - ts, 0.0))  # clocks of producer and worker may differ
 
-    def _child(self, key: str) -> Any:
-        if key == "replayed":
-            return self.replayed
-        prefix, _, label = key.partition(".")
-        if prefix in _PREFIXES and label:
-            attr, name = _PREFIXES[prefix]
-            return getattr(self, attr).labels(**{name: label})
-        return self.other.labels(key=key)
+    def _counters(self) -> Iterator[Metric]:
+        totals = dict(self._totals)  # one C-level copy: safe while the loop thread adds to it
+        yield CounterMetricFamily("pricing_records", "clickstream records consumed", float(totals.pop(" records", 0)))
+        yield CounterMetricFamily("pricing_replayed_events", "events already applied before a restart (prices "
+                                  "re-sent, state unchanged)", float(totals.pop("replayed", 0)))
+        families = {p: CounterMetricFamily(name, doc, labels=[label]) for p, (name, doc, label) in _COUNTERS.items()}
+        for key, n in sorted(totals.items()):
+            prefix, _, label = key.partition(".")
+            if prefix in families and label:
+                families[prefix].add_metric([label], float(n))
+            else:
+                families[""].add_metric([key], float(n))
+        yield from families.values()
 
     def update(self, snapshot: Snapshot) -> None:
         """Store the latest state sample (one reference assignment: safe against a concurrent scrape)."""
@@ -163,6 +162,7 @@ class WorkerMetrics(Collector):
 
     def collect(self) -> Iterator[Metric]:
         """Gauges from the latest snapshot; the model's age is computed now."""
+        yield from self._counters()
         snap = self.snapshot
         yield _gauge("pricing_catalog_items", "items in the catalog held by this worker", snap.catalog_items)
         info = GaugeMetricFamily("pricing_model_info", "the model bundle in use (value 1)", labels=["version"])
