@@ -22,8 +22,8 @@ from .catalog import Catalog
 from .faust_compat import PricingApp, PricingTableManager, check_versions, topic_partitions, write_as_of
 from .features import FeatureSpec, feature_names
 from .health import MetricsServerError, faust_snapshot, sample_forever, serve
-from .jsonlog import faust_logging_config
 from .kafka_config import aiokafka_config, cli_check_connection, faust_broker, faust_credentials
+from .logs import faust_logging_config
 from .metrics import WorkerMetrics
 from .pipeline import Pipeline, RawRecord
 from .schemas import DeadLetter, SchemaError, dead_letter_bytes, parse_catalog

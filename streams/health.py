@@ -22,6 +22,7 @@ from typing import Any
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from .faust_compat import sought_offsets
 from .metrics import Snapshot, WorkerMetrics
 
 log = logging.getLogger("pricing.health")
@@ -89,7 +90,7 @@ def faust_snapshot(app: Any, *, catalog_caught_up: bool, catalog_items: int, sco
     lag: dict[tuple[str, int], int] = {}
     consumer, monitor = app.consumer, app.monitor
     committed = dict(monitor.tp_committed_offsets or {})
-    sought = getattr(consumer, "_committed_offset", {})  # Faust's own record after the seek (private)
+    sought = sought_offsets(consumer)
     for tp in list(consumer.assignment()):
         if tp.topic not in topics:
             continue

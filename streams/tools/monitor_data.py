@@ -5,8 +5,8 @@
   histogram's bucket increase over the last minute (as Prometheus' ``histogram_quantile`` would).
 * :class:`TopicFollower` reads ``prices``, ``clickstream`` and ``catalog`` outside any consumer
   group (a thread): price/base histograms per arm, model versions as the price events name them,
-  and exposures and purchases joined exactly as :mod:`streams.evaluate` joins them (a view's own
-  decision by ``decision_id``; purchases credited by :func:`streams.evaluate.attribute`).
+  and exposures and purchases joined exactly as :mod:`streams.tools.evaluate` joins them (a view's own
+  decision by ``decision_id``; purchases credited by :func:`streams.tools.evaluate.attribute`).
 
 >>> histogram_quantile(0.5, [(0.1, 0.0), (0.2, 10.0), (math.inf, 10.0)])
 0.15

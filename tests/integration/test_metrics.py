@@ -27,10 +27,9 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
 from export.bundle import read_current
-from streams.pipeline import decision_id
-from streams.schemas import CatalogItem, ClickEvent, dumps, parse_price
+from streams.schemas import CatalogItem, ClickEvent, decision_id, dumps, parse_price
 from streams.settings import Settings, load_settings
-from streams.source import keyed, publish
+from streams.tools.source import keyed, publish
 from streams.topics import ensure_topics
 
 REPO = Path(__file__).resolve().parents[2]

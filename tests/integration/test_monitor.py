@@ -28,7 +28,7 @@ from kafka import KafkaProducer
 
 from streams.schemas import CatalogItem, ClickEvent, dumps
 from streams.settings import load_settings
-from streams.source import publish
+from streams.tools.source import publish
 from streams.topics import ensure_topics
 
 REPO = Path(__file__).resolve().parents[2]

@@ -22,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from streams.catalog import Catalog
 from streams.health import MetricsServerError, serve
-from streams.jsonlog import JsonFormatter
+from streams.logs import JsonFormatter
 from streams.metrics import LATENCY_BUCKETS, BulkHistogram, Snapshot, WorkerMetrics
 from streams.pipeline import Pipeline, RawRecord
 from streams.schemas import CatalogItem, parse_price

@@ -10,8 +10,7 @@ import urllib.request
 import orjson
 import pytest
 
-from streams.pipeline import decision_id
-from streams.schemas import CatalogItem, ClickEvent, PriceEvent, dumps
+from streams.schemas import CatalogItem, ClickEvent, PriceEvent, decision_id, dumps
 from streams.settings import load_settings
 from streams.tools.monitor import Monitor, main, serve
 from streams.tools.monitor_data import MetricsHistory, Scrape, TopicFollower, histogram_quantile
