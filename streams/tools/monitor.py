@@ -97,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--worker-url", action="append", default=[], metavar="URL",
                    help="a worker's metrics base URL, e.g. http://127.0.0.1:9400 (repeat for each worker)")
     p.add_argument("--port", type=int, default=8088, help="port of the page (default 8088)")
-    p.add_argument("--host", default="127.0.0.1", help="address of the page (default 127.0.0.1)")
+    p.add_argument("--host", default="0.0.0.0",
+                   help="address of the page (default 0.0.0.0, as in a container; 127.0.0.1 keeps it local)")
     start = p.add_mutually_exclusive_group()
     start.add_argument("--since", type=float, metavar="EPOCH_S",
                        help="read the topics from this time (record timestamps) instead of their end")
@@ -106,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--window-s", type=float, default=86400.0,
                    help="a purchase counts for a view of the same user and item at most this long before it")
     p.add_argument("--refresh-s", type=float, default=3.0, help="seconds between scrapes and page refreshes")
+    p.add_argument("--max-rows", type=int, default=200_000,
+                   help="newest views, purchases and decisions kept for the arms table (memory: ~100 MB at 200,000)")
     args = p.parse_args(argv)
     if not args.worker_url and args.no_topics:
         p.error("nothing to show: give --worker-url, or drop --no-topics")
@@ -113,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     follower = None
     if not args.no_topics:
         since = 0.0 if args.from_beginning else args.since
-        follower = TopicFollower(cli_settings(), since=since, window_s=args.window_s)
+        follower = TopicFollower(cli_settings(), since=since, window_s=args.window_s, max_rows=args.max_rows)
     monitor = Monitor(MetricsHistory(args.worker_url), follower, args.refresh_s)
     try:
         server = serve(monitor, args.host, args.port)
