@@ -21,7 +21,10 @@ import faust
 from .catalog import Catalog
 from .faust_compat import PricingApp, PricingTableManager, check_versions, topic_partitions, write_as_of
 from .features import FeatureSpec, feature_names
+from .health import MetricsServerError, faust_snapshot, sample_forever, serve
 from .kafka_config import aiokafka_config, cli_check_connection, faust_broker, faust_credentials
+from .logs import faust_logging_config
+from .metrics import WorkerMetrics
 from .pipeline import Pipeline, RawRecord
 from .schemas import DeadLetter, SchemaError, dead_letter_bytes, parse_catalog
 from .scoring import BundleWatcher, DeterministicScorer, Scorer
@@ -58,6 +61,7 @@ def create_app(s: Settings, *, deterministic_scorer: bool = False,
         broker_commit_interval=1.0, producer_linger_ms=1,
         broker_session_timeout=s.session_timeout_s, broker_heartbeat_interval=min(3.0, s.session_timeout_s / 3),
         TableManager=PricingTableManager,  # seek before resuming after recovery (streams/faust_compat.py)
+        logging_config=faust_logging_config(s.log_format),
     )
     app.fetch_max_wait_ms = s.fetch_max_wait_ms
     clicks = app.topic(s.topic_clickstream, partitions=s.partitions, key_type=bytes, value_type=bytes,
@@ -69,6 +73,7 @@ def create_app(s: Settings, *, deterministic_scorer: bool = False,
     scorer, watcher = _scorer_source(s, deterministic_scorer)
     pipeline = Pipeline(s, catalog, scorer, clock)
     stats: Counter[str] = Counter()
+    metrics, created_at = WorkerMetrics(), time.time()  # created_at: the deterministic scorer's "load" time
 
     async def send(topic: str, key: bytes, value: bytes) -> Any:
         # enqueue; returns the delivery future (None in agent tests)
@@ -81,9 +86,11 @@ def create_app(s: Settings, *, deterministic_scorer: bool = False,
         await catalog_ready.wait()
         async for events in stream.take_events(s.batch_size, within=s.batch_within_s):  # type: ignore[attr-defined]
             # events: raw clickstream records of one batch, from any partitions we own
+            started = time.perf_counter()
             out = pipeline.process([RawRecord(e.message.key, e.message.value, e.message.topic,
                                               e.message.partition, e.message.offset) for e in events],
                                    lambda k: users.get(k.encode()))
+            took = time.perf_counter() - started
             # one table write per user per batch, routed by the partition of its last event
             for ukey, (blob, i) in out.records.items():
                 write_as_of(users, ukey.encode(), blob, events[i])
@@ -93,6 +100,8 @@ def create_app(s: Settings, *, deterministic_scorer: bool = False,
             # price and dead letter it produced is in Kafka; a failed delivery crashes the batch
             await asyncio.gather(*(f for f in pending if f is not None))
             stats.update(out.counts)
+            metrics.on_batch(out.counts, records=len(events), seconds=took, done_at=time.time(),
+                             record_ts=[e.message.timestamp for e in events])
 
     @app.task
     async def load_catalog() -> None:
@@ -104,6 +113,15 @@ def create_app(s: Settings, *, deterministic_scorer: bool = False,
             # load and verify in a thread, then swap: scoring never sees a half-loaded bundle
             await asyncio.get_running_loop().run_in_executor(None, watcher.maybe_reload, time.monotonic())
 
+    @app.task
+    async def sample_state() -> None:
+        # once a second on the event loop: gauges, /ready, and the heartbeat /healthz checks
+        await sample_forever(metrics, lambda: faust_snapshot(
+            app, catalog_caught_up=catalog_ready.is_set(), catalog_items=len(catalog),
+            scorer_version=scorer().version, bundle_loaded=watcher is None or watcher.loaded_at is not None,
+            bundle_loaded_at=created_at if watcher is None else watcher.loaded_at,
+            topics=frozenset({s.topic_clickstream})))
+
     @app.timer(30.0)
     async def report() -> None:
         if stats:
@@ -113,6 +131,7 @@ def create_app(s: Settings, *, deterministic_scorer: bool = False,
 
     # handles for tests and tools
     app.pricing, app.catalog_ready, app.users = pipeline, catalog_ready, users  # type: ignore[attr-defined]
+    app.metrics = metrics  # type: ignore[attr-defined]
     return app
 
 
@@ -167,12 +186,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--loglevel", default="info", choices=["debug", "info", "warning", "error"])
     args = parser.parse_args(argv)
     s = cli_settings()
-    # a refused certificate or password fails here, named, instead of as endless client retries
-    cli_check_connection(s, "pricing-worker")
     Path(s.data_dir).mkdir(parents=True, exist_ok=True)
     app = create_app(s, deterministic_scorer=args.deterministic_scorer)
+    if s.metrics_port:  # a taken port is a local mistake: said at once, before any wait on the network
+        try:
+            serve(app.metrics, s.metrics_host, s.metrics_port, s.metrics_stall_s)  # type: ignore[attr-defined]
+        except MetricsServerError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+    # a refused certificate or password fails here, named, instead of as endless client retries
+    cli_check_connection(s, "pricing-worker")
     web = ["--web-port", str(s.web_port)] if s.web_port else ["--without-web"]
-    sys.argv = [sys.argv[0], "worker", "--loglevel", args.loglevel, *web]
+    quiet = ["--quiet"] if s.log_format == "json" else []  # Faust's startup banner is not JSON
+    sys.argv = [sys.argv[0], *quiet, "worker", "--loglevel", args.loglevel, *web]
     app.main()
     return 0
 

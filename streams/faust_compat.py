@@ -53,7 +53,7 @@ from __future__ import annotations
 
 import asyncio
 import weakref
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
@@ -263,3 +263,9 @@ async def topic_partitions(consumer: Any, topic: str) -> set[int]:
     consumer._client.set_topics([topic])
     await consumer._client.force_metadata_update()
     return set(consumer.partitions_for_topic(topic) or ())
+
+
+def sought_offsets(consumer: Any) -> Mapping[Any, int | None]:
+    """The committed offset per partition that Faust's consumer sought to at assignment (its private
+    ``_committed_offset``), for the consumer-lag gauge before this process's first commit."""
+    return dict(getattr(consumer, "_committed_offset", {}))

@@ -138,7 +138,7 @@ class Pipeline:
             else:
                 out.counts["replayed"] += 1
             out.records[ukey] = (b"", i)
-            out.counts["events"] += 1
+            out.counts["event." + ev.type] += 1  # by type for the metrics; the sum is the valid events
             if ev.type in self.triggers:
                 triggers.append(_Trigger(ev, ukey, rec, user_features(rec.features, self.spec, ev.ts),
                                          list(rec.features.buckets), replay))
@@ -219,6 +219,7 @@ class Pipeline:
         base_conv = conversion(a, b, base, base)
         arms = [assign_arm(t.user_key, self.s.experiment_salt, self.s.treatment_share) for t in trig]
         propensity = dec.propensity if dec.propensity is not None else np.ones(len(rows))
+        self._count_reasons(np.array([a == "treatment" for a in arms])[tk], dec.reasons, out)
         for r, (k, j) in enumerate(rows):
             t, item_id, arm = trig[k], cols.ids[j], arms[k]
             if arm == "treatment":
@@ -237,3 +238,13 @@ class Pipeline:
                 t.record.remember_price(item_id, price, t.ev.ts)
             out.prices.append((t.ev.user_id.encode(), dumps(event)))
             out.counts[f"price.{arm}"] += 1
+
+    @staticmethod
+    def _count_reasons(treated: np.ndarray, flags: np.ndarray, out: BatchOutput) -> None:
+        """``reason.<NAME>`` counts of a batch's decisions in one numpy pass (control rows: CONTROL)."""
+        n = np.bincount(flags[treated])  # flags are small ints (8 bits)
+        for f in np.flatnonzero(n).tolist():
+            for name in reason_names(f):
+                out.counts[f"reason.{name}"] += int(n[f])
+        if n_control := int(len(treated) - np.count_nonzero(treated)):
+            out.counts["reason.CONTROL"] += n_control

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -184,8 +185,10 @@ class BundleWatcher(ScorerHolder):
         self.names, self.item_names = tuple(feature_names), tuple(item_feature_names)
         self._checked_at = -float("inf")
         self._rejected: str | None = None
+        self.loaded_at: float | None = None  # wall time the bundle in use was loaded; None: the fallback
         try:
             super().__init__(self._load(read_current(self.model_dir)))
+            self.loaded_at = time.time()
         except BundleError as exc:
             if fallback is None:
                 raise
@@ -218,5 +221,6 @@ class BundleWatcher(ScorerHolder):
             log.error("rejected model bundle %s: %s; keeping model %s", version, exc, self.version)
             return False
         old, self.scorer = self.version, scorer  # the swap: one reference, fully loaded
+        self.loaded_at = time.time()
         log.info("model bundle %s -> %s", old, version)
         return True

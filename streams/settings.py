@@ -73,6 +73,12 @@ class Settings(BaseSettings):
     max_event_bytes: int = Field(16_384, ge=256)
     max_future_skew_s: float = Field(300.0, ge=0, description="reject events this far ahead of wall time")
 
+    # --- operations (docs/operations.md)
+    metrics_port: int = Field(9400, ge=0, le=65535, description="worker's /metrics, /healthz, /ready; 0 disables")
+    metrics_host: str = Field("0.0.0.0", description="address the metrics endpoints listen on")
+    metrics_stall_s: float = Field(10.0, gt=0, description="/healthz fails once the event loop is silent this long")
+    log_format: Literal["text", "json"] = Field("text", description="json: one JSON object per log line")
+
     # --- features
     feature_windows_s: tuple[float, ...] = (3600.0, 86400.0, 604800.0)
     max_lateness_s: float = Field(86400.0, ge=0, description="older events are dead-lettered as late")

@@ -35,6 +35,7 @@ def loop_env(bootstrap: str, tmp_path: Path, model_dir: Path) -> Iterator[tuple[
         "PRICING_TOPIC_PRICES": f"loop-prices-{tag}", "PRICING_TOPIC_DEAD_LETTER": f"loop-dlq-{tag}",
         "PRICING_MODEL_DIR": str(model_dir), "PRICING_DATA_DIR": str(tmp_path / "worker"),
         "PRICING_USER_HASH_KEY": "loop-secret", "PRICING_SESSION_TIMEOUT_S": "6",
+        "PRICING_METRICS_PORT": "0",  # the default port may be taken by another worker on this machine
     }
     s = load_settings(settings)
     ensure_topics(s)

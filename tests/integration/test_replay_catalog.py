@@ -120,6 +120,7 @@ def test_public_csv_priced_end_to_end_and_applied(bootstrap: str, admin, model_d
         "PRICING_TOPIC_PRICES": f"prices-{tag}", "PRICING_TOPIC_DEAD_LETTER": f"dlq-{tag}",
         "PRICING_PARTITIONS": "2", "PRICING_MODEL_DIR": str(model_dir), "PRICING_TOP_K": "1",
         "PRICING_DATA_DIR": str(tmp_path / "worker"), "PRICING_BATCH_WITHIN_S": "0.05",
+        "PRICING_METRICS_PORT": "0",  # the default port may be taken by another worker on this machine
     }
     s = load_settings({k: v for k, v in env.items() if k.startswith("PRICING_")})
     ensure_topics(s)

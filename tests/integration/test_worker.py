@@ -73,6 +73,7 @@ def deployment(bootstrap: str, tmp_path: Path, model_dir: Path) -> Iterator[tupl
         "PRICING_TOPIC_PRICES": f"prices-{tag}", "PRICING_TOPIC_DEAD_LETTER": f"dlq-{tag}",
         "PRICING_PARTITIONS": "4", "PRICING_SESSION_TIMEOUT_S": "6", "PRICING_MODEL_DIR": str(model_dir),
         "PRICING_TOP_K": "2", "PRICING_USER_HASH_KEY": "it-secret", "PRICING_BATCH_WITHIN_S": "0.05",
+        "PRICING_METRICS_PORT": "0",  # several workers per test, and other test runs on this machine
     }
     s = load_settings(env_settings)
     ensure_topics(s)

@@ -29,9 +29,9 @@ DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "k8s"
 KUBERNETES_VERSIONS = ("1.30.0", "1.33.0")  # the oldest we claim, and a newer one
 METRICS_PORT = 9400
-# Settings that the manifests use and that a sibling branch adds (wip-metrics: the worker's
-# metrics/health server). Empty this set once that branch is merged into main.
-PENDING_SETTINGS = {"PRICING_METRICS_PORT"}
+# Settings that the manifests use and that a sibling branch adds (none pending: wip-metrics added
+# PRICING_METRICS_PORT).
+PENDING_SETTINGS: set[str] = set()
 SETTING_NAMES = {ENV_PREFIX + name.upper() for name in Settings.model_fields}
 
 
