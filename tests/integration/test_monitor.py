@@ -1,7 +1,8 @@
 """``pricing-monitor`` in a real headless Chromium, beside a real worker pricing a live stream.
 
 The page must show numbers (throughput, latency, both arms' exposures), and they must change
-between two refreshes while events keep coming. The screenshot goes to docs/monitor.png.
+between two refreshes while events keep coming. The screenshot goes to var/monitor.png (and to
+docs/monitor.png, the README's, with UPDATE_SCREENSHOT=1).
 Chromium is Debian's (``apt-get install chromium``; deploy/run-tests.sh installs it when missing),
 driven by Playwright; a missing browser fails the test, it is never skipped.
 """
@@ -154,8 +155,10 @@ def test_monitor_page_shows_live_numbers_that_change(bootstrap: str, tmp_path: P
             assert page.locator("#tput polyline").count() == 3
             assert page.locator("#ratio rect").count() > 0 and page.locator("#dead rect").count() > 0
             assert "NOT_JSON" in page.inner_html("#dead")
-            (REPO / "docs").mkdir(exist_ok=True)
-            page.screenshot(path=str(REPO / "docs" / "monitor.png"), full_page=True)
+            shot = REPO / ("docs" if os.environ.get("UPDATE_SCREENSHOT") == "1" else "var") / "monitor.png"
+            shot.parent.mkdir(exist_ok=True)
+            page.screenshot(path=str(shot), full_page=True)
+            assert shot.stat().st_size > 10_000
             browser.close()
     finally:
         stop.set()
