@@ -29,9 +29,6 @@ DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "k8s"
 KUBERNETES_VERSIONS = ("1.30.0", "1.33.0")  # the oldest we claim, and a newer one
 METRICS_PORT = 9400
-# Settings that the manifests use and that a sibling branch adds (none pending: wip-metrics added
-# PRICING_METRICS_PORT).
-PENDING_SETTINGS: set[str] = set()
 SETTING_NAMES = {ENV_PREFIX + name.upper() for name in Settings.model_fields}
 
 
@@ -98,9 +95,9 @@ def test_configmap_secret_and_env_name_real_settings_with_valid_values() -> None
     secret = k8s("Secret", "pricing-secrets")["stringData"]
     used = set(data) | set(secret) | {n for _, spec in pod_specs() for c in spec["containers"]
                                       for n in pricing_keys(c.get("env", []))}
-    assert used - SETTING_NAMES <= PENDING_SETTINGS, f"not settings: {sorted(used - SETTING_NAMES - PENDING_SETTINGS)}"
+    assert used <= SETTING_NAMES, f"not settings: {sorted(used - SETTING_NAMES)}"
     # the values, too, must pass the worker's own validation
-    env = {k: v for k, v in {**data, **secret}.items() if k not in PENDING_SETTINGS}
+    env = {k: v for k, v in {**data, **secret}.items()}
     s = load_settings(env)
     assert (s.replication_factor, s.min_insync_replicas) == (3, 2) and str(s.model_dir) == "/models"
     assert s.user_hash_key.get_secret_value() == secret["PRICING_USER_HASH_KEY"]
@@ -234,4 +231,4 @@ def test_compose_pricing_services_and_settings() -> None:
     grace = re.fullmatch(r"(\d+)s", services["worker"]["stop_grace_period"])
     assert grace and int(grace.group(1)) > mode.Service.shutdown_timeout
     used = {k for s in services.values() for k in pricing_keys(s.get("environment", {}))}
-    assert used - SETTING_NAMES <= PENDING_SETTINGS, f"not settings: {sorted(used - SETTING_NAMES - PENDING_SETTINGS)}"
+    assert used <= SETTING_NAMES, f"not settings: {sorted(used - SETTING_NAMES)}"
