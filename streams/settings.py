@@ -2,7 +2,11 @@
 
 Built once (``load_settings()``) and handed to whatever needs it; no module reads the
 environment on its own. Unknown ``PRICING_*`` variables are refused, so a typo such as
-``PRICING_KAFKA_BOOTSTRAPS`` fails loudly instead of silently using the default.
+``PRICING_KAFKA_BOOTSTRAPS`` fails loudly instead of silently using the default; the variables
+Kubernetes injects for a Service named ``pricing`` (``PRICING_SERVICE_HOST``, ``PRICING_PORT_80_TCP``,
+...) are let through (:func:`is_kubernetes_service_variable`). List-valued settings take either a
+comma separated list (``view,click``) or a JSON array (``["view","click"]``). The full table with
+formats is ``docs/settings.md``.
 
 >>> s = Settings(kafka_bootstrap="127.0.0.1:19092")
 >>> s.topic_clickstream, s.max_deviation
@@ -12,13 +16,14 @@ environment on its own. Unknown ``PRICING_*`` variables are refused, so a typo s
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 ENV_PREFIX = "PRICING_"
 
@@ -31,6 +36,19 @@ class Settings(BaseSettings):
     """Every knob of the pipeline, validated; secrets are ``SecretStr``."""
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", frozen=True)
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+                                   env_settings: PydanticBaseSettingsSource,
+                                   dotenv_settings: PydanticBaseSettingsSource,
+                                   file_secret_settings: PydanticBaseSettingsSource,
+                                   ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Only the values given: :func:`load_settings` is the one reader of the environment.
+
+        pydantic-settings would otherwise read ``os.environ`` as well, even when ``load_settings``
+        is handed another mapping, and JSON-decode list fields (so ``view,click`` failed).
+        """
+        return (init_settings,)
 
     # --- broker and security
     kafka_bootstrap: str = Field("127.0.0.1:19092", description="Kafka bootstrap servers, comma separated")
@@ -72,6 +90,11 @@ class Settings(BaseSettings):
     top_k: int = Field(3, ge=0, le=50, description="recommended items priced besides the event's item")
     max_event_bytes: int = Field(16_384, ge=256)
     max_future_skew_s: float = Field(300.0, ge=0, description="reject events this far ahead of wall time")
+    unknown_fields: Literal["reject", "ignore"] = Field(
+        "ignore", description="clickstream and catalog records with fields this version does not know")
+    max_price_ratio: float = Field(20.0, gt=1, description="a shown price above base_price times this is BAD_PRICE")
+    shutdown_timeout_s: float = Field(20.0, gt=0, le=3600,
+                                      description="SIGTERM to exit, at most; then the worker force-exits")
 
     # --- operations (docs/operations.md)
     metrics_port: int = Field(9400, ge=0, le=65535, description="worker's /metrics, /healthz, /ready; 0 disables")
@@ -98,21 +121,22 @@ class Settings(BaseSettings):
                                                  "0 = the decision itself")
     user_hash_key: SecretStr = SecretStr("change-me-in-production")
 
-    @field_validator("triggers", mode="before")
+    @field_validator("triggers", "feature_windows_s", mode="before")
     @classmethod
-    def _split_csv(cls, v: object) -> object:
-        return tuple(s.strip() for s in v.split(",") if s.strip()) if isinstance(v, str) else v
+    def _split_list(cls, v: object) -> object:
+        # the element types are checked by pydantic afterwards, with its own messages
+        return split_list(v) if isinstance(v, str) else v
 
-    @field_validator("feature_windows_s", mode="before")
+    @field_validator("triggers")
     @classmethod
-    def _split_floats(cls, v: object) -> object:
-        return tuple(float(s) for s in v.split(",") if s.strip()) if isinstance(v, str) else v
+    def _known_triggers(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        allowed = {"view", "click", "add_to_cart", "purchase", "review"}
+        if bad := set(v) - allowed:
+            raise ValueError(f"unknown trigger event types {sorted(bad)}; allowed: {sorted(allowed)}")
+        return v
 
     @model_validator(mode="after")
     def _check(self) -> Settings:
-        allowed = {"view", "click", "add_to_cart", "purchase", "review"}
-        if bad := set(self.triggers) - allowed:
-            raise ValueError(f"unknown trigger event types {sorted(bad)}; allowed: {sorted(allowed)}")
         if self.min_insync_replicas > self.replication_factor:
             raise ValueError(f"PRICING_MIN_INSYNC_REPLICAS={self.min_insync_replicas} is above "
                              f"PRICING_REPLICATION_FACTOR={self.replication_factor}: no write could succeed")
@@ -156,19 +180,71 @@ class Settings(BaseSettings):
         return out
 
 
+def split_list(text: str) -> list[str]:
+    """A list-valued setting's string: a JSON array, or comma separated (the documented form).
+
+    >>> split_list("view, click"), split_list('["view","click"]'), split_list("60,3600")
+    (['view', 'click'], ['view', 'click'], ['60', '3600'])
+    """
+    stripped = text.strip()
+    if stripped.startswith("["):
+        import json
+
+        try:
+            items = json.loads(stripped)
+        except ValueError as exc:
+            raise ValueError(f"looks like a JSON array but is not valid JSON ({exc})") from None
+        if not isinstance(items, list):
+            raise ValueError("expected a JSON array")
+        return [i.strip() if isinstance(i, str) else i for i in items]
+    return [s.strip() for s in stripped.split(",") if s.strip()]
+
+
+# The variables Kubernetes puts in every pod of a namespace with a Service named "pricing" (docker
+# link style service discovery): PRICING_SERVICE_HOST, PRICING_SERVICE_PORT, PRICING_SERVICE_PORT_<NAME>
+# per named port, PRICING_PORT, and PRICING_PORT_<n>_<PROTO>[_PROTO|_PORT|_ADDR] per port.
+_KUBERNETES_SERVICE = re.compile(
+    r"PRICING_(SERVICE_HOST|SERVICE_PORT(_[A-Z0-9_]+)?|PORT|PORT_[0-9]+_(TCP|UDP|SCTP)(_(PROTO|PORT|ADDR))?)")
+
+
+def is_kubernetes_service_variable(name: str) -> bool:
+    """Whether ``name`` is one Kubernetes injects for a Service named ``pricing`` (not a typo).
+
+    >>> [is_kubernetes_service_variable(n) for n in ("PRICING_SERVICE_HOST", "PRICING_PORT_8080_TCP_ADDR",
+    ...                                            "PRICING_PORT_TCP", "PRICING_SERVICE_HOSTS")]
+    [True, True, False, False]
+    """
+    return _KUBERNETES_SERVICE.fullmatch(name) is not None
+
+
+def _explain(exc: ValidationError, values: Mapping[str, object]) -> str:
+    """One line per error, naming the environment variable and the value given."""
+    lines = []
+    for err in exc.errors():
+        field = str(err["loc"][0]) if err["loc"] else ""
+        name = ENV_PREFIX + field.upper() if field in Settings.model_fields else "settings"
+        given = values.get(field)
+        shown = "" if given is None or isinstance(given, SecretStr) or "key" in field or "password" in field \
+            else f" (got {str(given)[:80]!r})"
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        lines.append(f"{name}: {msg}{shown}")
+    return "; ".join(lines)
+
+
 def load_settings(environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
-    """Build the settings from ``environ`` (default ``os.environ``), refusing unknown keys."""
+    """Build the settings from ``environ`` (default ``os.environ``) only, refusing unknown keys."""
     env = os.environ if environ is None else environ
     known = {ENV_PREFIX + name.upper() for name in Settings.model_fields}
-    unknown = sorted(k for k in env if k.upper().startswith(ENV_PREFIX) and k.upper() not in known)
+    unknown = sorted(k for k in env if k.upper().startswith(ENV_PREFIX) and k.upper() not in known
+                     and not is_kubernetes_service_variable(k.upper()))
     if unknown:
         raise SettingsError(f"unknown settings {unknown}; known: {sorted(known)}")
     values: dict[str, object] = {k[len(ENV_PREFIX):].lower(): v for k, v in env.items() if k.upper() in known}
     values.update(overrides)
     try:
-        return Settings.model_validate(values)  # type: ignore[no-any-return]
+        return Settings(**values)
     except ValidationError as exc:
-        raise SettingsError(str(exc)) from exc
+        raise SettingsError(_explain(exc, values)) from exc
 
 
 def cli_settings(**overrides: object) -> Settings:

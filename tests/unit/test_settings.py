@@ -49,3 +49,55 @@ def test_settings_command_prints_masked() -> None:
     bad = subprocess.run([sys.executable, "-m", "streams.settings"], capture_output=True, text=True,
                          env={"PRICING_NOPE": "1", "PATH": ""})
     assert bad.returncode == 2 and "PRICING_NOPE" in bad.stderr
+
+
+@pytest.mark.parametrize("text", ["view,click,add_to_cart,purchase", " view , click,add_to_cart,purchase ",
+                                  '["view","click","add_to_cart","purchase"]'])
+def test_triggers_comma_or_json(text: str) -> None:
+    assert load_settings({"PRICING_TRIGGERS": text}).triggers == ("view", "click", "add_to_cart", "purchase")
+
+
+@pytest.mark.parametrize("text", ["60,3600", "[60, 3600]", '["60","3600"]'])
+def test_feature_windows_comma_or_json(text: str) -> None:
+    assert load_settings({"PRICING_FEATURE_WINDOWS_S": text}).feature_windows_s == (60.0, 3600.0)
+
+
+@pytest.mark.parametrize(("env", "named"), [
+    ({"PRICING_TRIGGERS": '["view"'}, "PRICING_TRIGGERS"),
+    ({"PRICING_TRIGGERS": "view,hover"}, "PRICING_TRIGGERS"),
+    ({"PRICING_FEATURE_WINDOWS_S": "60,abc"}, "PRICING_FEATURE_WINDOWS_S"),
+    ({"PRICING_PARTITIONS": "0"}, "PRICING_PARTITIONS"),
+    ({"PRICING_UNKNOWN_FIELDS": "drop"}, "PRICING_UNKNOWN_FIELDS"),
+])
+def test_errors_name_the_variable(env: dict[str, str], named: str) -> None:
+    with pytest.raises(SettingsError, match=named):
+        load_settings(env)
+
+
+def test_only_the_given_environment_is_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PRICING_PARTITIONS", "9")
+    assert load_settings({}).partitions == 4
+    assert load_settings().partitions == 9
+
+
+# what Kubernetes injects for `kind: Service, name: pricing` with ports 80/TCP (named "http") and 9000/UDP
+KUBERNETES = {
+    "PRICING_SERVICE_HOST": "10.0.0.11", "PRICING_SERVICE_PORT": "80", "PRICING_SERVICE_PORT_HTTP": "80",
+    "PRICING_SERVICE_PORT_METRICS_V2": "9000",
+    "PRICING_PORT": "tcp://10.0.0.11:80", "PRICING_PORT_80_TCP": "tcp://10.0.0.11:80",
+    "PRICING_PORT_80_TCP_PROTO": "tcp", "PRICING_PORT_80_TCP_PORT": "80", "PRICING_PORT_80_TCP_ADDR": "10.0.0.11",
+    "PRICING_PORT_9000_UDP": "udp://10.0.0.11:9000", "PRICING_PORT_9000_UDP_ADDR": "10.0.0.11",
+}
+
+
+def test_kubernetes_service_variables_are_allowed() -> None:
+    s = load_settings({**KUBERNETES, "PRICING_PARTITIONS": "8"})
+    assert s.partitions == 8
+
+
+@pytest.mark.parametrize("typo", ["PRICING_SERVICE_HOSTS", "PRICING_PORTS", "PRICING_PORT_80", "PRICING_PORT_TCP",
+                                  "PRICING_PORT_80_TCP_HOST", "PRICING_PORT_80_HTTP", "PRICING_SERVICE",
+                                  "PRICING_TRIGGER", "PRICING_PARTITION"])
+def test_typos_still_refused_next_to_kubernetes_variables(typo: str) -> None:
+    with pytest.raises(SettingsError, match=typo):
+        load_settings({**KUBERNETES, typo: "1"})
