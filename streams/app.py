@@ -25,7 +25,7 @@ from .health import MetricsServerError, faust_snapshot, sample_forever, serve
 from .kafka_config import aiokafka_config, cli_check_connection, faust_broker, faust_credentials
 from .logs import faust_logging_config
 from .metrics import WorkerMetrics
-from .pipeline import Pipeline, RawRecord
+from .pipeline import Pipeline, RawRecord, UnknownFields
 from .schemas import DeadLetter, SchemaError, dead_letter_bytes, parse_catalog
 from .scoring import BundleWatcher, DeterministicScorer, Scorer
 from .settings import Settings, cli_settings
@@ -142,6 +142,7 @@ async def _follow_catalog(app: faust.App, s: Settings, catalog: Catalog, ready: 
 
     consumer = AIOKafkaConsumer(group_id=None, enable_auto_commit=False, auto_offset_reset="earliest",
                                 **aiokafka_config(s))
+    unknown = UnknownFields(s.topic_catalog) if s.unknown_fields == "ignore" else None
     await consumer.start()
     try:
         parts = None
@@ -165,7 +166,7 @@ async def _follow_catalog(app: faust.App, s: Settings, catalog: Catalog, ready: 
                         catalog.remove(m.key.decode() if m.key else "")
                         continue
                     try:
-                        catalog.put(parse_catalog(m.value))
+                        catalog.put(parse_catalog(m.value, on_unknown=unknown))
                     except SchemaError as exc:
                         log.warning("catalog record %s:%d rejected: %s", tp.partition, m.offset, exc)
                         letter = DeadLetter(m.value, tp.topic, tp.partition, m.offset, exc.code, exc.reason, clock())

@@ -3,7 +3,8 @@
 The whole per-batch logic of the worker, with no Faust import: the agent hands raw records
 and a table reader in, and writes back what comes out. A batch goes through these steps:
 
-1. parse and validate every record -> dead letters for the bad ones (nothing dropped);
+1. parse and validate every record -> dead letters for the bad ones (nothing dropped), including a
+   shown price implausibly far above the item's catalog base price (``BAD_PRICE``);
 2. fold each event into its user's record (keyed hash of the user id; replays are no-ops);
 3. for trigger events, snapshot the user's features at that event's time;
 4. score all triggers at once: the recommend model over the catalog picks the top-K items,
@@ -72,6 +73,25 @@ class BatchOutput:
     counts: Counter[str] = field(default_factory=Counter)
 
 
+class UnknownFields:
+    """Field names a topic's records carry that this version does not know (``PRICING_UNKNOWN_FIELDS=ignore``).
+
+    Each new name is logged once, so an upstream schema change shows in the log without a line per
+    record; at most ``limit`` names are remembered (arbitrary payloads must not grow memory).
+    """
+
+    def __init__(self, topic: str, limit: int = 100) -> None:
+        self.topic, self.limit, self.seen = topic, limit, set[str]()
+
+    def __call__(self, names: list[str]) -> None:
+        """Note the unknown ``names`` of one record."""
+        for name in names:
+            if name not in self.seen and len(self.seen) < self.limit:
+                self.seen.add(name)
+                log.warning("%s records carry unknown field %r, ignored (PRICING_UNKNOWN_FIELDS=ignore)",
+                            self.topic, name[:80])
+
+
 @dataclass(slots=True)
 class _Trigger:
     ev: ClickEvent
@@ -99,20 +119,23 @@ class Pipeline:
         self._policy = f"dither:{settings.exploration_width:g}"
         self.hasher = UserHasher(settings.user_hash_key.get_secret_value())
         self.triggers = frozenset(settings.triggers)
+        self.unknown = UnknownFields(settings.topic_clickstream) if settings.unknown_fields == "ignore" else None
 
     def process(self, batch: list[RawRecord], load: Callable[[str], bytes | None]) -> BatchOutput:
         """Run one batch; ``load(user_key)`` reads a user's record from the table."""
         out, triggers = BatchOutput(), []
         records: dict[str, UserRecord] = {}
         now = self.clock()
+        on_unknown = None if self.unknown is None else lambda names: self._ignore(out, names)
         for i, raw in enumerate(batch):
             # raw bytes -> a validated event, or a dead letter with the reason
             try:
                 ev = parse_click(raw.value, now=now, max_bytes=self.s.max_event_bytes,
-                                 max_future_skew_s=self.s.max_future_skew_s)
+                                 max_future_skew_s=self.s.max_future_skew_s, on_unknown=on_unknown)
                 if raw.key != ev.user_id.encode():  # None too: an unkeyed record lands on any partition
                     raise SchemaError("KEY_MISMATCH", "record key must be the user_id (per-user state is "
                                       "partitioned by it)")
+                self._check_price(ev)
             except SchemaError as exc:
                 self._dead_letter(out, raw, exc.code, exc.reason, now)
                 continue
@@ -147,6 +170,19 @@ class Pipeline:
         for ukey, (_, i) in out.records.items():
             out.records[ukey] = (encode_record(records[ukey]), i)
         return out
+
+    def _ignore(self, out: BatchOutput, names: list[str]) -> None:
+        out.counts["ignored_fields"] += len(names)
+        self.unknown(names)  # type: ignore[misc]
+
+    def _check_price(self, ev: ClickEvent) -> None:
+        """A shown price past ``max_price_ratio`` x the catalog base price would dominate the user's
+        price-ratio sums for weeks (1e308 is valid JSON): reject it. Items not in the catalog have no base."""
+        item = self.catalog.get(ev.item_id)
+        if item is not None and ev.price > item.base_price * self.s.max_price_ratio:
+            raise SchemaError("BAD_PRICE", f"shown price {ev.price:.6g} is more than {self.s.max_price_ratio:g} x "
+                              f"the catalog base price {item.base_price:g} of item {ev.item_id[:40]!r} "
+                              "(PRICING_MAX_PRICE_RATIO)")
 
     def _dead_letter(self, out: BatchOutput, raw: RawRecord, code: str, reason: str, now: float) -> None:
         out.counts[f"dead_letter.{code}"] += 1

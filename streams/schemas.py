@@ -2,9 +2,9 @@
 
 Every topic carries UTF-8 JSON objects (parsed with orjson). Parsing either returns a
 validated frozen object or raises :class:`SchemaError` with a machine-readable ``code``;
-nothing else escapes, whatever the bytes. Policy on unknown fields: **rejected**
-(``UNKNOWN_FIELD``), so a producer's typo or schema drift is caught at the boundary
-instead of silently dropping data.
+nothing else escapes, whatever the bytes. Unknown fields are **rejected** (``UNKNOWN_FIELD``)
+unless the caller passes ``on_unknown``: then they are dropped and ``on_unknown`` is told their
+names (the worker does so for ``PRICING_UNKNOWN_FIELDS=ignore``, see docs/settings.md).
 
 >>> ev = parse_click(b'{"event_id":"e1","ts":1700000000.0,"user_id":"u1","session_id":"s1",'
 ...                  b'"type":"view","item_id":"i1","price":9.99}', now=1700000000.0)
@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
@@ -162,8 +163,16 @@ _DEAD: Final[dict[str, tuple[tuple[type, ...], bool]]] = {
 }
 
 
-def _load_object(data: bytes, spec: dict[str, tuple[tuple[type, ...], bool]], max_bytes: int) -> dict[str, Any]:
-    """Bytes -> dict whose keys and value types match ``spec``; raises SchemaError only."""
+OnUnknown = Callable[[list[str]], object]
+
+
+def _load_object(data: bytes, spec: dict[str, tuple[tuple[type, ...], bool]], max_bytes: int,
+                 on_unknown: OnUnknown | None = None) -> dict[str, Any]:
+    """Bytes -> dict whose keys and value types match ``spec``; raises SchemaError only.
+
+    Fields not in ``spec`` raise ``UNKNOWN_FIELD``, or, with ``on_unknown``, are passed to it by name
+    and otherwise ignored (only the fields in ``spec`` are ever read).
+    """
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise SchemaError("WRONG_TYPE", f"payload must be bytes, got {type(data).__name__}")
     if len(data) > max_bytes:
@@ -175,7 +184,9 @@ def _load_object(data: bytes, spec: dict[str, tuple[tuple[type, ...], bool]], ma
     if not isinstance(obj, dict):
         raise SchemaError("NOT_OBJECT", f"payload is a JSON {type(obj).__name__}, not an object")
     if unknown := sorted(set(obj) - set(spec)):
-        raise SchemaError("UNKNOWN_FIELD", f"unknown fields {unknown[:5]}")
+        if on_unknown is None:
+            raise SchemaError("UNKNOWN_FIELD", f"unknown fields {unknown[:5]}")
+        on_unknown(unknown)
     for name, (types, required) in spec.items():
         if name not in obj:
             if required:
@@ -203,9 +214,10 @@ def _optional_float(value: float | None) -> float | None:
 
 
 def parse_click(data: bytes, *, now: float, max_bytes: int = MAX_PAYLOAD_BYTES,
-                max_future_skew_s: float = MAX_FUTURE_SKEW_S) -> ClickEvent:
-    """Validate one clickstream payload; ``now`` (wall time) bounds how far ahead ``ts`` may be."""
-    obj = _load_object(data, _CLICK, max_bytes)
+                max_future_skew_s: float = MAX_FUTURE_SKEW_S, on_unknown: OnUnknown | None = None) -> ClickEvent:
+    """Validate one clickstream payload; ``now`` (wall time) bounds how far ahead ``ts`` may be;
+    unknown fields are rejected unless ``on_unknown`` takes them (see the module doc)."""
+    obj = _load_object(data, _CLICK, max_bytes, on_unknown)
     if obj["type"] not in EVENT_TYPES:
         raise SchemaError("UNKNOWN_EVENT_TYPE", f"event type {obj['type'][:40]!r} not in {EVENT_TYPES}")
     ts = _finite("ts", obj["ts"])
@@ -222,9 +234,10 @@ def parse_click(data: bytes, *, now: float, max_bytes: int = MAX_PAYLOAD_BYTES,
                       obj["item_id"], price, quantity, None if rating is None else float(rating))
 
 
-def parse_catalog(data: bytes, *, max_bytes: int = MAX_PAYLOAD_BYTES) -> CatalogItem:
+def parse_catalog(data: bytes, *, max_bytes: int = MAX_PAYLOAD_BYTES, on_unknown: OnUnknown | None = None
+                  ) -> CatalogItem:
     """Validate one catalog record; bounds must be ordered min <= base <= max and cost >= 0."""
-    obj = _load_object(data, _CATALOG, max_bytes)
+    obj = _load_object(data, _CATALOG, max_bytes, on_unknown)
     base = _finite("base_price", obj["base_price"], code="BAD_PRICE", positive=True)
     cost = _finite("unit_cost", obj["unit_cost"], code="BAD_PRICE")
     lo = _finite("min_price", obj["min_price"], code="BAD_PRICE", positive=True)

@@ -82,3 +82,17 @@ async def test_worker_consumer_uses_the_configured_fetch_wait() -> None:
     default = create_app(load_settings({}, store="memory://"), deterministic_scorer=True)
     default.finalize()
     assert default.consumer._thread._create_worker_consumer(default.transport)._fetch_max_wait_ms == 20
+
+
+async def test_an_added_upstream_field_does_not_stop_pricing(app_and_sent) -> None:
+    # the default PRICING_UNKNOWN_FIELDS=ignore: an upstream producer adds "campaign_id" to every event
+    app, sent = app_and_sent
+    assert app.pricing.s.unknown_fields == "ignore"
+    async with app.agents["clickstream"].test_context() as ctx:
+        for i in range(3):
+            await ctx.put(key=b"alice", value=click(i, campaign_id=f"c{i}"))
+        await ctx.put(key=b"alice", value=click(9, price=1e308))  # absurd shown price: BAD_PRICE
+    prices = [parse_price(v) for t, _, v in sent if t == "prices"]
+    letters = [parse_dead_letter(v) for t, _, v in sent if t == "clickstream-dlq"]
+    assert len(prices) == 3 * 3 and {p.user_id for p in prices} == {"alice"}
+    assert [dl.error_code for dl in letters] == ["BAD_PRICE"]

@@ -8,7 +8,7 @@ import orjson
 from streams.catalog import Catalog
 from streams.features import item_features, update, user_features
 from streams.pipeline import Pipeline, RawRecord
-from streams.schemas import CatalogItem, parse_click, parse_price
+from streams.schemas import CatalogItem, parse_click, parse_dead_letter, parse_price
 from streams.scoring import DeterministicScorer
 from streams.settings import load_settings
 from streams.state import decode_record
@@ -141,3 +141,46 @@ def test_exploration_is_logged_and_replays_to_the_same_price() -> None:
     assert any(p.price != decided[p.decision_id].price for p in drawn)  # moved from the decision ...
     assert all(abs(np.log(p.price / decided[p.decision_id].price)) <= 0.1 + 1e-3 for p in drawn)  # ... within w
     assert all(p.policy == "greedy" and p.propensity == 1.0 for p in decided.values() if p.arm == "treatment")
+
+
+def with_fields(rec: RawRecord, **fields: object) -> RawRecord:
+    return RawRecord(rec.key, orjson.dumps({**orjson.loads(rec.value), **fields}), rec.topic, rec.partition,
+                     rec.offset)
+
+
+def test_added_upstream_field_does_not_stop_pricing_when_ignored(caplog) -> None:
+    pipe, table = make(top_k=0, unknown_fields="ignore")
+    batch = [with_fields(record(i), campaign_id="c7", device="ios") for i in range(3)]
+    out = run(pipe, table, batch)
+    assert not out.dead_letters and len(out.prices) == 3
+    assert out.counts["ignored_fields"] == 6
+    # logged once per new name, not once per record
+    assert sum("unknown field 'campaign_id'" in r.getMessage() for r in caplog.records) == 1
+    # the same events without the extra fields give the same state: nothing of them was read
+    plain, t2 = make(top_k=0, unknown_fields="ignore")
+    run(plain, t2, [record(i) for i in range(3)])
+    assert table == t2
+
+
+def test_added_upstream_field_is_dead_lettered_when_rejected() -> None:
+    pipe, table = make(top_k=0, unknown_fields="reject")
+    out = run(pipe, table, [with_fields(record(0), campaign_id="c7")])
+    assert not out.prices
+    assert [parse_dead_letter(v).error_code for _, v in out.dead_letters] == ["UNKNOWN_FIELD"]
+
+
+def test_absurd_shown_price_is_dead_lettered_and_not_folded_in() -> None:
+    pipe, table = make(top_k=0, max_price_ratio=20.0)  # i1 has base price 11
+    batch = [record(0), with_fields(record(1), price=1e308), with_fields(record(2), price=11.0 * 20 + 0.01),
+             with_fields(record(3), price=11.0 * 20), with_fields(record(4, item="not-in-catalog"), price=1e308)]
+    out = run(pipe, table, batch)
+    letters = [parse_dead_letter(v) for _, v in out.dead_letters]
+    assert [(dl.offset, dl.error_code) for dl in letters] == [(1, "BAD_PRICE"), (2, "BAD_PRICE")]
+    assert "PRICING_MAX_PRICE_RATIO" in letters[0].message
+    # offsets 0 and 3 (at the bound) are priced; the unknown item has no terms, so no price either
+    assert out.counts["events"] == 3
+    ratios = decode_record(next(iter(table.values()))).features
+    ref, t2 = make(top_k=0)
+    run(ref, t2, [record(0), with_fields(record(3), price=11.0 * 20), with_fields(record(4, item="not-in-catalog"),
+                                                                                   price=1e308)])
+    assert ratios == decode_record(next(iter(t2.values()))).features
