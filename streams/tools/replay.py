@@ -4,7 +4,14 @@ Records are keyed by ``user_id``, paced by event time (``--speed``) or a fixed `
 optionally shifted to now. Bad rows are still sent, so the worker dead-letters them with its
 reason; ``remove_from_cart`` rows are skipped and counted (our schema has no such event).
 
-    pricing-replay data.csv --speed 60 --shift-to-now --emit-catalog
+``--shift-to-now`` keeps the gaps between events and picks which event lands at now
+(``--shift-anchor``). By default (``auto``) that is the *last* event, so the whole file is in the
+past and the worker accepts it however fast it is sent, except with ``--speed`` at most 1, where
+the *first* event lands at now and each later one is sent no earlier than its shifted time (a live
+stream). ``--shift-anchor first`` with any faster sending is refused: events would carry
+timestamps ahead of wall time and the worker would dead-letter them (``FUTURE_TIMESTAMP``).
+
+    pricing-replay data.csv --speed 1 --shift-to-now --emit-catalog
     pricing-replay events.jsonl.gz --rate 500 --skip 120000
 """
 
@@ -157,8 +164,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     pace.add_argument("--speed", type=float, default=0.0, help="event-time seconds per wall second; 0 = no pacing")
     pace.add_argument("--rate", type=float, help="fixed events per second instead of event-time pacing")
     p.add_argument("--shift-to-now", action="store_true", help="shift timestamps to now, keeping the gaps")
-    p.add_argument("--shift-anchor", choices=("first", "last"), default="first",
-                   help="which event lands at now (last: every ts is in the past, right for --speed > 1)")
+    p.add_argument("--shift-anchor", choices=("auto", "first", "last"), default="auto",
+                   help="which event lands at now with --shift-to-now; auto: first with 0 < --speed <= 1, "
+                        "else last (every ts in the past)")
     p.add_argument("--skip", type=int, default=0, help="skip the first N records (resume)")
     p.add_argument("--limit", type=int, help="send at most N records after the skipped ones")
     p.add_argument("--emit-catalog", action="store_true", help="CSV only: publish a catalog derived from the file")
@@ -179,6 +187,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--emit-catalog needs a CSV in the public layout")
     if not args.path.is_file():
         p.error(f"no such file: {args.path}")
+    live = args.rate is None and 0 < args.speed <= 1  # no event is sent before its shifted time
+    if args.shift_anchor == "auto":
+        args.shift_anchor = "first" if live else "last"
+    elif args.shift_to_now and args.shift_anchor == "first" and not live:
+        p.error("--shift-anchor first puts later events ahead of wall time unless --speed is in (0, 1]; the "
+                "worker would dead-letter them as FUTURE_TIMESTAMP. Use --shift-anchor last (the default "
+                "without such pacing) or --speed 1")
     return args
 
 

@@ -214,3 +214,34 @@ def test_cli_exit_codes(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None
             main(args)
         assert exc.value.code == 2
     assert main([str(tmp_path / "wrong.csv")]) == 2  # not the public layout
+
+
+def _shifted_ts(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, *args: str) -> list[float]:
+    producer = FakeProducer()
+    monkeypatch.setattr(kafka, "KafkaProducer", lambda **cfg: producer)
+    path = tmp_path / "months.jsonl"
+    # a file spanning 90 days
+    evs = [ClickEvent(f"e{i}", 1_600_000_000.0 + i * 30 * 86400, "u1", "s", "view", "i", 1.0) for i in range(4)]
+    path.write_bytes(b"\n".join(map(dumps, evs)) + b"\n")
+    assert main([str(path), "--shift-to-now", "--no-progress", *args]) == 0
+    return [orjson.loads(v)["ts"] for _, _, v in producer.sent]
+
+
+def test_shift_to_now_unpaced_puts_the_whole_file_in_the_past(monkeypatch: pytest.MonkeyPatch,
+                                                              tmp_path: Path) -> None:
+    import time
+
+    before = time.time()
+    for args in ([], ["--rate", "1000"]):
+        ts = _shifted_ts(monkeypatch, tmp_path, *args)
+        assert max(ts) <= time.time() and max(ts) >= before - 1  # the last event lands at now
+        assert [b - a for a, b in zip(ts[:-1], ts[1:], strict=True)] == [30 * 86400.0] * 3  # the gaps are kept
+
+
+def test_shift_anchor_first_is_refused_when_events_would_be_in_the_future(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for pace in ([], ["--speed", "60"], ["--rate", "100"]):
+        with pytest.raises(SystemExit) as exc:
+            _shifted_ts(monkeypatch, tmp_path, "--shift-anchor", "first", *pace)
+        assert exc.value.code == 2
+        assert "FUTURE_TIMESTAMP" in capsys.readouterr().err
