@@ -18,17 +18,28 @@ from typing import Any
 
 import faust
 
+from export.bundle import BundleError
+
 from .catalog import Catalog
-from .faust_compat import PricingApp, PricingTableManager, check_versions, topic_partitions, write_as_of
+from .faust_compat import (
+    PricingApp,
+    PricingTableManager,
+    check_versions,
+    topic_partitions,
+    worker_class,
+    write_as_of,
+)
 from .features import FeatureSpec, feature_names
 from .health import MetricsServerError, faust_snapshot, sample_forever, serve
 from .kafka_config import aiokafka_config, cli_check_connection, faust_broker, faust_credentials
 from .logs import faust_logging_config
 from .metrics import WorkerMetrics
 from .pipeline import Pipeline, RawRecord, UnknownFields
+from .runtime import RepeatFilter, ShutdownWatchdog, install_repeat_filter
 from .schemas import DeadLetter, SchemaError, dead_letter_bytes, parse_catalog
 from .scoring import BundleWatcher, DeterministicScorer, Scorer
 from .settings import Settings, cli_settings
+from .version import add_version
 
 log = logging.getLogger("pricing.worker")
 
@@ -53,6 +64,8 @@ def create_app(s: Settings, *, deterministic_scorer: bool = False,
     ``sender(topic, key, value)`` replaces the Kafka producer in agent tests.
     """
     check_versions()
+    # SIGTERM/SIGINT arm the watchdog, then Faust stops gracefully; reconnect errors are rate-limited
+    watchdog, repeat = ShutdownWatchdog(s.shutdown_timeout_s), RepeatFilter()
     app = PricingApp(
         s.app_id, broker=faust_broker(s),
         broker_credentials=faust_credentials(s), store=s.store, datadir=str(s.data_dir),
@@ -62,8 +75,12 @@ def create_app(s: Settings, *, deterministic_scorer: bool = False,
         broker_session_timeout=s.session_timeout_s, broker_heartbeat_interval=min(3.0, s.session_timeout_s / 3),
         TableManager=PricingTableManager,  # seek before resuming after recovery (streams/faust_compat.py)
         logging_config=faust_logging_config(s.log_format),
+        Worker=worker_class(lambda sig: watchdog.arm(f"{sig} received"),
+                            lambda root: install_repeat_filter(root, repeat)),
     )
     app.fetch_max_wait_ms = s.fetch_max_wait_ms
+    # leave the graceful stop time for the rest (producer flush, tables) before the watchdog fires
+    app.thread_shutdown_timeout_s = min(10.0, s.shutdown_timeout_s / 3)
     clicks = app.topic(s.topic_clickstream, partitions=s.partitions, key_type=bytes, value_type=bytes,
                        key_serializer="raw", value_serializer="raw")
     users = app.Table("users", default=None, partitions=s.partitions,
@@ -124,6 +141,7 @@ def create_app(s: Settings, *, deterministic_scorer: bool = False,
 
     @app.timer(30.0)
     async def report() -> None:
+        repeat.flush()
         if stats:
             log.info("last 30 s: %s; catalog items %d; model %s", dict(sorted(stats.items())),
                      len(catalog), scorer().version)
@@ -132,6 +150,7 @@ def create_app(s: Settings, *, deterministic_scorer: bool = False,
     # handles for tests and tools
     app.pricing, app.catalog_ready, app.users = pipeline, catalog_ready, users  # type: ignore[attr-defined]
     app.metrics = metrics  # type: ignore[attr-defined]
+    app.watchdog, app.repeat_filter = watchdog, repeat  # type: ignore[attr-defined]
     return app
 
 
@@ -181,14 +200,21 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="pricing-worker", description=main.__doc__,
                                      epilog="Configuration: PRICING_* environment variables "
-                                            "(see `pricing-settings`).")
+                                            "(see `pricing-settings`, docs/settings.md).")
+    add_version(parser)
     parser.add_argument("--deterministic-scorer", action="store_true",
                         help="closed-form test scorer instead of the ONNX bundle (smoke tests only)")
     parser.add_argument("--loglevel", default="info", choices=["debug", "info", "warning", "error"])
     args = parser.parse_args(argv)
     s = cli_settings()
     Path(s.data_dir).mkdir(parents=True, exist_ok=True)
-    app = create_app(s, deterministic_scorer=args.deterministic_scorer)
+    try:
+        app = create_app(s, deterministic_scorer=args.deterministic_scorer)
+    except BundleError as exc:
+        print(f"error: no usable model bundle in PRICING_MODEL_DIR={s.model_dir}: {exc}. Make one with "
+              f"`pricing-train --out train/` then `pricing-export --train-dir train/ --model-dir {s.model_dir}`",
+              file=sys.stderr)
+        return 2
     if s.metrics_port:  # a taken port is a local mistake: said at once, before any wait on the network
         try:
             serve(app.metrics, s.metrics_host, s.metrics_port, s.metrics_stall_s)  # type: ignore[attr-defined]

@@ -1,13 +1,15 @@
 """Every use of Faust's and aiokafka's private API, in one guarded place.
 
-The worker relies on internals of faust-streaming and aiokafka in four places, all here:
+The worker relies on internals of faust-streaming, mode and aiokafka in these places, all here:
 
 * the recovery and fetch path, fixed so that a restart or a takeover loses no event
   (:class:`OrderedRecovery`, :class:`SafeConsumerThread`, described below);
 * the consumer's fetch wait, which Faust hard-codes (:class:`SafeConsumerThread`);
 * routing a table write to the changelog partition of a given event (:func:`write_as_of`), which
   Faust reads from a private context variable;
-* asking an aiokafka consumer outside any group for one topic's metadata (:func:`topic_partitions`).
+* asking an aiokafka consumer outside any group for one topic's metadata (:func:`topic_partitions`);
+* learning that a stop signal arrived, and bounding how long a stop waits for Faust's consumer
+  thread (:func:`worker_class`, :class:`PricingApp`).
 
 :func:`check_versions` refuses to start on versions these overrides were not verified against:
 re-read each override against the new version's source, re-run the kill -9 and two-worker
@@ -52,8 +54,10 @@ Two more holes are in Faust's aiokafka consumer thread, closed by :class:`SafeCo
 from __future__ import annotations
 
 import asyncio
+import logging
+import signal
 import weakref
-from collections.abc import Iterator, Mapping, MutableMapping
+from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
@@ -180,7 +184,17 @@ class SafeConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
 
 class _Consumer(faust_aiokafka.Consumer):
     def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
-        return SafeConsumerThread(self, loop=self.loop, beacon=self.beacon)
+        thread = SafeConsumerThread(self, loop=self.loop, beacon=self.beacon)
+        _bound_thread_stop(thread, self.app)
+        return thread
+
+
+def _bound_thread_stop(thread: Any, app: Any) -> None:
+    # mode's Service.stop waits ``shutdown_timeout`` (60 s) for a service thread to say it is down
+    # (the producer is not threaded here: producer_threaded is off);
+    # with the brokers gone, the aiokafka consumer's own stop is cancelled mid-way and never says
+    # so, and every stop took a minute (seen with a stopped broker)
+    thread.shutdown_timeout = getattr(app, "thread_shutdown_timeout_s", thread.shutdown_timeout)
 
 
 class _Transport(faust_aiokafka.Transport):
@@ -188,18 +202,39 @@ class _Transport(faust_aiokafka.Transport):
 
 
 class PricingApp(faust.App):
-    """faust.App on the aiokafka transport with :class:`SafeConsumerThread`."""
+    """faust.App on the aiokafka transport with :class:`SafeConsumerThread` and bounded thread stops."""
 
     fetch_max_wait_ms: int = 1500  # Faust's own value unless create_app sets the setting
+    thread_shutdown_timeout_s: float = 60.0  # mode's own value unless create_app sets it
 
     def _new_transport(self) -> Any:
         return _Transport(self.conf.broker_consumer, self)
+
+
+def worker_class(on_stop_signal: Callable[[str], object],
+                 on_root_logger: Callable[[logging.Logger], object]) -> type[faust.Worker]:
+    """A ``faust.Worker`` (``faust.App(..., Worker=...)``) that calls ``on_stop_signal(name)`` when
+    SIGTERM or SIGINT arrives, before Faust starts its stop, and ``on_root_logger(root)`` once Faust
+    has configured logging (its handlers exist only then)."""
+
+    class PricingWorker(faust.Worker):  # type: ignore[misc]
+        def _schedule_shutdown(self, sig: signal.Signals) -> None:
+            # mode.Worker's one entry for SIGTERM and SIGINT (its _on_sigterm/_on_sigint call it)
+            on_stop_signal(signal.Signals(sig).name)
+            super()._schedule_shutdown(sig)
+
+        def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
+            super().on_setup_root_logger(logger, level)
+            on_root_logger(logger)
+
+    return PricingWorker
 
 
 # ---------------------------------------------------------------- versions
 VERIFIED: dict[str, tuple[str, ...]] = {
     # package -> versions whose private API the overrides in this module were read and tested against
     "faust-streaming": ("0.15.3",),
+    "mode-streaming": ("0.7.1",),
     "aiokafka": ("0.14.0",),
 }
 

@@ -46,7 +46,7 @@ from .schemas import (
     parse_click,
 )
 from .scoring import Scorer
-from .settings import Settings
+from .settings import PLACEHOLDER_HASH_KEY, Settings
 from .state import UserRecord, decode_record, encode_record, new_record
 
 log = logging.getLogger("pricing.pipeline")
@@ -118,6 +118,10 @@ class Pipeline:
         self._explore_salt = f"{settings.experiment_salt}:explore"
         self._policy = f"dither:{settings.exploration_width:g}"
         self.hasher = UserHasher(settings.user_hash_key.get_secret_value())
+        if settings.user_hash_key.get_secret_value() == PLACEHOLDER_HASH_KEY:
+            log.warning("PRICING_USER_HASH_KEY is the placeholder default: user ids are hashed with a publicly "
+                        "known key, so the pseudonyms can be reversed by guessing ids. Set a secret key in "
+                        "production (and keep it: a new key is a new user population)")
         self.triggers = frozenset(settings.triggers)
         self.unknown = UnknownFields(settings.topic_clickstream) if settings.unknown_fields == "ignore" else None
 

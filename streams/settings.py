@@ -26,6 +26,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 ENV_PREFIX = "PRICING_"
+PLACEHOLDER_HASH_KEY = "change-me-in-production"  # the default of PRICING_USER_HASH_KEY: public, so not a secret
 
 
 class SettingsError(ValueError):
@@ -119,7 +120,7 @@ class Settings(BaseSettings):
                                      description="treatment prices drawn log-uniformly within +-this log width "
                                                  "of the decision (0.05 ~ +-5 %), inside the guardrails; "
                                                  "0 = the decision itself")
-    user_hash_key: SecretStr = SecretStr("change-me-in-production")
+    user_hash_key: SecretStr = SecretStr(PLACEHOLDER_HASH_KEY)
 
     @field_validator("triggers", "feature_windows_s", mode="before")
     @classmethod
@@ -262,7 +263,10 @@ def main(argv: list[str] | None = None) -> int:
 
     import orjson
 
+    from .version import add_version
+
     parser = argparse.ArgumentParser(prog="pricing-settings", description=main.__doc__)
+    add_version(parser)
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args(argv)
     values = cli_settings().masked()

@@ -22,7 +22,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
              "streams.scoring", "streams.pipeline", "export.bundle"),
     "kafka": ("streams.topics", "streams.kafka_config"),
     "worker": ("streams.app", "streams.faust_compat", "streams.metrics", "streams.health", "streams.logs",
-               "streams.__main__",
+               "streams.runtime", "streams.__main__",
                "streams"),
     "tools": ("streams.tools.", "streams.tools"),
     "training": ("models.dataset", "models.user_model", "models.price_model", "models.recommend", "models.choice",
