@@ -20,6 +20,7 @@ import numpy as np
 from tqdm import tqdm
 
 from streams.features import FeatureSpec, feature_names
+from streams.version import add_version
 
 from .bundle import MODEL_FILES, Bundle, BundleError, load_bundle, parse_item_table, write_bundle
 
@@ -105,8 +106,9 @@ def parity_table(parity: dict[str, Any]) -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m export", description=__doc__,
+    p = argparse.ArgumentParser(prog="pricing-export", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_version(p)
     sub = p.add_subparsers(dest="command")
     e = sub.add_parser("export", help="convert a training dir to a bundle (default command)")
     e.add_argument("--train-dir", type=Path, required=True, help="trainer output directory")
@@ -122,7 +124,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the process exit code."""
     args_list = list(sys.argv[1:] if argv is None else argv)
-    if args_list and args_list[0] not in ("export", "verify", "-h", "--help"):
+    if args_list and args_list[0] not in ("export", "verify", "-h", "--help", "--version"):
         args_list.insert(0, "export")  # `python -m export --train-dir ...` is the default
     args = _parser().parse_args(args_list)
     if args.command is None:

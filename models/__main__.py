@@ -15,6 +15,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from streams.version import add_version
+
 from .dataset import write_jsonl
 from .lab.simulator import Market, add_market_args, market_config
 from .train import main as train_main
@@ -22,8 +24,9 @@ from .train import main as train_main
 
 def simulate_parser() -> argparse.ArgumentParser:
     """Arguments of ``python -m models simulate``."""
-    p = argparse.ArgumentParser(prog="python -m models simulate", description="Write a simulated market history.",
+    p = argparse.ArgumentParser(prog="pricing-simulate", description="Write a simulated market history.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_version(p)
     p.add_argument("--out", type=Path, default=Path("artifacts/market"), help="output directory")
     p.add_argument("--no-gzip", action="store_true", help="write history.jsonl uncompressed")
     add_market_args(p)

@@ -31,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
+from streams.version import add_version
+
 _NEG = -1e30  # utility of a padded alternative: exp() underflows to exactly 0
 
 
@@ -259,7 +261,8 @@ def write_choice_table(path: str | Path, X: np.ndarray, chosen: np.ndarray, mask
 
 def main(argv: list[str] | None = None) -> int:
     """Fit a conditional logit (the linear recommend model) to a choice table; print the table."""
-    ap = argparse.ArgumentParser(prog="python -m models.choice", description=main.__doc__)
+    ap = argparse.ArgumentParser(prog="pricing-choice", description=main.__doc__)
+    add_version(ap)
     ap.add_argument("table", nargs="?", help="long-format choice CSV")
     ap.add_argument("--occasion", default="occasion", help="occasion id column")
     ap.add_argument("--alternative", default="alternative", help="alternative id column")

@@ -29,6 +29,7 @@ from sklearn.metrics import log_loss, roc_auc_score
 
 from streams.catalog import Catalog
 from streams.features import FEATURE_NAMES, ITEM_FEATURE_NAMES, FeatureSpec
+from streams.version import add_version
 
 from .dataset import (
     LIFT,
@@ -302,8 +303,9 @@ def metrics_table(summary: dict[str, Any]) -> str:
 # ---------------------------------------------------------------- command line
 def parser() -> argparse.ArgumentParser:
     """The ``python -m models.train`` argument parser."""
-    p = argparse.ArgumentParser(prog="python -m models.train", description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog="pricing-train", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_version(p)
     src = p.add_argument_group("data (an event log, or else a fresh simulated history)")
     src.add_argument("--events", type=Path, help="clickstream JSONL (.gz ok) in the wire schema")
     src.add_argument("--catalog", type=Path, help="catalog JSONL (required with --events)")

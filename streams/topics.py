@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from .kafka_config import cli_check_connection, kafka_python_config
 from .settings import Settings, cli_settings
+from .version import add_version
 
 log = logging.getLogger("pricing.topics")
 
@@ -80,6 +81,7 @@ def ensure_topics(s: Settings, specs: list[TopicSpec] | None = None) -> dict[str
 def main(argv: list[str] | None = None) -> int:
     """``pricing-topics``: create the project's topics if missing, then list them."""
     parser = argparse.ArgumentParser(prog="pricing-topics", description=main.__doc__)
+    add_version(parser)
     parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("kafka").setLevel(logging.WARNING)  # its INFO lines are connection chatter

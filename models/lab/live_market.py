@@ -48,6 +48,7 @@ from scipy.special import expit
 from streams.kafka_config import aiokafka_config, cli_check_connection, kafka_python_config
 from streams.schemas import ClickEvent, PriceEvent, SchemaError, decision_id, dumps, parse_price
 from streams.settings import Settings, cli_settings
+from streams.version import add_version
 
 from .simulator import Market, MarketConfig, add_market_args, market_config
 
@@ -503,9 +504,10 @@ def market_from_args(args: argparse.Namespace) -> Market:
 
 def parser() -> argparse.ArgumentParser:
     """Arguments of ``python -m models.lab.live_market``."""
-    p = argparse.ArgumentParser(prog="python -m models.lab.live_market", description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog="pricing-market", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                                 epilog="Kafka and topics: PRICING_* environment variables (see pricing-settings).")
+    add_version(p)
     d = LoopConfig()
     p.add_argument("--train-dir", type=Path, help="training run whose simulated market to bring to life")
     add_market_args(p, knobs=("heterogeneity",))  # --small: the tiny market (without --train-dir)

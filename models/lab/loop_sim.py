@@ -39,6 +39,7 @@ from streams.scoring import BundleWatcher, Scorer
 from streams.settings import Settings, cli_settings
 from streams.tools.evaluate import evaluate, load_exposure_log
 from streams.tools.report import text_table
+from streams.version import add_version
 
 from .live_market import LiveMarket, LoopConfig, SimClock, market_from_args
 from .simulator import Market, add_market_args
@@ -148,11 +149,12 @@ class InProcessMarket(LiveMarket):
 
 def parser() -> argparse.ArgumentParser:
     """Arguments of ``python -m models.lab.loop_sim``."""
-    p = argparse.ArgumentParser(prog="python -m models.lab.loop_sim", description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog="pricing-loop-sim", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                                 epilog="Pipeline settings (top-K, guardrails, A/B share, salt): PRICING_* "
                                        "environment variables (see pricing-settings).")
     d = LoopConfig()
+    add_version(p)
     p.add_argument("--train-dir", type=Path, required=True, help="training run whose simulated market to use")
     p.add_argument("--model-dir", type=Path, required=True, help="model bundle directory (CURRENT is used)")
     add_market_args(p, knobs=("heterogeneity",), small=False)

@@ -33,6 +33,7 @@ from typing import Any
 from streams.kafka_config import cli_check_connection, kafka_python_config
 from streams.schemas import SchemaError, parse_price
 from streams.settings import cli_settings
+from streams.version import add_version
 
 log = logging.getLogger("pricing.catalog_apply")
 
@@ -137,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
 
     p = argparse.ArgumentParser(prog="pricing-catalog-apply", description=main.__doc__,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_version(p)
     p.add_argument("--db", type=Path, default=Path("var/catalog.sqlite"), help="SQLite catalog store")
     p.add_argument("--group", default="catalog-apply", help="Kafka consumer group")
     p.add_argument("--topic", help="override PRICING_TOPIC_PRICES")

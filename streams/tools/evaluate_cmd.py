@@ -45,7 +45,9 @@ def parser(prog: str = "pricing-evaluate", with_truth: bool = False) -> argparse
     p.add_argument("--until", type=float, default=math.inf,
                    help="with --kafka: end (exclusive) of the experiment window, event time")
     p.add_argument("--window", type=float, default=86400.0, help="attribution window, event-time seconds")
-    p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap replicates")
+    p.add_argument("--resamples", type=int, default=2000, help="bootstrap replicates of the intervals")
+    p.add_argument("--bootstrap", help="with --kafka: override PRICING_KAFKA_BOOTSTRAP (Kafka servers, as in "
+                                       "every tool)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--model-dir", type=Path, help="model bundle directory: adds learned vs true demand plots")
     p.add_argument("--report-dir", type=Path, help="where to write the report (default reports/<run>)")
@@ -56,12 +58,19 @@ def parser(prog: str = "pricing-evaluate", with_truth: bool = False) -> argparse
 
 def main(argv: list[str] | None = None, *, truth: Truth | None = None, prog: str = "pricing-evaluate") -> int:
     """Evaluate an A/B run, print the table, write the report (with ``truth``: against the market)."""
-    args = parser(prog, with_truth=truth is not None).parse_args(argv)
+    p = parser(prog, with_truth=truth is not None)
+    args = p.parse_args(argv)
+    if args.bootstrap and args.bootstrap.isdigit():  # the old meaning of this flag
+        p.error(f"--bootstrap names Kafka servers (as in every tool); for {args.bootstrap} bootstrap replicates "
+                f"use --resamples {args.bootstrap}")
+    if args.resamples < 1:
+        p.error("--resamples must be at least 1")
     if args.exposures:
         exp, pur, meta = load_exposure_log(args.exposures)
         run = meta.get("run_id") or Path(args.exposures).name
     else:
-        s = cli_settings()
+        overrides = {"kafka_bootstrap": args.bootstrap} if args.bootstrap else {}
+        s = cli_settings(**overrides)
         cli_check_connection(s, prog)
         exp, pur, meta = load_kafka(s, since=args.since, until=args.until)
         if truth is not None and args.train_dir:
@@ -75,7 +84,7 @@ def main(argv: list[str] | None = None, *, truth: Truth | None = None, prog: str
     if truth is None and (meta.get("market") or meta.get("knobs", {}).get("market")):
         print("note: this run is from a simulated market; `pricing-sim-evaluate` compares it with the truth",
               file=sys.stderr)
-    result = evaluate(exp, pur, window_s=args.window, market=market, reps=args.bootstrap, seed=args.seed)
+    result = evaluate(exp, pur, window_s=args.window, market=market, reps=args.resamples, seed=args.seed)
     print(json.dumps(result.as_dict(), indent=2, default=float) if args.json else text_table(result, meta))
     if not args.no_report:
         out = args.report_dir or Path("reports") / str(run)

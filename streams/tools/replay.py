@@ -31,6 +31,7 @@ import orjson
 from streams.kafka_config import cli_check_connection, kafka_python_config
 from streams.schemas import dumps
 from streams.settings import Settings, cli_settings
+from streams.version import add_version
 
 from .source import Record, count_lines, csv_records, derive_catalog, jsonl_records, publish
 
@@ -159,6 +160,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """The command line; argparse exits 2 on bad arguments."""
     p = argparse.ArgumentParser(prog="pricing-replay", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_version(p)
     p.add_argument("path", type=Path, help="events: our JSONL (.jsonl[.gz]) or the public CSV layout (.csv[.gz])")
     pace = p.add_mutually_exclusive_group()
     pace.add_argument("--speed", type=float, default=0.0, help="event-time seconds per wall second; 0 = no pacing")

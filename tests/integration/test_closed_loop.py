@@ -91,7 +91,7 @@ def test_closed_loop_run_is_priced_within_guardrails_and_evaluated(
     # the exposure-log evaluation writes the report
     report = tmp_path / "report"
     shown = run(["-m", "models.lab.evaluate", "--exposures", str(out), "--model-dir", str(model_dir),
-                 "--report-dir", str(report), "--bootstrap", "300"], env, timeout=300).stdout
+                 "--report-dir", str(report), "--resamples", "300"], env, timeout=300).stdout
     assert "lift of treatment over control" in shown and "efficiency" in shown
     for name in ("report.md", "result.json", "lift.png", "prices.png", "fairness.png", "conversion.png", "demand.png"):
         assert (report / name).stat().st_size > 0, name
@@ -100,7 +100,7 @@ def test_closed_loop_run_is_priced_within_guardrails_and_evaluated(
 
     # the generic path (topics only) sees the same exposures and purchases
     kafka = json.loads(run(["-m", "models.lab.evaluate", "--kafka", "--train-dir", str(train_dir), "--no-report",
-                            "--json", "--bootstrap", "300"], env, timeout=300).stdout)
+                            "--json", "--resamples", "300"], env, timeout=300).stdout)
     assert kafka["counts"]["exposures"] == result["counts"]["exposures"]
     assert kafka["counts"]["purchases_in"] == result["counts"]["purchases_in"]
     for arm in ("control", "treatment"):
@@ -141,9 +141,9 @@ def test_warm_up_history_is_consumed_before_the_loop_starts(
     admin.close()
     assert sum(om.offset for tp, om in committed.items() if tp.topic == s.topic_clickstream) >= warm["events"]
     # the topics-only evaluation, windowed at the loop's start, sees the loop's exposures, not the history
-    whole = json.loads(run(["-m", "streams.tools.evaluate_cmd", "--kafka", "--no-report", "--json", "--bootstrap", "50"],
+    whole = json.loads(run(["-m", "streams.tools.evaluate_cmd", "--kafka", "--no-report", "--json", "--resamples", "50"],
                            env, timeout=300).stdout)
     windowed = json.loads(run(["-m", "streams.tools.evaluate_cmd", "--kafka", "--since", str(meta["sim_start"]), "--no-report",
-                               "--json", "--bootstrap", "50"], env, timeout=300).stdout)
+                               "--json", "--resamples", "50"], env, timeout=300).stdout)
     assert windowed["counts"]["exposures"] == len(exposures) == meta["views"]
     assert whole["counts"]["exposures"] > windowed["counts"]["exposures"]
