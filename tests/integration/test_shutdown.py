@@ -107,10 +107,10 @@ def test_sigterm_with_the_broker_gone_stops_within_the_timeout(own_broker, model
         read_topic(s, s.topic_prices, lambda r: want <= {parse_price(x.value).decision_id for x in r}, 120,
                    worker.tail)
         # the broker goes away (stopped the way an operator would) while the worker runs
+        before = _lines(log)
         down = subprocess.run([sys.executable, str(REPO / "deploy" / "kafka" / "broker.py"), "down"],
                               env=broker_env, capture_output=True, text=True, timeout=120)
         assert down.returncode == 0, down.stderr
-        before = _lines(log)
         time.sleep(10)
         assert worker.alive(), worker.tail()
         while_down = _lines(log) - before
@@ -121,7 +121,7 @@ def test_sigterm_with_the_broker_gone_stops_within_the_timeout(own_broker, model
         after = _lines(log) - at_signal
         text = log.read_text(errors="replace")
         print(f"\nshutdown with the broker gone: exit {worker.proc.returncode} after {elapsed:.1f} s "
-              f"(timeout {TIMEOUT_S:g} s); {while_down} log lines in 10 s with the broker down, {after} after SIGTERM")
+              f"(timeout {TIMEOUT_S:g} s); {while_down} log lines from stopping the broker to 10 s later, {after} after SIGTERM")
         assert "SIGTERM received: stopping" in text
         forced = "forcing exit" in text
         assert worker.proc.returncode == (70 if forced else 0), worker.tail(60)
