@@ -53,6 +53,18 @@ def _plain(annotation: object) -> object:
     return annotation
 
 
+# what a setting needs beside it to be valid (the security checks refuse it alone)
+_TLS = {"PRICING_KAFKA_SECURITY_PROTOCOL": "SSL"}
+_CLIENT_CERT = {**_TLS, "PRICING_KAFKA_SSL_CERTFILE": "certs/client.pem", "PRICING_KAFKA_SSL_KEYFILE": "certs/client.key"}
+COMPANIONS: dict[str, dict[str, str]] = {
+    "kafka_sasl_mechanism": {"PRICING_KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT", "PRICING_KAFKA_SASL_USERNAME": "u",
+                             "PRICING_KAFKA_SASL_PASSWORD": "p"},
+    "kafka_ssl_cafile": _TLS, "kafka_ssl_certfile": _CLIENT_CERT, "kafka_ssl_keyfile": _CLIENT_CERT,
+    "kafka_ssl_key_password": _CLIENT_CERT, "kafka_ssl_check_hostname": _TLS,
+    "min_insync_replicas": {"PRICING_REPLICATION_FACTOR": "3"},
+}
+
+
 def _expected(name: str, text: str) -> object:
     """What the example string must arrive as, by the field's type (an independent, simple parser)."""
     kind = _plain(Settings.model_fields[name].annotation)
@@ -64,6 +76,8 @@ def _expected(name: str, text: str) -> object:
         return text
     if kind is SecretStr:
         return text
+    if kind is bool:
+        return text.lower() in ("1", "true", "yes", "on")
     return kind(text)  # int, float, Path
 
 
@@ -81,12 +95,14 @@ def test_default_as_documented(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", list(Settings.model_fields))
-def test_setting_arrives_from_the_environment(name: str) -> None:
+def test_setting_arrives_from_the_environment(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     var = ENV_PREFIX + name.upper()
     example = ROWS[var][2].strip("`")
-    env = {var: example}
-    if name == "kafka_sasl_mechanism":  # only valid together with a SASL protocol
-        env["PRICING_KAFKA_SECURITY_PROTOCOL"] = "SASL_SSL"
+    env = {**COMPANIONS.get(name, {}), var: example}
+    monkeypatch.chdir(tmp_path)  # the examples' certificate paths are relative: make those files exist
+    (tmp_path / "certs").mkdir()
+    for f in ("ca.pem", "client.pem", "client.key"):
+        (tmp_path / "certs" / f).write_text("placeholder")
     got = getattr(load_settings(env), name)
     if isinstance(got, SecretStr):
         got = got.get_secret_value()
