@@ -218,6 +218,7 @@ def test_cli_exit_codes(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None
 
 def _shifted_ts(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, *args: str) -> list[float]:
     producer = FakeProducer()
+    monkeypatch.setitem(main.__globals__, "cli_check_connection", lambda *a, **k: None)
     monkeypatch.setattr(kafka, "KafkaProducer", lambda **cfg: producer)
     path = tmp_path / "months.jsonl"
     # a file spanning 90 days
