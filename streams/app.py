@@ -79,8 +79,9 @@ def create_app(s: Settings, *, deterministic_scorer: bool = False,
                             lambda root: install_repeat_filter(root, repeat)),
     )
     app.fetch_max_wait_ms = s.fetch_max_wait_ms
-    # leave the graceful stop time for the rest (producer flush, tables) before the watchdog fires
-    app.thread_shutdown_timeout_s = min(10.0, s.shutdown_timeout_s / 3)
+    # a graceful stop in three parts of at most a third of the timeout each: the final commit, the
+    # consumer thread, the rest (producer flush, tables); the watchdog only if that still hangs
+    app.commit_on_stop_timeout_s = app.thread_shutdown_timeout_s = min(10.0, s.shutdown_timeout_s / 3)
     clicks = app.topic(s.topic_clickstream, partitions=s.partitions, key_type=bytes, value_type=bytes,
                        key_serializer="raw", value_serializer="raw")
     users = app.Table("users", default=None, partitions=s.partitions,

@@ -8,8 +8,8 @@ The worker relies on internals of faust-streaming, mode and aiokafka in these pl
 * routing a table write to the changelog partition of a given event (:func:`write_as_of`), which
   Faust reads from a private context variable;
 * asking an aiokafka consumer outside any group for one topic's metadata (:func:`topic_partitions`);
-* learning that a stop signal arrived, and bounding how long a stop waits for Faust's consumer
-  thread (:func:`worker_class`, :class:`PricingApp`).
+* learning that a stop signal arrived, and bounding how long a stop waits for the final offset
+  commit and for Faust's consumer thread (:func:`worker_class`, :class:`PricingApp`).
 
 :func:`check_versions` refuses to start on versions these overrides were not verified against:
 re-read each override against the new version's source, re-run the kill -9 and two-worker
@@ -206,6 +206,19 @@ class PricingApp(faust.App):
 
     fetch_max_wait_ms: int = 1500  # Faust's own value unless create_app sets the setting
     thread_shutdown_timeout_s: float = 60.0  # mode's own value unless create_app sets it
+    commit_on_stop_timeout_s: float | None = None  # Faust's own: no bound, unless create_app sets it
+
+    async def _consumer_wait_empty(self, consumer: Any, logger: Any) -> None:
+        # Faust's stop waits for in-flight events to be acked, then commits, with no time bound: with
+        # the brokers gone, that commit retries forever (a worker kept spinning 20 minutes after SIGTERM)
+        if self.commit_on_stop_timeout_s is None:
+            return await super()._consumer_wait_empty(consumer, logger)
+        try:
+            await asyncio.wait_for(super()._consumer_wait_empty(consumer, logger), self.commit_on_stop_timeout_s)
+        except TimeoutError:
+            logger.warning("final offset commit did not finish within %.0f s (brokers unreachable?); stopping "
+                           "without it: a restart prices the uncommitted events again, with the same decision ids",
+                           self.commit_on_stop_timeout_s)
 
     def _new_transport(self) -> Any:
         return _Transport(self.conf.broker_consumer, self)

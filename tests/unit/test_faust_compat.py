@@ -237,3 +237,35 @@ def test_versions_are_checked_against_the_verified_ones() -> None:
         check_versions({"faust-streaming": "0.16.0", "aiokafka": "0.14.0"})
     with pytest.raises(FaustVersionError, match="aiokafka not installed"):
         check_versions({"faust-streaming": "0.15.3", "aiokafka": "not installed"})
+
+
+async def test_final_commit_on_stop_is_bounded(caplog) -> None:
+    # Faust's stop waits for in-flight events and commits, unbounded: with the brokers gone it never ends
+    app = PricingApp("bounded-stop", broker="kafka://127.0.0.1:1", store="memory://")
+    never = asyncio.Event()
+
+    class Stuck:
+        _unacked_messages = {object()}
+        should_stop = False
+
+        async def wait_empty(self) -> None:
+            await never.wait()
+
+    app.commit_on_stop_timeout_s = 0.2
+    t0 = asyncio.get_running_loop().time()
+    await app._consumer_wait_empty(Stuck(), app.log)
+    assert asyncio.get_running_loop().time() - t0 < 2.0
+    assert "final offset commit did not finish" in caplog.text
+
+
+async def test_final_commit_unbounded_by_default() -> None:
+    app = PricingApp("default-stop", broker="kafka://127.0.0.1:1", store="memory://")
+    assert app.commit_on_stop_timeout_s is None
+    done: list[bool] = []
+
+    class Quick:
+        async def wait_empty(self) -> None:
+            done.append(True)
+
+    await app._consumer_wait_empty(Quick(), app.log)
+    assert done == [True]
