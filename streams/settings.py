@@ -243,7 +243,7 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: object)
     values: dict[str, object] = {k[len(ENV_PREFIX):].lower(): v for k, v in env.items() if k.upper() in known}
     values.update(overrides)
     try:
-        return Settings(**values)
+        return Settings.model_validate(values)
     except ValidationError as exc:
         raise SettingsError(_explain(exc, values)) from exc
 
