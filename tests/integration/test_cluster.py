@@ -58,6 +58,7 @@ def test_kill_9_one_of_three_brokers_while_events_flow(local_brokers, tmp_path: 
         "PRICING_TOPIC_DEAD_LETTER": f"dlq-{tag}", "PRICING_PARTITIONS": "4", "PRICING_TOP_K": "1",
         "PRICING_SESSION_TIMEOUT_S": "10", "PRICING_USER_HASH_KEY": "it-secret",
         "PRICING_DATA_DIR": str(tmp_path / "worker"), "PRICING_BATCH_WITHIN_S": "0.05",
+        "PRICING_METRICS_PORT": "0",  # the default port may be taken by another worker on this machine
     }
     s = load_settings(pricing)
     ensure_topics(s)

@@ -51,6 +51,7 @@ def _deployment(secured, listener: str, tmp_path: Path) -> tuple[dict[str, str],
         "PRICING_TOPIC_DEAD_LETTER": f"dlq-{tag}", "PRICING_PARTITIONS": "2", "PRICING_TOP_K": "1",
         "PRICING_SESSION_TIMEOUT_S": "6", "PRICING_USER_HASH_KEY": "it-secret", "PRICING_STORE": "memory://",
         "PRICING_DATA_DIR": str(tmp_path / "worker"), "PRICING_BATCH_WITHIN_S": "0.05",
+        "PRICING_METRICS_PORT": "0",  # the default port may be taken by another worker on this machine
     }
     s = load_settings(pricing)
     ensure_topics(s)  # pricing-topics' code path over the secured listener
@@ -142,7 +143,7 @@ def test_refused_credentials_fail_fast_typed_and_named(secured, tmp_path: Path, 
     else:  # the mTLS listener with the plain SSL settings
         pricing = secured.client_env("ssl") | {"PRICING_KAFKA_BOOTSTRAP": secured.client_env("mtls")[
             "PRICING_KAFKA_BOOTSTRAP"]}
-    pricing |= {"PRICING_DATA_DIR": str(tmp_path / "worker"), "PRICING_STORE": "memory://"}
+    pricing |= {"PRICING_DATA_DIR": str(tmp_path / "worker"), "PRICING_STORE": "memory://", "PRICING_METRICS_PORT": "0"}
     events = tmp_path / "events.jsonl"
     events.write_bytes(dumps(_events(1, 1)[0]) + b"\n")
     commands = {"pricing-replay": [sys.executable, "-m", "streams.tools.replay", str(events), "--no-progress"],

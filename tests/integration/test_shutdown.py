@@ -97,6 +97,7 @@ def test_sigterm_with_the_broker_gone_stops_within_the_timeout(own_broker, model
     publish(producer, s.topic_catalog, [(c.item_id.encode(), dumps(c)) for c in CATALOG])
     producer.close()
     env = {k: v for k, v in os.environ.items() if not k.startswith("PRICING_")} | env_settings
+    env.setdefault("PRICING_METRICS_PORT", "0")  # the default port may be taken by another worker here
     env["PYTHONUNBUFFERED"] = "1"  # the log lines are counted as they come
     log = tmp_path / "worker.log"
     worker = Worker(env, log, [])
