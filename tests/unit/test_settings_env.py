@@ -121,3 +121,15 @@ def test_lists_also_take_json(name: str) -> None:
     items = example.split(",")
     as_json = "[" + ", ".join(f'"{i}"' if not re.fullmatch(r"[0-9.]+", i) else i for i in items) + "]"
     assert getattr(load_settings({var: as_json}), name) == _expected(name, example)
+
+
+def test_the_readme_names_only_real_settings_with_their_real_defaults() -> None:
+    readme = (DOC.parents[1] / "README.md").read_text()
+    named = set(re.findall(r"`(PRICING_[A-Z0-9_]+)`", readme))
+    known = {ENV_PREFIX + n.upper() for n in Settings.model_fields}
+    named -= {"PRICING_SERVICE_HOST", "PRICING_PORT"}  # named as the Kubernetes variables that are allowed
+    assert named and named <= known, sorted(named - known)
+    for line in readme.splitlines():  # the README's short table: "| `PRICING_X` | `default` | ..."
+        m = re.match(r"\| `(PRICING_[A-Z0-9_]+)` \| (`[^`]*`) \|", line)
+        if m:
+            assert _shown_default(m.group(1)[len(ENV_PREFIX):].lower()) == m.group(2), line
