@@ -30,6 +30,7 @@ HOLDOUT_KEYS = {
     "price": {"user": "user", "item": "item", "price_ratio": "price_ratio"},
     "recommend": {"user": "rec_user", "items": "rec_items", "price_ratio": "rec_price_ratio",
                   "mask": "rec_mask"},
+    "retrieve": {"item": "item"},  # the price model's (user, item) rows: real item features
 }
 
 
@@ -44,7 +45,8 @@ def _spec(summary: dict[str, Any]) -> FeatureSpec:
 
 def export_train_dir(train_dir: Path, model_dir: Path, *, tol: float, rows: int,
                      progress: bool = True) -> tuple[Bundle, dict[str, Any]]:
-    """Load the three trained models, convert, check parity, write the bundle.
+    """Load the three trained models, convert, check parity, write the bundle (with the recommend
+    model's first stage, ``retrieve``, cut out of the recommend model).
 
     Returns the bundle and parity figures per model; raises ``ParityError`` or ``BundleError``.
     """
@@ -72,7 +74,13 @@ def export_train_dir(train_dir: Path, model_dir: Path, *, tol: float, rows: int,
             inputs = convert.parity_inputs(shapes, _holdout(sample, name), rows)
             ref = convert.sklearn_outputs(est, inputs["X"])
         else:
-            model = keras.saving.load_model(train_dir / f"{name}_model.keras", compile=False)
+            if name == "retrieve":
+                from models.recommend import build_retrieval_model
+
+                model = build_retrieval_model(keras.saving.load_model(train_dir / "recommend_model.keras",
+                                                                      compile=False))
+            else:
+                model = keras.saving.load_model(train_dir / f"{name}_model.keras", compile=False)
             shapes = {t.name: tuple(t.shape) for t in model.inputs}
             proto = convert.keras_to_onnx(model, name)
             inputs = convert.parity_inputs(shapes, _holdout(sample, name), rows)

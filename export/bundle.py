@@ -7,6 +7,8 @@ Layout::
     <model_dir>/<version>/user.onnx     X [N,U] -> probabilities [N,2]
     <model_dir>/<version>/price.onnx    user, item, price_ratio [N,1] -> p_buy, a, b [N,1]
     <model_dir>/<version>/recommend.onnx user, items [N,K,I], price_ratio, mask [N,K] -> probs [N,K]
+    <model_dir>/<version>/retrieve.onnx item [N,I] -> score [N,1]   (optional: the recommend model's
+                                        first stage, affine in item; bundles without it rank every item)
     <model_dir>/<version>/items.json    the item table: {"feature": ..., "values": {item_id: value}}
 
 The item table holds ``item_conv_lift`` per item, a statistic of the training history (see
@@ -35,7 +37,9 @@ from streams.features import FEATURE_NAMES, ITEM_FEATURE_NAMES, FeatureSpec, fea
 
 FORMAT = 1
 MANIFEST, CURRENT = "manifest.json", "CURRENT"
-MODEL_FILES = {"user": "user.onnx", "price": "price.onnx", "recommend": "recommend.onnx"}
+MODEL_FILES = {"user": "user.onnx", "price": "price.onnx", "recommend": "recommend.onnx",
+               "retrieve": "retrieve.onnx"}
+OPTIONAL_MODELS = frozenset({"retrieve"})  # bundles exported before the first stage existed lack it
 ITEM_TABLE_FILE, ITEM_TABLE_FEATURE = "items.json", "item_conv_lift"
 # Per model: contract inputs (exactly these) and outputs (at least these). Dims: "N" dynamic
 # batch, "U"/"I" user/item feature counts, "K" candidate slots (same everywhere in the model).
@@ -45,6 +49,7 @@ CONTRACT: dict[str, tuple[dict[str, tuple[Any, ...]], dict[str, tuple[Any, ...]]
               {"p_buy": ("N", 1), "a": ("N", 1), "b": ("N", 1)}),
     "recommend": ({"user": ("N", "U"), "items": ("N", "K", "I"), "price_ratio": ("N", "K"),
                    "mask": ("N", "K")}, {"probs": ("N", "K")}),
+    "retrieve": ({"item": ("N", "I")}, {"score": ("N", 1)}),
 }
 
 
@@ -174,6 +179,8 @@ def _verify(data: Mapping[str, bytes], n_user: int, n_item: int) -> tuple[dict[s
     sigs, sessions = {}, {}
     for model in MODEL_FILES:
         if model not in data:
+            if model in OPTIONAL_MODELS:
+                continue
             raise BundleError(f"model {model!r} missing from the bundle")
         try:
             sess = make_session(data[model])
@@ -243,7 +250,7 @@ def write_bundle(model_dir: str | os.PathLike[str], data: Mapping[str, bytes], *
             "feature_names": list(names), "item_feature_names": list(ITEM_FEATURE_NAMES),
             "feature_spec": asdict(spec), "onnxruntime": ort.__version__,
             "models": {m: {"file": f, "sha256": hashlib.sha256(data[m]).hexdigest(), **sigs[m]}
-                       for m, f in MODEL_FILES.items()},
+                       for m, f in MODEL_FILES.items() if m in data},
             "item_table": {"file": ITEM_TABLE_FILE, "sha256": hashlib.sha256(items).hexdigest(),
                            "feature": ITEM_TABLE_FEATURE, "items": len(item_table or {})},
             "training": training, "holdout_metrics": training.get("metrics", {}),
@@ -253,7 +260,8 @@ def write_bundle(model_dir: str | os.PathLike[str], data: Mapping[str, bytes], *
         try:
             os.chmod(tmp, 0o755)  # mkdtemp makes 0700; serving may run as another user
             for m, f in MODEL_FILES.items():
-                _fsync_write(tmp / f, data[m])
+                if m in data:
+                    _fsync_write(tmp / f, data[m])
             _fsync_write(tmp / ITEM_TABLE_FILE, items)
             _fsync_write(tmp / MANIFEST, json.dumps(manifest, indent=2, default=str).encode())
             os.rename(tmp, root / version)  # the version dir appears complete or not at all

@@ -26,6 +26,14 @@ constants need an alternative identity stable across occasions, which candidates
 It is fitted by exact Newton maximum likelihood (:func:`fit_conditional_logit`) and the
 MLE is copied into the Keras weights. The ``user`` input is still an input (multiplied by
 zero) so both modes share one serving signature.
+
+*Retrieval* (:func:`build_retrieval_model`): the first stage of serving, ``item [N, n_item] ->
+score [N, 1]``, the model's own linear item utility (``item_linear`` over the standardised items
+in nonlinear mode, the clogit's item coefficients in linear mode). It is affine in the item
+features, so the worker factorises it: the per-item part once per bundle or catalog change, the
+per-(user, category bucket) part once per trigger. In linear mode it ranks exactly as the full
+model at equal prices; in nonlinear mode it leaves out the MLP residual, which the full model
+then adds back on the shortlist.
 """
 
 from __future__ import annotations
@@ -36,7 +44,7 @@ from keras import layers, ops
 
 from .choice import ChoiceTableError, ClogitResult, choice_probs, fit_conditional_logit, read_choice_table
 
-__all__ = ["ChoiceTableError", "ClogitResult", "build_recommend_model", "choice_probs",
+__all__ = ["ChoiceTableError", "ClogitResult", "build_recommend_model", "build_retrieval_model", "choice_probs",
            "choice_loglik", "fit_conditional_logit", "fit_recommend", "linear_model_from_clogit",
            "predict_probs", "read_choice_table"]
 
@@ -84,6 +92,23 @@ def build_recommend_model(n_user: int, n_item: int, linear: bool, hidden: int = 
     # in Keras, matched by input name)
     return keras.Model([user, items, price, mask], probs,
                        name="recommend_linear" if linear else "recommend")
+
+
+def build_retrieval_model(model: keras.Model) -> keras.Model:
+    """The first stage of ``model`` (a recommend model): ``item [N, n_item] -> score [N, 1]``,
+    affine in ``item``; see the module docstring. Shares (copies, in linear mode) its weights."""
+    n_item = int(model.inputs[1].shape[-1])  # inputs: user, items, price_ratio, mask
+    item = keras.Input((n_item,), name="item", dtype="float32")
+    names = {layer.name for layer in model.layers}
+    if "clogit" in names:  # linear: theta . items (the price coefficient is the last row)
+        dense = layers.Dense(1, use_bias=False, name="score")
+        score = dense(item)
+        dense.set_weights([model.get_layer("clogit").get_weights()[0][:n_item]])
+    else:  # nonlinear: the linear item part the MLP residual was trained on top of
+        # as one candidate slot [N, 1, n_item]: the layers were built for [B, K, n_item]
+        x = model.get_layer("item_norm")(layers.Reshape((1, n_item))(item))
+        score = layers.Reshape((1,), name="score")(model.get_layer("item_linear")(x))
+    return keras.Model(item, score, name="retrieve")
 
 
 def _normalizer(n: int, stats: Stats | None, name: str) -> layers.Normalization:

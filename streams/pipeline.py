@@ -7,8 +7,10 @@ and a table reader in, and writes back what comes out. A batch goes through thes
    shown price implausibly far above the item's catalog base price (``BAD_PRICE``);
 2. fold each event into its user's record (keyed hash of the user id; replays are no-ops);
 3. for trigger events, snapshot the user's features at that event's time;
-4. score all triggers at once: the recommend model over the catalog picks the top-K items,
-   the price model gives each candidate its demand curve (one onnxruntime call each);
+4. score all triggers at once: the bundle's first stage (affine, so one item part per catalog
+   and one user part per trigger and category bucket) shortlists ``shortlist`` items out of the
+   whole catalog, the recommend model ranks the shortlist and picks the top-K items, the price
+   model gives each candidate its demand curve (one onnxruntime call each);
 5. decide guarded prices (treatment) or keep the base price (control) -> price events.
 """
 
@@ -50,6 +52,10 @@ from .settings import PLACEHOLDER_HASH_KEY, Settings
 from .state import UserRecord, decode_record, encode_record, new_record
 
 log = logging.getLogger("pricing.pipeline")
+
+# item-feature columns that depend on the user (its standing with the item's category bucket),
+# rows 0-2 of ``category_profiles``; the others depend on the item only
+PROFILE_COLUMNS = [ITEM_FEATURE_NAMES.index(n) for n in ("cat_affinity", "cat_click_rate", "cat_cart_rate")]
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +120,8 @@ class Pipeline:
                              f"{self.spec.n_buckets}")
         self.names = feature_names(self.spec)
         self._lift: tuple[str, CatalogColumns, np.ndarray] | None = None  # scorer version, columns, lifts
+        # scorer version, columns, first stage's item part per catalog row (None: no first stage), f(0)
+        self._stage: tuple[str, CatalogColumns, np.ndarray | None, float] | None = None
         self.guardrails = Guardrails.from_settings(settings)
         self._explore_salt = f"{settings.experiment_salt}:explore"
         self._policy = f"dither:{settings.exploration_width:g}"
@@ -212,19 +220,57 @@ class Pipeline:
         assert x.shape[-1] == len(ITEM_FEATURE_NAMES)
         return x.astype(np.float32)
 
+    def _item_part(self, scorer: Scorer, cols: CatalogColumns) -> tuple[np.ndarray | None, float]:
+        """The first stage's item part ``f(item features, profile columns 0)`` per catalog row and
+        ``f(0)`` (cached per scorer version and catalog); ``(None, 0)`` if the scorer has none."""
+        if self._stage is None or self._stage[0] != scorer.version or self._stage[1] is not cols:
+            x = self._item_x(scorer, np.zeros((1, 3, self.spec.n_buckets)), np.zeros(1, np.int64),
+                             np.arange(len(cols.ids)))
+            part = scorer.retrieve(x)
+            f0 = 0.0 if part is None else float(scorer.retrieve(np.zeros((1, x.shape[1]), np.float32))[0])
+            self._stage = (scorer.version, cols, part, f0)
+        return self._stage[2], self._stage[3]
+
+    def shortlist(self, scorer: Scorer, profiles: np.ndarray) -> np.ndarray | None:
+        """Catalog rows ``[T, shortlist]`` (unordered) with the best first-stage scores per trigger,
+        or None when the whole catalog is ranked (no first stage, shortlist 0 or >= the catalog).
+
+        The first stage ``f`` is affine in the item features, and only the three profile columns
+        depend on the user, through the item's category bucket: ``f(x_tj) = item_j +
+        user[t, bucket_j] - f(0)``, one onnxruntime call over ``T x n_buckets`` rows per batch.
+        """
+        cols = self.catalog.columns()
+        m = self.s.shortlist
+        if m == 0 or m >= len(cols.ids):
+            return None
+        item, f0 = self._item_part(scorer, cols)
+        if item is None:
+            return None
+        n_t, n_b = profiles.shape[0], profiles.shape[2]
+        x = np.zeros((n_t, n_b, len(ITEM_FEATURE_NAMES)), np.float32)
+        x[..., PROFILE_COLUMNS] = profiles.transpose(0, 2, 1)  # [T, B, 3]
+        user = scorer.retrieve(x.reshape(n_t * n_b, -1))
+        assert user is not None  # the same scorer answered for the item part
+        scores = item[None, :] + (user.reshape(n_t, n_b) - f0)[:, cols.bucket]
+        return np.argpartition(-scores, m - 1, axis=1)[:, :m]
+
     def _candidates(self, scorer: Scorer, trig: list[_Trigger], users: np.ndarray,
                     profiles: np.ndarray) -> list[list[int]]:
-        """Catalog row indices to price per trigger: the event's item, then the top-K recommended."""
+        """Catalog row indices to price per trigger: the event's item, then the top-K recommended
+        (the recommend model's best of the first stage's shortlist, or of the whole catalog)."""
         cols = self.catalog.columns()
         cands: list[list[int]] = [[cols.index[t.ev.item_id]] if t.ev.item_id in cols.index else []
                                   for t in trig]
         n_items = len(cols.ids)
         if self.s.top_k == 0 or n_items == 0:
             return cands
-        items = self._item_x(scorer, profiles, np.arange(len(trig))[:, None], np.arange(n_items)[None, :])
-        ones = np.ones((len(trig), n_items), np.float32)
+        rows = self.shortlist(scorer, profiles)
+        if rows is None:
+            rows = np.broadcast_to(np.arange(n_items), (len(trig), n_items))
+        items = self._item_x(scorer, profiles, np.arange(len(trig))[:, None], rows)
+        ones = np.ones(rows.shape, np.float32)
         probs = scorer.recommend(users, items, ones, ones)
-        top = np.argsort(-probs, axis=1)[:, :self.s.top_k + 1]
+        top = np.take_along_axis(rows, np.argsort(-probs, axis=1)[:, :self.s.top_k + 1], axis=1)
         for c, row in zip(cands, top, strict=True):
             c.extend([int(j) for j in row if int(j) not in c][:self.s.top_k])
         return cands

@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -53,6 +53,12 @@ class Scorer(Protocol):
         """P(user buys anything) per row ``[N]``."""
         ...
 
+    def retrieve(self, item: ArrayLike) -> F | None:
+        """First-stage score per item-feature row ``[N]``, affine in the row (so it factorises into
+        an item part and a user part), ranking like ``recommend`` up to what its nonlinear part adds;
+        None when this scorer has no first stage (then every catalog item goes to ``recommend``)."""
+        ...
+
     def item_lift(self, item_ids: Sequence[str]) -> F:
         """The ``item_conv_lift`` item feature per id ``[N]``: 0 for items the models never saw."""
         ...
@@ -74,6 +80,9 @@ class OnnxScorer:
         self._u, self._i = len(bundle.feature_names), len(bundle.item_feature_names)
         self._user, self._price, self._rec = (bundle.session(m, threads)
                                               for m in ("user", "price", "recommend"))
+        self._retrieve = bundle.session("retrieve", threads) if "retrieve" in bundle.data else None
+        if self._retrieve is not None:
+            _check_affine(self.retrieve, self._i, bundle.version)
         self._items = bundle.item_table
         k = {t.name: t.shape for t in self._rec.get_inputs()}["mask"][1]
         self._k: int | None = k if isinstance(k, int) else None  # fixed slot count, if any
@@ -107,10 +116,31 @@ class OnnxScorer:
         (proba,) = self._user.run(["probabilities"], {"X": _f32(user, 2, "user", (self._u,))})
         return np.asarray(proba[:, 1], np.float64)
 
+    def retrieve(self, item: ArrayLike) -> F | None:
+        """See :meth:`Scorer.retrieve`: the bundle's ``retrieve`` model, None if it has none."""
+        if self._retrieve is None:
+            return None
+        (score,) = self._retrieve.run(["score"], {"item": _f32(item, 2, "item", (self._i,))})
+        return np.asarray(score, np.float64).ravel()
+
     def item_lift(self, item_ids: Sequence[str]) -> F:
         """See :meth:`Scorer.item_lift`: the bundle's item table."""
         get = self._items.get
         return np.fromiter((get(i, 0.0) for i in item_ids), np.float64, len(item_ids))
+
+
+def _check_affine(retrieve: Callable[[ArrayLike], F | None], n_item: int, version: str,
+                  tol: float = 1e-4) -> None:
+    """Refuse (:class:`BundleError`) a first stage that is not affine in its input: the pipeline
+    splits it into an item part and a user part, ``f(a + b) = f(a) + f(b) - f(0)``."""
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((2, 64, n_item))
+    fa, fb, fab, f0 = (retrieve(x) for x in (a, b, a + b, np.zeros((1, n_item))))
+    assert fa is not None and fb is not None and fab is not None and f0 is not None
+    err = np.abs(fab - (fa + fb - f0)) / np.maximum(1.0, np.abs(fab))
+    if not float(err.max()) <= tol:
+        raise BundleError(f"bundle {version}: its retrieve model is not affine in the item features "
+                          f"(relative error {float(err.max()):.2g} > {tol:g}); the first stage must be")
 
 
 def _sigmoid(z: F) -> F:
@@ -124,7 +154,8 @@ class DeterministicScorer:
       ``p = sigmoid(a - b price_ratio)``;
     * ``recommend``: softmax over real slots of ``items @ W_ITEM - 2 price_ratio``;
       padding slots get 0 (a row with no real slot is all 0);
-    * ``propensity = sigmoid(m - 1)``; ``item_lift`` 0 for every item.
+    * ``propensity = sigmoid(m - 1)``; ``item_lift`` 0 for every item;
+    * ``retrieve = items @ W_ITEM``: the first stage ranks exactly as ``recommend``.
     """
 
     W_ITEM = np.array([-0.1, 2.0, -0.5, 1.0, 1.0, 0.5])  # ITEM_FEATURE_NAMES order
@@ -151,6 +182,11 @@ class DeterministicScorer:
     def propensity(self, user: ArrayLike) -> F:
         """See :meth:`Scorer.propensity`."""
         return _sigmoid(np.asarray(user, np.float64).mean(axis=1) - 1.0)
+
+    def retrieve(self, item: ArrayLike) -> F | None:
+        """See :meth:`Scorer.retrieve`: ``item @ W_ITEM``, which ranks exactly as ``recommend`` at
+        equal prices."""
+        return np.asarray(item, np.float64) @ self.W_ITEM
 
     def item_lift(self, item_ids: Sequence[str]) -> F:
         """See :meth:`Scorer.item_lift`."""

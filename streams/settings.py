@@ -89,6 +89,9 @@ class Settings(BaseSettings):
                                      description="a dead worker's partitions move after this long")
     triggers: tuple[str, ...] = ("view", "click", "add_to_cart")
     top_k: int = Field(3, ge=0, le=50, description="recommended items priced besides the event's item")
+    shortlist: int = Field(48, ge=0, le=100_000,
+                           description="items per trigger the recommend model ranks, picked from the whole "
+                                       "catalog by the bundle's first stage; 0 = rank the whole catalog")
     max_event_bytes: int = Field(16_384, ge=256)
     max_future_skew_s: float = Field(300.0, ge=0, description="reject events this far ahead of wall time")
     unknown_fields: Literal["reject", "ignore"] = Field(

@@ -42,12 +42,17 @@ def _price_model() -> Any:
 
 
 def _recommend_model() -> Any:
-    u, its = keras.Input((NU,), name="user"), keras.Input((None, NI), name="items")
-    pr, mask = keras.Input((None,), name="price_ratio"), keras.Input((None,), name="mask")
-    util = keras.layers.Dot(axes=(2, 1))([its, keras.layers.Dense(NI)(u)])
-    logit = util - 2.0 * pr + (mask - 1.0) * 1e9
-    probs = keras.layers.Activation("softmax", name="probs")(logit)
-    return keras.Model([u, its, pr, mask], probs)
+    """The trainer's nonlinear recommend model, small, with random weights everywhere (so its
+    MLP residual is not 0 and its first stage is not the whole model)."""
+    from models.recommend import build_recommend_model
+
+    rng = np.random.default_rng(7)
+    model = build_recommend_model(NU, NI, linear=False, hidden=8,
+                                  item_stats=(rng.normal(size=NI), rng.uniform(0.5, 2.0, NI)))
+    for layer in model.layers:
+        if layer.name in ("item_linear", "residual", "hidden"):
+            layer.set_weights([rng.normal(size=w.shape).astype(np.float32) for w in layer.get_weights()])
+    return model
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +94,7 @@ def exported(train_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple
 
 def test_parity_within_tolerance_on_10k_rows(exported: tuple[Path, Any, dict]) -> None:
     _, _, parity = exported
-    assert set(parity) == {"user", "price", "recommend"}
+    assert set(parity) == {"user", "price", "recommend", "retrieve"}
     for model, p in parity.items():
         assert p["rows"] >= 10_000
         assert max(p["max_abs_diff"].values()) < 1e-5, model
@@ -273,3 +278,42 @@ def test_cli_verify_and_parity_failure(exported: tuple[Path, Any, dict], train_d
     (old / "training_summary.json").write_text(json.dumps(summary))
     assert main(["--train-dir", str(old), "--model-dir", str(tmp_path / "m"), "--no-progress"]) == 3
     assert "memory_s = 604800 s" in capsys.readouterr().err
+
+
+def test_retrieve_is_the_recommend_models_linear_item_part(train_dir: Path, exported: tuple[Path, Any, dict]) -> None:
+    """The bundle's first stage scores items as the recommend model's ``item_linear`` term does (up
+    to a constant), and the serving scorer accepts it as affine."""
+    from streams.scoring import OnnxScorer
+
+    model = keras.saving.load_model(train_dir / "recommend_model.keras")
+    rng = np.random.default_rng(8)
+    items = rng.normal(size=(32, NI)).astype(np.float32)
+    score = OnnxScorer(exported[1]).retrieve(items)
+    sub = keras.Model(model.inputs[1],
+                      model.get_layer("item_linear").output)
+    ref = np.asarray(sub(items[None]), np.float64)[0, :, 0]
+    assert score is not None
+    np.testing.assert_allclose(score - score[0], ref - ref[0], atol=1e-4)
+
+
+def test_scorer_refuses_a_first_stage_that_is_not_affine(exported: tuple[Path, Any, dict], tmp_path: Path) -> None:
+    """The worker splits the first stage into item and user parts, valid only if it is affine."""
+    from streams.scoring import OnnxScorer
+
+    item = keras.Input((NI,), name="item")
+    score = keras.layers.Dense(1, name="score")(keras.layers.Dense(4, activation="relu")(item))
+    proto = convert.keras_to_onnx(keras.Model(item, score), "retrieve")
+    data = dict(exported[1].data) | {"retrieve": proto.SerializeToString()}
+    bundle = write_bundle(tmp_path, data, item_table=dict(ITEMS))
+    with pytest.raises(BundleError, match="not affine"):
+        OnnxScorer(bundle)
+
+
+def test_bundle_without_a_first_stage_still_loads(exported: tuple[Path, Any, dict], tmp_path: Path) -> None:
+    """Bundles exported before the first stage existed have no retrieve model: served, ranking every item."""
+    from streams.scoring import OnnxScorer
+
+    data = {k: v for k, v in exported[1].data.items() if k != "retrieve"}
+    bundle = load_bundle(write_bundle(tmp_path, data, item_table=dict(ITEMS)).path)
+    assert "retrieve" not in bundle.manifest["models"]
+    assert OnnxScorer(bundle).retrieve(np.zeros((2, NI))) is None

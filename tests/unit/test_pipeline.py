@@ -184,3 +184,91 @@ def test_absurd_shown_price_is_dead_lettered_and_not_folded_in() -> None:
     run(ref, t2, [record(0), with_fields(record(3), price=11.0 * 20), with_fields(record(4, item="not-in-catalog"),
                                                                                    price=1e308)])
     assert ratios == decode_record(next(iter(t2.values()))).features
+
+
+# ---------------------------------------------------------------- shortlist (retrieval, then ranking)
+def _big(n_items: int = 60, **overrides: object) -> Pipeline:
+    catalog = Catalog()
+    rng = np.random.default_rng(3)
+    for k in range(n_items):
+        base = float(np.round(rng.uniform(5, 50), 2))
+        catalog.put(CatalogItem(f"i{k}", f"c{k % 7}", base, round(base * rng.uniform(0.3, 0.7), 2),
+                                round(base * 0.8, 2), round(base * 1.5, 2)))
+    scorer = _Affine()
+    return Pipeline(load_settings({}, **overrides), catalog, lambda: scorer, lambda: NOW)
+
+
+class _Affine(_Recording):
+    """First stage with an offset and a lift per item: affine, ranks as ``recommend`` at equal prices."""
+
+    LIFT = {f"i{k}": 0.05 * (k % 11) for k in range(60)}
+
+    def retrieve(self, item):  # type: ignore[no-untyped-def]
+        return np.asarray(item, np.float64) @ self.W_ITEM + 3.0
+
+
+def _history(n_users: int = 12) -> list[RawRecord]:
+    rng = np.random.default_rng(4)
+    return [record(o, str(rng.choice(["view", "click", "add_to_cart"])), f"i{int(rng.integers(60))}",
+                   f"u{o % n_users}") for o in range(240)]
+
+
+def _priced(out) -> list[tuple[str, str]]:  # type: ignore[no-untyped-def]
+    return [(parse_price(v).decision_id, parse_price(v).item_id) for _, v in out.prices]
+
+
+def test_shortlist_holds_the_full_rankings_top_k_when_the_first_stage_ranks_alike() -> None:
+    """A first stage that ranks as the recommend model does (here: the same linear utility) loses
+    nothing: every trigger prices the same items as ranking the whole catalog."""
+    full, short = _big(top_k=3, shortlist=0), _big(top_k=3, shortlist=6)
+    evs = _history()
+    a, b = run(full, {}, evs), run(short, {}, evs)
+    assert len(a.prices) == len(b.prices) > 0 and _priced(a) == _priced(b)
+
+
+def test_shortlist_is_the_first_stage_top_over_the_whole_catalog() -> None:
+    """The factorised scores (item part + user part per category bucket) pick exactly the rows that
+    scoring every (trigger, item) feature row with the first stage picks."""
+    pipe = _big(shortlist=9)
+    table: dict[str, bytes] = {}
+    run(pipe, table, _history())
+    scorer = pipe.scorer()
+    recs = [decode_record(v, pipe.spec) for v in table.values()]
+    from streams.features import category_profiles
+
+    profiles = category_profiles(np.asarray([r.features.buckets for r in recs]), pipe.spec)
+    got = pipe.shortlist(scorer, profiles)
+    n = len(pipe.catalog.columns().ids)
+    x = pipe._item_x(scorer, profiles, np.arange(len(recs))[:, None], np.arange(n)[None, :])
+    direct = scorer.retrieve(x.reshape(-1, x.shape[-1])).reshape(len(recs), n)
+    assert got is not None and got.shape == (len(recs), 9)
+    for row, scores in zip(got, direct, strict=True):
+        assert set(row.tolist()) == set(np.argsort(-scores)[:9].tolist())
+
+
+def test_viewed_item_is_priced_first_even_outside_the_shortlist() -> None:
+    """The event's own item is always priced (first), then top_k other items from the shortlist."""
+    pipe = _big(top_k=2, shortlist=4, treatment_share=1.0)
+    scorer = pipe.scorer()
+    cols = pipe.catalog.columns()
+    item_part, _ = pipe._item_part(scorer, cols)
+    assert item_part is not None
+    worst = cols.ids[int(np.argmin(item_part))]  # same bucket profile for a new user: last in the stage
+    out = run(pipe, {}, [record(0, "view", worst, "fresh")])
+    priced = [parse_price(v).item_id for _, v in out.prices]
+    assert priced[0] == worst and len(priced) == 3 and worst not in priced[1:]
+
+
+def test_no_first_stage_ranks_the_whole_catalog() -> None:
+    """A scorer without a first stage (a bundle exported before it existed) ranks every item."""
+    class _None(_Affine):
+        def retrieve(self, item):  # type: ignore[no-untyped-def]
+            return None
+
+    evs = _history()
+    full = run(_big(top_k=3, shortlist=0), {}, evs)
+    pipe = _big(top_k=3, shortlist=4)
+    scorer = _None()
+    pipe.scorer = lambda: scorer
+    assert pipe.shortlist(scorer, np.zeros((1, 3, pipe.spec.n_buckets))) is None
+    assert _priced(run(pipe, {}, evs)) == _priced(full)
