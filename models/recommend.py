@@ -45,7 +45,7 @@ from keras import layers, ops
 from .choice import ChoiceTableError, ClogitResult, choice_probs, fit_conditional_logit, read_choice_table
 
 __all__ = ["ChoiceTableError", "ClogitResult", "build_recommend_model", "build_retrieval_model", "choice_probs",
-           "choice_loglik", "fit_conditional_logit", "fit_recommend", "linear_model_from_clogit",
+           "choice_loglik", "shortlist_metrics", "fit_conditional_logit", "fit_recommend", "linear_model_from_clogit",
            "predict_probs", "read_choice_table"]
 
 PAD_UTILITY = -1e9  # added to padded candidates' utility: exp() underflows to 0 in float32
@@ -199,3 +199,25 @@ def predict_probs(model: keras.Model, user: np.ndarray, items: np.ndarray, price
 def choice_loglik(probs: np.ndarray, chosen: np.ndarray) -> float:
     """Log-likelihood of the observed choices under ``probs [N, K]``."""
     return float(np.sum(np.log(np.clip(probs[np.arange(len(chosen)), chosen], 1e-300, None))))
+
+
+def shortlist_metrics(model: keras.Model, user: np.ndarray, items: np.ndarray, price_ratio: np.ndarray,
+                      mask: np.ndarray, chosen: np.ndarray, sizes: tuple[int, ...] = (2, 4)) -> dict[str, float]:
+    """Holdout figures of serving's two stages with a shortlist of ``m`` per choice set: the first
+    stage keeps its top ``m`` real candidates, the full model ranks those (its probabilities
+    renormalised over them). Per ``m``: top-1 accuracy of the two stages, the share of choices whose
+    chosen item and whose full-model favourite survive the first stage."""
+    first = np.asarray(build_retrieval_model(model)(np.asarray(items, np.float32).reshape(-1, items.shape[-1])),
+                       np.float64).reshape(mask.shape)
+    first = np.where(mask > 0, first, -np.inf)
+    probs = predict_probs(model, user, items, price_ratio, mask)
+    rows, best = np.arange(len(chosen)), probs.argmax(1)
+    out: dict[str, float] = {}
+    for m in sizes:
+        keep = np.zeros(mask.shape, bool)
+        np.put_along_axis(keep, np.argsort(-first, axis=1)[:, :m], True, axis=1)
+        keep &= mask > 0
+        out[f"shortlist{m}_top1_accuracy"] = float(np.mean(np.where(keep, probs, -1.0).argmax(1) == chosen))
+        out[f"shortlist{m}_chosen_kept"] = float(np.mean(keep[rows, chosen]))
+        out[f"shortlist{m}_favourite_kept"] = float(np.mean(keep[rows, best]))
+    return out

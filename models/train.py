@@ -179,7 +179,7 @@ def _fit_recommend(data: TrainingData, c_hold: np.ndarray, epochs: int, linear: 
                    progress: bool) -> tuple[Any, dict[str, Any]]:
     """Fit the recommend helper's model on training choice sets; evaluate on holdout ones."""
     try:
-        from .recommend import choice_loglik, fit_recommend, predict_probs
+        from .recommend import choice_loglik, fit_recommend, predict_probs, shortlist_metrics
     except ImportError as e:  # HOOK: models/recommend.py belongs to another issue's helper
         return None, {"skipped": f"models.recommend unavailable: {e}"}
     tr = ~c_hold
@@ -194,7 +194,10 @@ def _fit_recommend(data: TrainingData, c_hold: np.ndarray, epochs: int, linear: 
     return model, {"n": int(c_hold.sum()), "top1_accuracy": float(np.mean(probs.argmax(1) == chosen)),
                    "uniform_top1": float(np.mean(1.0 / k)), "mean_candidates": float(k.mean()),
                    "loglik_per_choice": choice_loglik(probs, chosen) / len(chosen),
-                   "uniform_loglik_per_choice": float(-np.mean(np.log(k))), "linear": linear}
+                   "uniform_loglik_per_choice": float(-np.mean(np.log(k))), "linear": linear,
+                   # serving's first stage + this model on a shortlist of m of each holdout choice set
+                   **shortlist_metrics(model, data.ch_user[h], data.ch_items[h], data.ch_price_ratio[h],
+                                       data.ch_mask[h], chosen)}
 
 
 def _true_beta(market: Market | None, data: TrainingData) -> np.ndarray | None:

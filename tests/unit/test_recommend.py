@@ -17,7 +17,14 @@ from models.choice import (
     read_choice_table,
     simulate_choices,
 )
-from models.recommend import build_recommend_model, choice_loglik, fit_recommend, predict_probs
+from models.recommend import (
+    build_recommend_model,
+    build_retrieval_model,
+    choice_loglik,
+    fit_recommend,
+    predict_probs,
+    shortlist_metrics,
+)
 
 DATA = Path(__file__).parent.parent / "data" / "choice_small.csv"
 
@@ -186,3 +193,41 @@ def test_tf2onnx_conversion_parity(linear: bool) -> None:
         (onnx_probs,) = sess.run(["probs"], feed)
         np.testing.assert_allclose(onnx_probs, predict_probs(model, **feed), atol=1e-5)
         assert np.all(onnx_probs[:, -1] == 0.0)
+
+
+def _first_stage(model, items: np.ndarray) -> np.ndarray:  # type: ignore[no-untyped-def]
+    flat = np.asarray(items, np.float32).reshape(-1, items.shape[-1])
+    return np.asarray(build_retrieval_model(model)(flat), np.float64).reshape(items.shape[:-1])
+
+
+def test_first_stage_of_the_linear_model_ranks_exactly_as_it_at_equal_prices(sim: tuple[np.ndarray, ...]) -> None:
+    """Linear mode: the first stage is the clogit's item part, so at equal prices its top-m is the
+    model's top-m (the shortlist always holds the full model's top-k)."""
+    X, chosen, mask = sim
+    model = fit_recommend(np.zeros((len(chosen), 5)), X[..., :3], X[..., 3], chosen, mask, linear=True)
+    items, ones = X[:500, :, :3], np.ones((500, X.shape[1]))
+    probs = predict_probs(model, np.zeros((500, 5)), items, ones)
+    first = _first_stage(model, items)
+    np.testing.assert_array_equal(np.argsort(-first, 1)[:, :2], np.argsort(-probs, 1)[:, :2])
+    np.testing.assert_allclose(first, items @ model.clogit.coef[:3], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_first_stage_is_the_nonlinear_models_item_part_and_scored_on_the_holdout() -> None:
+    """Nonlinear mode: the first stage is ``item_linear`` over the standardised items (affine, the
+    clogit the MLP starts from); a shortlist as long as the choice set changes nothing, a shorter one
+    loses choices here (tastes are pure user x item interactions, which only the MLP sees)."""
+    user, items, price, chosen = _interaction_data(3000, seed=6)
+    tu, ti, tp, tc = _interaction_data(600, seed=7)
+    model = fit_recommend(user, items, price, chosen, epochs=8, batch_size=128)
+    first = _first_stage(model, ti)
+    x = ti.reshape(-1, ti.shape[-1]).astype(np.float32)
+    f = np.asarray(build_retrieval_model(model)(x), np.float64).ravel()
+    f0, fa = (np.asarray(build_retrieval_model(model)(v), np.float64).ravel() for v in (0 * x[:1], 2 * x))
+    np.testing.assert_allclose(fa - f0, 2 * (f - f0), rtol=1e-4, atol=1e-4)  # affine
+    assert first.shape == ti.shape[:-1]
+    m = shortlist_metrics(model, tu, ti, tp, np.ones(tp.shape), tc, sizes=(1, 2, 4))
+    full = float(np.mean(predict_probs(model, tu, ti, tp).argmax(1) == tc))
+    assert m["shortlist4_top1_accuracy"] == pytest.approx(full) and m["shortlist4_chosen_kept"] == 1.0
+    assert m["shortlist1_chosen_kept"] <= m["shortlist2_chosen_kept"] <= 1.0
+    assert m["shortlist4_favourite_kept"] == 1.0 and m["shortlist1_favourite_kept"] < 1.0
