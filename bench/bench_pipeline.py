@@ -119,11 +119,15 @@ def scoring_cost(args: argparse.Namespace, model_dir: Path, items: list[CatalogI
     # users with history, like a worker in steady state: fold a warm-up history in first
     base_table: dict[str, bytes] = {}
     _run(_pipeline(model_dir, catalog, "det", triggers=()), warm, 256, base_table)
+    k, m, th = args.top_k, args.shortlist, args.onnx_threads
     variants: list[tuple[str, Callable[[], Pipeline]]] = [
-        (f"onnx top_k={args.top_k}", lambda: _pipeline(model_dir, catalog, "onnx", top_k=args.top_k,
-                                                       onnx_threads=args.onnx_threads)),
-        ("onnx top_k=0", lambda: _pipeline(model_dir, catalog, "onnx", top_k=0, onnx_threads=args.onnx_threads)),
-        (f"deterministic top_k={args.top_k}", lambda: _pipeline(model_dir, catalog, "det", top_k=args.top_k)),
+        (f"onnx top_k={k} shortlist={m}", lambda: _pipeline(model_dir, catalog, "onnx", top_k=k, shortlist=m,
+                                                            onnx_threads=th)),
+        (f"onnx top_k={k} whole catalog", lambda: _pipeline(model_dir, catalog, "onnx", top_k=k, shortlist=0,
+                                                            onnx_threads=th)),
+        ("onnx top_k=0", lambda: _pipeline(model_dir, catalog, "onnx", top_k=0, onnx_threads=th)),
+        (f"deterministic top_k={k} shortlist={m}", lambda: _pipeline(model_dir, catalog, "det", top_k=k,
+                                                                     shortlist=m)),
         ("no trigger (parse+features)", lambda: _pipeline(model_dir, catalog, "det", triggers=())),
     ]
     rows = []
@@ -136,13 +140,18 @@ def scoring_cost(args: argparse.Namespace, model_dir: Path, items: list[CatalogI
             row.append(_run(p, timed[:n], size, dict(base_table)) / n * 1e6)
         rows.append(row)
         log(f"scoring cost {name}: " + ", ".join(f"{v:.0f}" for v in row[1:]))
-    onnx, none = rows[0], rows[-1]
-    rows.append(["= scoring share of onnx (onnx - no trigger)",
-                 *[float(a) - float(b) for a, b in zip(onnx[1:], none[1:], strict=True)]])
-    rows.append([f"implied events/s, one core, onnx top_k={args.top_k}", *[1e6 / float(v) for v in onnx[1:]]])
+    onnx, whole, none = rows[0], rows[1], rows[-1]
+    for row, what in ((onnx, f"shortlist={m}"), (whole, "whole catalog")):
+        rows.append([f"= scoring share, {what} (onnx - no trigger)",
+                     *[float(a) - float(b) for a, b in zip(row[1:], none[1:], strict=True)]])
+    for row, what in ((onnx, f"shortlist={m}"), (whole, "whole catalog")):
+        rows.append([f"implied events/s, one core, {what}", *[1e6 / float(v) for v in row[1:]]])
+    rows.append([f"whole catalog / shortlist={m} (speed-up)",
+                 *[float(a) / float(b) for a, b in zip(whole[1:], onnx[1:], strict=True)]])
     out = table(["us/event at batch size", *map(str, BATCH_SIZES)], rows,
                 f"Scoring cost: Pipeline.process in memory, {len(items)} catalog items, {args.scoring_users} users, "
                 f"{len(timed)} events ({share:.0%} triggers), batch 1 over the first 1024")
+    out += "\n\n" + agreement(args, model_dir, catalog, timed, base_table)
     if args.profile:
         p = variants[0][1]()
         prof = cProfile.Profile()
@@ -156,6 +165,51 @@ def scoring_cost(args: argparse.Namespace, model_dir: Path, items: list[CatalogI
         st.sort_stats("cumulative").print_stats(30)
         out += f"\n\ncProfile of Pipeline.process, {variants[0][0]}, batch {args.profile_batch}:\n" + buf.getvalue()
     return out
+
+
+def _recommended(out_prices: list[tuple[bytes, bytes]]) -> dict[tuple[str, float], list[str]]:
+    """(user, event ts) -> item ids priced for it, in order (the event's own item first)."""
+    got: dict[tuple[str, float], list[str]] = {}
+    for _, v in out_prices:
+        e = orjson.loads(v)
+        got.setdefault((e["user_id"], e["ts"]), []).append(e["item_id"])
+    return got
+
+
+def agreement(args: argparse.Namespace, model_dir: Path, catalog: Catalog, timed: list[RawRecord],
+              base_table: dict[str, bytes]) -> str:
+    """Per shortlist size: how many of the whole-catalog ranking's top_k items the two stages also
+    recommend (the viewed item, always priced, left out), over the timed events."""
+    def recs(m: int, resend: float = 0.0) -> dict[tuple[str, float], list[str]]:
+        p = _pipeline(model_dir, catalog, "onnx", top_k=args.top_k, shortlist=m, onnx_threads=args.onnx_threads,
+                      resend_unchanged_s=resend)
+        prices: list[tuple[bytes, bytes]] = []
+        tbl = dict(base_table)
+        for i in range(0, len(timed), 64):
+            o = p.process(timed[i:i + 64], tbl.get)
+            prices += o.prices
+            for k, (blob, _) in o.records.items():
+                tbl[k] = blob
+        return _recommended(prices)
+
+    full = recs(0)
+    sent = {r: sum(map(len, recs(args.shortlist, r).values())) / len(full) for r in (0.0, 300.0, 3600.0)}
+    resend = "; ".join(f"resend_unchanged_s={r:g}: {v:.3f}" for r, v in sent.items())
+    rows = []
+    for m in sorted({8, 16, 32, args.shortlist, 96}):
+        if m >= len(catalog.columns().ids):
+            continue
+        two = recs(m)
+        same = [len(set(full[k][1:]) & set(two[k][1:])) / max(1, len(full[k]) - 1) for k in full]
+        first = [full[k][1:2] == two[k][1:2] for k in full]
+        rows.append([m, len(full), float(np.mean(same)), float(np.mean(first)),
+                     float(np.mean([s == 1.0 for s in same]))])
+        log(f"agreement shortlist {m}: {rows[-1][2]:.4f}")
+    return table(["shortlist", "triggers", f"top_k={args.top_k} overlap", "same first", "all same"], rows,
+                 f"Two stages vs the whole catalog ranked by the recommend model ({len(catalog.columns().ids)} items): "
+                 "share of the whole-catalog top_k also recommended (mean per trigger), share with the same "
+                 "first recommendation, share with the identical set") + \
+        f"\nprices per trigger (shortlist={args.shortlist}, top_k={args.top_k}): {resend}"
 
 
 # ------------------------------------------------------------------ Kafka helpers
@@ -245,6 +299,8 @@ async def _edge_timestamps(bootstrap: str, topic: str, partitions: int) -> tuple
 
 VARIANTS = {
     "stock": "python -m streams.app, unchanged",
+    "catalog": "python -m streams.app with PRICING_SHORTLIST=0: the recommend model ranks the whole catalog "
+               "(as before issue 15)",
     "null": "Faust worker with Pipeline.process replaced by a stub that writes the same records "
             "(1+top_k copies of the input per trigger, one table write per user): Faust + Kafka cost only",
     "table": "like null but no prices (one small marker record per batch): Faust consume + table writes",
@@ -289,7 +345,7 @@ def _patch(variant: str) -> None:
             return out
 
         pl.Pipeline.process = marker  # type: ignore[assignment,method-assign]
-    elif variant != "stock":
+    elif variant not in ("stock", "catalog"):
         raise SystemExit(f"unknown worker variant {variant!r}; known: {sorted(VARIANTS)}")
 
 
@@ -308,7 +364,7 @@ class Worker:
         base = {k: v for k, v in os.environ.items() if not k.startswith("PRICING_")}
         self.log = logfile
         prof = ["-m", "cProfile", "-o", str(profile)] if profile else []
-        cmd = ["-m", "streams.app", "--loglevel", "info"] if variant == "stock" else \
+        cmd = ["-m", "streams.app", "--loglevel", "info"] if variant in ("stock", "catalog") else \
             [str(Path(__file__).resolve()), "--run-worker", variant]
         self.proc = subprocess.Popen([sys.executable, *prof, *cmd], cwd=ROOT,
                                      env=base | env, stdout=logfile.open("ab"), stderr=subprocess.STDOUT)
@@ -494,7 +550,8 @@ def run_config(args: argparse.Namespace, model_dir: Path, items: list[CatalogIte
     run_dir.mkdir(parents=True, exist_ok=True)
     fetch = {} if fetch_ms is None else {"FETCH_MAX_WAIT_MS": fetch_ms}
     env = bench_env(tag, model_dir, run_dir / "worker", BATCH_SIZE=size, BATCH_WITHIN_S=within,
-                    TOP_K=args.top_k, ONNX_THREADS=args.onnx_threads, **fetch)
+                    TOP_K=args.top_k, ONNX_THREADS=args.onnx_threads,
+                    SHORTLIST=0 if variant == "catalog" else args.shortlist, **fetch)
     s = settings_from(env)
     out_topic = f"bench-{tag}-passthrough"
     create_topics(s, extra=[out_topic, out_topic + "-fanout"])
@@ -595,6 +652,8 @@ def main(argv: list[str] | None = None) -> int:
                              + " (later configs run stock only)")
     parser.add_argument("--run-worker", metavar="VARIANT", help=argparse.SUPPRESS)
     parser.add_argument("--top-k", type=int, default=3, help="PRICING_TOP_K")
+    parser.add_argument("--shortlist", type=int, default=48,
+                        help="PRICING_SHORTLIST of the scoring-cost and stock runs (the variant `catalog` uses 0)")
     parser.add_argument("--onnx-threads", type=int, default=1, help="PRICING_ONNX_THREADS")
     parser.add_argument("--rate", type=float, default=1000.0, help="offered events/s of the latency run")
     parser.add_argument("--warmup-s", type=float, default=5.0, help="latency run: seconds not measured")

@@ -11,7 +11,9 @@ and a table reader in, and writes back what comes out. A batch goes through thes
    and one user part per trigger and category bucket) shortlists ``shortlist`` items out of the
    whole catalog, the recommend model ranks the shortlist and picks the top-K items, the price
    model gives each candidate its demand curve (one onnxruntime call each);
-5. decide guarded prices (treatment) or keep the base price (control) -> price events.
+5. decide guarded prices (treatment) or keep the base price (control) -> price events: always
+   the viewed item's; a recommended item's only if it differs from the price last sent to this
+   user for that item, or that one is ``resend_unchanged_s`` old or more (event time).
 """
 
 from __future__ import annotations
@@ -275,6 +277,12 @@ class Pipeline:
             c.extend([int(j) for j in row if int(j) not in c][:self.s.top_k])
         return cands
 
+    def _unchanged(self, t: _Trigger, item_id: str, price: float) -> bool:
+        """Whether ``price`` is the one last sent to this user for ``item_id``, less than
+        ``resend_unchanged_s`` before this event (a replay re-sends all: its output may be lost)."""
+        last = t.record.prices.get(item_id)
+        return last is not None and last[0] == price and 0.0 <= t.ev.ts - last[1] < self.s.resend_unchanged_s
+
     def _price(self, trig: list[_Trigger], out: BatchOutput) -> None:
         scorer = self.scorer()
         for t in trig:
@@ -315,6 +323,9 @@ class Pipeline:
                 prop, policy = float(propensity[r]) if drawn else 1.0, self._policy if drawn else "greedy"
             else:  # control shows the base price: the comparison the experiment needs
                 price, conv, reasons, prop, policy = float(base[r]), float(base_conv[r]), ("CONTROL",), 1.0, "control"
+            if not t.replay and item_id != t.ev.item_id and self._unchanged(t, item_id, price):
+                out.counts["price.unchanged"] += 1  # the consumer holds this very price already
+                continue
             ok = math.isfinite(conv)
             event = PriceEvent(dids[r], t.ev.ts, t.ev.user_id, item_id, price,
                                float(base[r]), arm, conv if ok else None,

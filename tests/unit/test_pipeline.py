@@ -39,7 +39,7 @@ def run(pipe: Pipeline, table: dict[str, bytes], batch: list[RawRecord]):
 
 
 def test_replayed_batch_changes_no_state_and_repeats_decision_ids() -> None:
-    pipe, table = make(treatment_share=1.0)
+    pipe, table = make(treatment_share=1.0, resend_unchanged_s=0)
     batch = [record(i, typ) for i, typ in enumerate(["view", "click", "add_to_cart", "purchase"])]
     first = run(pipe, table, batch)
     snapshot = dict(table)
@@ -103,7 +103,7 @@ class _Recording(DeterministicScorer):
 def test_pipeline_item_features_are_the_training_ones() -> None:
     """Serving builds each priced row's item features as the training rows do (features.item_features,
     the bundle's item lift), from the user's state at the trigger."""
-    pipe, table = make(top_k=2)
+    pipe, table = make(top_k=2, resend_unchanged_s=0)
     scorer = _Recording()
     pipe.scorer = lambda: scorer
     run(pipe, table, [record(0, "view", "i0"), record(1, "click", "i0"), record(2, "add_to_cart", "i3")])
@@ -272,3 +272,37 @@ def test_no_first_stage_ranks_the_whole_catalog() -> None:
     pipe.scorer = lambda: scorer
     assert pipe.shortlist(scorer, np.zeros((1, 3, pipe.spec.n_buckets))) is None
     assert _priced(run(pipe, {}, evs)) == _priced(full)
+
+
+# ---------------------------------------------------------------- unchanged recommended prices
+def test_unchanged_recommended_prices_are_not_sent_again_within_their_validity() -> None:
+    """Control shows base prices, so the second view's recommended prices are the ones just sent:
+    only the viewed item's price goes out (always, even unchanged); the rest counts as unchanged."""
+    pipe, table = make(treatment_share=0.0, top_k=2, resend_unchanged_s=300)
+    first = run(pipe, table, [record(0, "view", "i1")])
+    second = run(pipe, table, [record(1, "view", "i1")])
+    assert len(first.prices) == 3 and second.counts["price.unchanged"] == 2
+    assert [parse_price(v).item_id for _, v in second.prices] == ["i1"]
+
+
+def test_unchanged_prices_are_sent_again_once_their_validity_is_over() -> None:
+    pipe, table = make(treatment_share=0.0, top_k=2, resend_unchanged_s=300)
+    run(pipe, table, [record(0, "view", "i1")])
+    later = run(pipe, table, [record(301, "view", "i1")])  # event time 301 s after the first
+    assert len(later.prices) == 3 and not later.counts["price.unchanged"]
+
+
+def test_a_replayed_batch_sends_every_price_again() -> None:
+    """A replay's prices may have been lost with the crash: none is left out as unchanged."""
+    pipe, table = make(treatment_share=0.0, top_k=2, resend_unchanged_s=300)
+    batch = [record(0, "view", "i1"), record(1, "view", "i1")]
+    first = run(pipe, table, batch)
+    again = run(pipe, table, batch)
+    ids = lambda out: {parse_price(v).decision_id for _, v in out.prices}  # noqa: E731
+    assert first.counts["price.unchanged"] == 2 and len(again.prices) == 6 and ids(first) < ids(again)
+
+
+def test_zero_validity_sends_every_price() -> None:
+    pipe, table = make(treatment_share=0.0, top_k=2, resend_unchanged_s=0)
+    run(pipe, table, [record(0, "view", "i1")])
+    assert len(run(pipe, table, [record(1, "view", "i1")]).prices) == 3
