@@ -122,8 +122,8 @@ class Pipeline:
                              f"{self.spec.n_buckets}")
         self.names = feature_names(self.spec)
         self._lift: tuple[str, CatalogColumns, np.ndarray] | None = None  # scorer version, columns, lifts
-        # scorer version, columns, first stage's item part per catalog row (None: no first stage), f(0)
-        self._stage: tuple[str, CatalogColumns, np.ndarray | None, float] | None = None
+        # scorer version, columns, the first stage's best items per category bucket (None: no first stage)
+        self._stage: tuple[str, CatalogColumns, tuple[np.ndarray, np.ndarray] | None] | None = None
         self.guardrails = Guardrails.from_settings(settings)
         self._explore_salt = f"{settings.experiment_salt}:explore"
         self._policy = f"dither:{settings.exploration_width:g}"
@@ -222,16 +222,26 @@ class Pipeline:
         assert x.shape[-1] == len(ITEM_FEATURE_NAMES)
         return x.astype(np.float32)
 
-    def _item_part(self, scorer: Scorer, cols: CatalogColumns) -> tuple[np.ndarray | None, float]:
-        """The first stage's item part ``f(item features, profile columns 0)`` per catalog row and
-        ``f(0)`` (cached per scorer version and catalog); ``(None, 0)`` if the scorer has none."""
+    def _pool(self, scorer: Scorer, cols: CatalogColumns) -> tuple[np.ndarray, np.ndarray] | None:
+        """Per category bucket, the ``shortlist`` items with the best first-stage item part:
+        catalog rows ``[B, m]`` and their item parts ``[B, m]`` (-inf where a bucket has fewer);
+        cached per scorer version and catalog. None if the scorer has no first stage."""
         if self._stage is None or self._stage[0] != scorer.version or self._stage[1] is not cols:
             x = self._item_x(scorer, np.zeros((1, 3, self.spec.n_buckets)), np.zeros(1, np.int64),
                              np.arange(len(cols.ids)))
             part = scorer.retrieve(x)
-            f0 = 0.0 if part is None else float(scorer.retrieve(np.zeros((1, x.shape[1]), np.float32))[0])
-            self._stage = (scorer.version, cols, part, f0)
-        return self._stage[2], self._stage[3]
+            pool = None
+            if part is not None:
+                m, n_b = self.s.shortlist, self.spec.n_buckets
+                rows, score = np.zeros((n_b, m), np.int64), np.full((n_b, m), -np.inf, np.float32)
+                order = np.lexsort((-part, cols.bucket))  # by bucket, best item part first
+                starts = np.searchsorted(cols.bucket[order], np.arange(n_b + 1))
+                for b in range(n_b):
+                    best = order[starts[b]:min(starts[b + 1], starts[b] + m)]
+                    rows[b, :len(best)], score[b, :len(best)] = best, part[best]
+                pool = (rows, score)
+            self._stage = (scorer.version, cols, pool)
+        return self._stage[2]
 
     def shortlist(self, scorer: Scorer, profiles: np.ndarray) -> np.ndarray | None:
         """Catalog rows ``[T, shortlist]`` (unordered) with the best first-stage scores per trigger,
@@ -240,21 +250,27 @@ class Pipeline:
         The first stage ``f`` is affine in the item features, and only the three profile columns
         depend on the user, through the item's category bucket: ``f(x_tj) = item_j +
         user[t, bucket_j] - f(0)``, one onnxruntime call over ``T x n_buckets`` rows per batch.
+        Within a bucket the user part is shared, so the best ``m`` overall are among each bucket's
+        best ``m`` by item part (:meth:`_pool`): a batch ranks ``n_buckets x m`` per trigger,
+        however large the catalog.
         """
         cols = self.catalog.columns()
         m = self.s.shortlist
         if m == 0 or m >= len(cols.ids):
             return None
-        item, f0 = self._item_part(scorer, cols)
-        if item is None:
+        pool = self._pool(scorer, cols)
+        if pool is None:
             return None
+        rows, item = pool
         n_t, n_b = profiles.shape[0], profiles.shape[2]
-        x = np.zeros((n_t, n_b, len(ITEM_FEATURE_NAMES)), np.float32)
-        x[..., PROFILE_COLUMNS] = profiles.transpose(0, 2, 1)  # [T, B, 3]
-        user = scorer.retrieve(x.reshape(n_t * n_b, -1))
-        assert user is not None  # the same scorer answered for the item part
-        scores = item[None, :] + (user.reshape(n_t, n_b) - f0)[:, cols.bucket]
-        return np.argpartition(-scores, m - 1, axis=1)[:, :m]
+        x = np.zeros((n_t * n_b + 1, len(ITEM_FEATURE_NAMES)), np.float32)  # the last row: f(0)
+        x[:-1, PROFILE_COLUMNS] = profiles.transpose(0, 2, 1).reshape(n_t * n_b, 3)
+        f = scorer.retrieve(x)
+        assert f is not None  # the same scorer answered for the item part
+        user = (f[:-1] - f[-1]).astype(np.float32).reshape(n_t, n_b, 1)
+        scores = (item[None, :, :] + user).reshape(n_t, -1)  # [T, B * m]
+        best = np.argpartition(scores, scores.shape[1] - m, axis=1)[:, -m:]
+        return rows.reshape(-1)[best]
 
     def _candidates(self, scorer: Scorer, trig: list[_Trigger], users: np.ndarray,
                     profiles: np.ndarray) -> list[list[int]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import orjson
+import pytest
 
 from streams.catalog import Catalog
 from streams.features import item_features, update, user_features
@@ -226,10 +227,11 @@ def test_shortlist_holds_the_full_rankings_top_k_when_the_first_stage_ranks_alik
     assert len(a.prices) == len(b.prices) > 0 and _priced(a) == _priced(b)
 
 
-def test_shortlist_is_the_first_stage_top_over_the_whole_catalog() -> None:
-    """The factorised scores (item part + user part per category bucket) pick exactly the rows that
-    scoring every (trigger, item) feature row with the first stage picks."""
-    pipe = _big(shortlist=9)
+@pytest.mark.parametrize("m", [3, 9, 25])
+def test_shortlist_is_the_first_stage_top_over_the_whole_catalog(m: int) -> None:
+    """The factorised scores (item part + user part per category bucket, each bucket's best m by
+    item part) pick exactly the rows that scoring every (trigger, item) feature row picks."""
+    pipe = _big(shortlist=m)
     table: dict[str, bytes] = {}
     run(pipe, table, _history())
     scorer = pipe.scorer()
@@ -241,9 +243,9 @@ def test_shortlist_is_the_first_stage_top_over_the_whole_catalog() -> None:
     n = len(pipe.catalog.columns().ids)
     x = pipe._item_x(scorer, profiles, np.arange(len(recs))[:, None], np.arange(n)[None, :])
     direct = scorer.retrieve(x.reshape(-1, x.shape[-1])).reshape(len(recs), n)
-    assert got is not None and got.shape == (len(recs), 9)
+    assert got is not None and got.shape == (len(recs), m)
     for row, scores in zip(got, direct, strict=True):
-        assert set(row.tolist()) == set(np.argsort(-scores)[:9].tolist())
+        assert set(row.tolist()) == set(np.argsort(-scores)[:m].tolist())
 
 
 def test_viewed_item_is_priced_first_even_outside_the_shortlist() -> None:
@@ -251,8 +253,9 @@ def test_viewed_item_is_priced_first_even_outside_the_shortlist() -> None:
     pipe = _big(top_k=2, shortlist=4, treatment_share=1.0)
     scorer = pipe.scorer()
     cols = pipe.catalog.columns()
-    item_part, _ = pipe._item_part(scorer, cols)
-    assert item_part is not None
+    n = len(cols.ids)
+    item_part = scorer.retrieve(pipe._item_x(scorer, np.zeros((1, 3, pipe.spec.n_buckets)), np.zeros(1, int),
+                                             np.arange(n)))
     worst = cols.ids[int(np.argmin(item_part))]  # same bucket profile for a new user: last in the stage
     out = run(pipe, {}, [record(0, "view", worst, "fresh")])
     priced = [parse_price(v).item_id for _, v in out.prices]
