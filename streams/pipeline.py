@@ -123,7 +123,7 @@ class Pipeline:
         self.names = feature_names(self.spec)
         self._lift: tuple[str, CatalogColumns, np.ndarray] | None = None  # scorer version, columns, lifts
         # scorer version, columns, the first stage's best items per category bucket (None: no first stage)
-        self._stage: tuple[str, CatalogColumns, tuple[np.ndarray, np.ndarray] | None] | None = None
+        self._stage: tuple[str, CatalogColumns, tuple[np.ndarray, np.ndarray, np.ndarray] | None] | None = None
         self.guardrails = Guardrails.from_settings(settings)
         self._explore_salt = f"{settings.experiment_salt}:explore"
         self._policy = f"dither:{settings.exploration_width:g}"
@@ -222,9 +222,9 @@ class Pipeline:
         assert x.shape[-1] == len(ITEM_FEATURE_NAMES)
         return x.astype(np.float32)
 
-    def _pool(self, scorer: Scorer, cols: CatalogColumns) -> tuple[np.ndarray, np.ndarray] | None:
-        """Per category bucket, the ``shortlist`` items with the best first-stage item part:
-        catalog rows ``[B, m]`` and their item parts ``[B, m]`` (-inf where a bucket has fewer);
+    def _pool(self, scorer: Scorer, cols: CatalogColumns) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """Per category bucket, the ``shortlist`` items with the best first-stage item part, all
+        buckets in one list: catalog rows, item parts and buckets ``[P]``, ``P <= n_buckets x m``;
         cached per scorer version and catalog. None if the scorer has no first stage."""
         if self._stage is None or self._stage[0] != scorer.version or self._stage[1] is not cols:
             x = self._item_x(scorer, np.zeros((1, 3, self.spec.n_buckets)), np.zeros(1, np.int64),
@@ -232,14 +232,11 @@ class Pipeline:
             part = scorer.retrieve(x)
             pool = None
             if part is not None:
-                m, n_b = self.s.shortlist, self.spec.n_buckets
-                rows, score = np.zeros((n_b, m), np.int64), np.full((n_b, m), -np.inf, np.float32)
                 order = np.lexsort((-part, cols.bucket))  # by bucket, best item part first
-                starts = np.searchsorted(cols.bucket[order], np.arange(n_b + 1))
-                for b in range(n_b):
-                    best = order[starts[b]:min(starts[b + 1], starts[b] + m)]
-                    rows[b, :len(best)], score[b, :len(best)] = best, part[best]
-                pool = (rows, score)
+                starts = np.searchsorted(cols.bucket[order], np.arange(self.spec.n_buckets + 1))
+                rows = np.concatenate([order[a:min(b, a + self.s.shortlist)]
+                                       for a, b in zip(starts[:-1], starts[1:], strict=True)])
+                pool = (rows, part[rows].astype(np.float32), cols.bucket[rows])
             self._stage = (scorer.version, cols, pool)
         return self._stage[2]
 
@@ -261,16 +258,16 @@ class Pipeline:
         pool = self._pool(scorer, cols)
         if pool is None:
             return None
-        rows, item = pool
+        rows, item, bucket = pool
         n_t, n_b = profiles.shape[0], profiles.shape[2]
         x = np.zeros((n_t * n_b + 1, len(ITEM_FEATURE_NAMES)), np.float32)  # the last row: f(0)
         x[:-1, PROFILE_COLUMNS] = profiles.transpose(0, 2, 1).reshape(n_t * n_b, 3)
         f = scorer.retrieve(x)
         assert f is not None  # the same scorer answered for the item part
-        user = (f[:-1] - f[-1]).astype(np.float32).reshape(n_t, n_b, 1)
-        scores = (item[None, :, :] + user).reshape(n_t, -1)  # [T, B * m]
+        user = (f[:-1] - f[-1]).astype(np.float32).reshape(n_t, n_b)
+        scores = item[None, :] + user[:, bucket]  # [T, P]
         best = np.argpartition(scores, scores.shape[1] - m, axis=1)[:, -m:]
-        return rows.reshape(-1)[best]
+        return rows[best]
 
     def _candidates(self, scorer: Scorer, trig: list[_Trigger], users: np.ndarray,
                     profiles: np.ndarray) -> list[list[int]]:
