@@ -299,8 +299,9 @@ async def _edge_timestamps(bootstrap: str, topic: str, partitions: int) -> tuple
 
 VARIANTS = {
     "stock": "python -m streams.app, unchanged",
-    "catalog": "python -m streams.app with PRICING_SHORTLIST=0: the recommend model ranks the whole catalog "
-               "(as before issue 15)",
+    "before": "python -m streams.app as before issue 15: PRICING_SHORTLIST=0 (the recommend model ranks the "
+              "whole catalog) and PRICING_RESEND_UNCHANGED_S=0 (every price sent)",
+    "shortlist": "python -m streams.app with the shortlist but PRICING_RESEND_UNCHANGED_S=0 (every price sent)",
     "null": "Faust worker with Pipeline.process replaced by a stub that writes the same records "
             "(1+top_k copies of the input per trigger, one table write per user): Faust + Kafka cost only",
     "table": "like null but no prices (one small marker record per batch): Faust consume + table writes",
@@ -311,6 +312,7 @@ VARIANTS = {
 
 
 MARKER_VARIANTS = ("table", "consume")
+SETTINGS_VARIANTS = ("stock", "before", "shortlist")  # the unpatched worker, other settings
 
 
 def _patch(variant: str) -> None:
@@ -345,7 +347,7 @@ def _patch(variant: str) -> None:
             return out
 
         pl.Pipeline.process = marker  # type: ignore[assignment,method-assign]
-    elif variant not in ("stock", "catalog"):
+    elif variant not in SETTINGS_VARIANTS:
         raise SystemExit(f"unknown worker variant {variant!r}; known: {sorted(VARIANTS)}")
 
 
@@ -364,7 +366,7 @@ class Worker:
         base = {k: v for k, v in os.environ.items() if not k.startswith("PRICING_")}
         self.log = logfile
         prof = ["-m", "cProfile", "-o", str(profile)] if profile else []
-        cmd = ["-m", "streams.app", "--loglevel", "info"] if variant in ("stock", "catalog") else \
+        cmd = ["-m", "streams.app", "--loglevel", "info"] if variant in SETTINGS_VARIANTS else \
             [str(Path(__file__).resolve()), "--run-worker", variant]
         self.proc = subprocess.Popen([sys.executable, *prof, *cmd], cwd=ROOT,
                                      env=base | env, stdout=logfile.open("ab"), stderr=subprocess.STDOUT)
@@ -574,7 +576,8 @@ def run_config(args: argparse.Namespace, model_dir: Path, items: list[CatalogIte
     fetch = {} if fetch_ms is None else {"FETCH_MAX_WAIT_MS": fetch_ms}
     env = bench_env(tag, model_dir, run_dir / "worker", BATCH_SIZE=size, BATCH_WITHIN_S=within,
                     TOP_K=args.top_k, ONNX_THREADS=args.onnx_threads,
-                    SHORTLIST=0 if variant == "catalog" else args.shortlist, **fetch)
+                    SHORTLIST=0 if variant == "before" else args.shortlist,
+                    RESEND_UNCHANGED_S=0 if variant in SETTINGS_VARIANTS[1:] else args.resend, **fetch)
     s = settings_from(env)
     out_topic = f"bench-{tag}-passthrough"
     create_topics(s, extra=[out_topic, out_topic + "-fanout"])
@@ -678,7 +681,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-worker", metavar="VARIANT", help=argparse.SUPPRESS)
     parser.add_argument("--top-k", type=int, default=3, help="PRICING_TOP_K")
     parser.add_argument("--shortlist", type=int, default=48,
-                        help="PRICING_SHORTLIST of the scoring-cost and stock runs (the variant `catalog` uses 0)")
+                        help="PRICING_SHORTLIST of the scoring-cost and stock runs (the variant `before` uses 0)")
+    parser.add_argument("--resend", type=float, default=Settings.model_fields["resend_unchanged_s"].default,
+                        help="PRICING_RESEND_UNCHANGED_S of the stock runs (the variants before/shortlist use 0)")
     parser.add_argument("--onnx-threads", type=int, default=1, help="PRICING_ONNX_THREADS")
     parser.add_argument("--rate", type=float, default=1000.0, help="offered events/s of the latency run")
     parser.add_argument("--warmup-s", type=float, default=5.0, help="latency run: seconds not measured")

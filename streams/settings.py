@@ -93,9 +93,9 @@ class Settings(BaseSettings):
                            description="items per trigger the recommend model ranks, picked from the whole "
                                        "catalog by the bundle's first stage; 0 = rank the whole catalog")
     resend_unchanged_s: float = Field(
-        300.0, ge=0, description="a recommended item's price equal to the one sent to this user for that item "
-                                 "less than this long ago (event time) is not sent again (consumers keep the newest "
-                                 "price per user and item); the viewed item's price is always sent; 0 = send all")
+        3600.0, ge=0, description="a recommended item's price equal to the one sent to this user for that item "
+                                  "less than this long ago (event time) is not sent again (consumers keep the newest "
+                                  "price per user and item); the viewed item's price is always sent; 0 = send all")
     max_event_bytes: int = Field(16_384, ge=256)
     max_future_skew_s: float = Field(300.0, ge=0, description="reject events this far ahead of wall time")
     unknown_fields: Literal["reject", "ignore"] = Field(
