@@ -302,6 +302,8 @@ VARIANTS = {
     "before": "python -m streams.app as before issue 15: PRICING_SHORTLIST=0 (the recommend model ranks the "
               "whole catalog) and PRICING_RESEND_UNCHANGED_S=0 (every price sent)",
     "shortlist": "python -m streams.app with the shortlist but PRICING_RESEND_UNCHANGED_S=0 (every price sent)",
+    "linger5": "stock with PRICING_PRODUCER_LINGER_MS=5 (default 1)",
+    "lz4": "stock with PRICING_PRODUCER_COMPRESSION=lz4 (default none)",
     "null": "Faust worker with Pipeline.process replaced by a stub that writes the same records "
             "(1+top_k copies of the input per trigger, one table write per user): Faust + Kafka cost only",
     "table": "like null but no prices (one small marker record per batch): Faust consume + table writes",
@@ -312,7 +314,11 @@ VARIANTS = {
 
 
 MARKER_VARIANTS = ("table", "consume")
-SETTINGS_VARIANTS = ("stock", "before", "shortlist")  # the unpatched worker, other settings
+# the unpatched worker with other settings
+VARIANT_ENV: dict[str, dict[str, object]] = {
+    "stock": {}, "before": {"SHORTLIST": 0, "RESEND_UNCHANGED_S": 0}, "shortlist": {"RESEND_UNCHANGED_S": 0},
+    "linger5": {"PRODUCER_LINGER_MS": 5}, "lz4": {"PRODUCER_COMPRESSION": "lz4"}}
+SETTINGS_VARIANTS = tuple(VARIANT_ENV)
 
 
 def _patch(variant: str) -> None:
@@ -576,8 +582,8 @@ def run_config(args: argparse.Namespace, model_dir: Path, items: list[CatalogIte
     fetch = {} if fetch_ms is None else {"FETCH_MAX_WAIT_MS": fetch_ms}
     env = bench_env(tag, model_dir, run_dir / "worker", BATCH_SIZE=size, BATCH_WITHIN_S=within,
                     TOP_K=args.top_k, ONNX_THREADS=args.onnx_threads,
-                    SHORTLIST=0 if variant == "before" else args.shortlist,
-                    RESEND_UNCHANGED_S=0 if variant in SETTINGS_VARIANTS[1:] else args.resend, **fetch)
+                    **({"SHORTLIST": args.shortlist, "RESEND_UNCHANGED_S": args.resend}
+                       | fetch | VARIANT_ENV.get(variant, {})))
     s = settings_from(env)
     out_topic = f"bench-{tag}-passthrough"
     create_topics(s, extra=[out_topic, out_topic + "-fanout"])

@@ -82,6 +82,10 @@ class Settings(BaseSettings):
     batch_size: int = Field(64, ge=1, le=10_000)
     batch_within_s: float = Field(0.01, gt=0, le=5, description="longest wait to fill a scoring batch")
     onnx_threads: int = Field(1, ge=1, le=64)
+    producer_linger_ms: int = Field(1, ge=0, le=1000,
+                                    description="how long the producer waits to fill a batch of records")
+    producer_compression: Literal["none", "gzip", "lz4", "zstd", "snappy"] = Field(
+        "none", description="compression of produced batches (lz4/zstd/snappy need their Python codec package)")
     fetch_max_wait_ms: int = Field(20, ge=1, le=5000,
                                    description="longest a consumer fetch waits at the broker for new records")
     web_port: int | None = Field(None, ge=1, le=65535, description="Faust's web/stats server; off when unset")
