@@ -657,13 +657,14 @@ def summary(results: list[dict], args: argparse.Namespace) -> str:
         config = f"{r['batch_size']}/{r['within']:g}/{r['top_k']}/{r.get('fetch_ms', '-')}"
         rows.append([r["variant"], config, pt, rate, rate / pt,
                      "yes" if rate / pt >= 0.25 else "NO", fo, rate / fo, 1e6 / rate - 1e6 / fo,
-                     w.get("cpu", NAN) * 100, w.get("prices", NAN) / r.get("triggers", NAN),
+                     w.get("cpu", NAN) * 100, w.get("cpu", NAN) * 1e6 / rate,
+                     w.get("prices", NAN) / r.get("triggers", NAN),
                      lat.get("offered", NAN), lat.get("append_p50", NAN),
                      lat.get("append_p90", NAN), lat.get("append_p99", NAN), lat.get("append_max", NAN),
                      lat.get("recv_p99", NAN), "yes" if lat.get("append_p99", float("inf")) <= 100 else "NO",
                      lat.get("missing", NAN), f"{r['load_before']} -> {r['load_after']}"])
     return table(["worker", "batch/within/k/fetch", "passthru ev/s", "worker ev/s", "ratio", ">=.25",
-                  "fan-out ev/s", "w/fan-out", "extra us/ev", "cpu%", "prices/trig", "offered/s", "p50 ms",
+                  "fan-out ev/s", "w/fan-out", "extra us/ev", "cpu%", "cpu us/ev", "prices/trig", "offered/s", "p50 ms",
                   "p90 ms", "p99 ms", "max ms",
                   "p99 recv", "p99<=100", "missing", "loadavg before -> after"], rows,
                  f"End to end, one worker vs passthrough ({args.events} pre-loaded events, {args.users} users, "
@@ -731,7 +732,8 @@ def main(argv: list[str] | None = None) -> int:
         print(summary(results, args))
         print("\nratio = worker ev/s / passthrough ev/s (acceptance >= 0.25); fan-out = the passthrough writing "
               "what the worker writes (1+top_k records per trigger + 1 per event), no processing; extra us/ev = "
-              "1e6/worker - 1e6/fan-out; cpu% = worker process CPU during its throughput run; p50..max = price "
+              "1e6/worker - 1e6/fan-out; cpu% = worker process CPU during its throughput run; cpu us/ev = its "
+              "CPU per event (comparable when the worker is starved of CPU on a shared machine); p50..max = price "
               f"appended (LogAppendTime) - event send time, ms, at {args.rate:.0f} events/s "
               "(acceptance p99 <= 100 ms); "
               "p99 recv = to the bench consumer's receipt; prices/trig = price records per trigger event in the "
