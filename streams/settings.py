@@ -15,6 +15,7 @@ formats is ``docs/settings.md``.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import sys
@@ -85,7 +86,7 @@ class Settings(BaseSettings):
     producer_linger_ms: int = Field(1, ge=0, le=1000,
                                     description="how long the producer waits to fill a batch of records")
     producer_compression: Literal["none", "gzip", "lz4", "zstd", "snappy"] = Field(
-        "none", description="compression of produced batches (lz4/zstd/snappy need their Python codec package)")
+        "none", description="compression of produced batches (lz4/zstd/snappy need the cramjam package)")
     fetch_max_wait_ms: int = Field(20, ge=1, le=5000,
                                    description="longest a consumer fetch waits at the broker for new records")
     web_port: int | None = Field(None, ge=1, le=65535, description="Faust's web/stats server; off when unset")
@@ -153,6 +154,9 @@ class Settings(BaseSettings):
             raise ValueError(f"PRICING_MIN_INSYNC_REPLICAS={self.min_insync_replicas} is above "
                              f"PRICING_REPLICATION_FACTOR={self.replication_factor}: no write could succeed")
         self._check_security()
+        if self.producer_compression not in ("none", "gzip") and importlib.util.find_spec("cramjam") is None:
+            raise ValueError(f"PRICING_PRODUCER_COMPRESSION={self.producer_compression} needs the cramjam package "
+                             "(aiokafka's codecs): pip install cramjam, or use gzip or none")
         return self
 
     def _check_security(self) -> None:

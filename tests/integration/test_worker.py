@@ -229,7 +229,7 @@ def expected_ids(s: Settings, evs: list[ClickEvent]) -> set[str]:
 
 def test_events_priced_and_malformed_dead_lettered(deployment, model_dir: Path) -> None:
     s, start = deployment
-    worker = start()
+    worker = start(PRICING_RESEND_UNCHANGED_S="0")  # every price sent, so the count below is exact
     good = make_events(n_users=3, per_user=4)
     bad = [b"{oops", b'{"event_id":"x"}', dumps(good[0]).replace(b'"view"', b'"hover"'),
            dumps(good[0]).replace(b'"price":9.0', b'"price":-3.0'), b"\xff" * 10, b"[]",
