@@ -300,9 +300,10 @@ async def _edge_timestamps(bootstrap: str, topic: str, partitions: int) -> tuple
 VARIANTS = {
     "stock": "python -m streams.app, unchanged",
     "before": "python -m streams.app as before issue 15: PRICING_SHORTLIST=0 (the recommend model ranks the "
-              "whole catalog) and PRICING_RESEND_UNCHANGED_S=0 (every price sent)",
+              "whole catalog), PRICING_RESEND_UNCHANGED_S=0 (every price sent), PRICING_PRODUCER_LINGER_MS=1",
     "shortlist": "python -m streams.app with the shortlist but PRICING_RESEND_UNCHANGED_S=0 (every price sent)",
-    "linger5": "stock with PRICING_PRODUCER_LINGER_MS=5 (default 1)",
+    "linger1": "stock with PRICING_PRODUCER_LINGER_MS=1 (the default before issue 15; now 5)",
+    "linger5": "stock with PRICING_PRODUCER_LINGER_MS=5 (the default since issue 15)",
     "lz4": "stock with PRICING_PRODUCER_COMPRESSION=lz4 (default none)",
     "null": "Faust worker with Pipeline.process replaced by a stub that writes the same records "
             "(1+top_k copies of the input per trigger, one table write per user): Faust + Kafka cost only",
@@ -316,8 +317,9 @@ VARIANTS = {
 MARKER_VARIANTS = ("table", "consume")
 # the unpatched worker with other settings
 VARIANT_ENV: dict[str, dict[str, object]] = {
-    "stock": {}, "before": {"SHORTLIST": 0, "RESEND_UNCHANGED_S": 0}, "shortlist": {"RESEND_UNCHANGED_S": 0},
-    "linger5": {"PRODUCER_LINGER_MS": 5}, "lz4": {"PRODUCER_COMPRESSION": "lz4"}}
+    "stock": {}, "before": {"SHORTLIST": 0, "RESEND_UNCHANGED_S": 0, "PRODUCER_LINGER_MS": 1},
+    "shortlist": {"RESEND_UNCHANGED_S": 0}, "linger1": {"PRODUCER_LINGER_MS": 1}, "linger5": {"PRODUCER_LINGER_MS": 5},
+    "lz4": {"PRODUCER_COMPRESSION": "lz4"}}
 SETTINGS_VARIANTS = tuple(VARIANT_ENV)
 
 
