@@ -232,7 +232,7 @@ async def produce_all(bootstrap: str, topic: str, recs: list[tuple[bytes, bytes]
 
 
 async def passthrough(bootstrap: str, src: str, dst: str, n: int, group: str, timeout: float = 300,
-                      fanout: tuple[frozenset[str], int] | None = None) -> dict:
+                      fanout: tuple[frozenset[str], int] | None = None, linger_ms: int = 1) -> dict:
     """Copy ``n`` records src -> dst, acking each fetched batch before the next (like the worker).
 
     ``fanout=(triggers, k)``: instead write what the worker writes, with no processing: ``k`` copies
@@ -241,7 +241,7 @@ async def passthrough(bootstrap: str, src: str, dst: str, n: int, group: str, ti
     AIOKafkaConsumer, AIOKafkaProducer, _ = _clients()
     consumer = AIOKafkaConsumer(src, bootstrap_servers=bootstrap, group_id=group, auto_offset_reset="earliest",
                                 enable_auto_commit=True)
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=1)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=linger_ms)
     await consumer.start()
     await producer.start()
     count, t_first = 0, None
@@ -610,10 +610,12 @@ def run_config(args: argparse.Namespace, model_dir: Path, items: list[CatalogIte
             f"{s.topic_clickstream}")
         asyncio.run(produce_all(s.kafka_bootstrap, s.topic_clickstream, records(evs)))
         res["passthrough"] = asyncio.run(passthrough(s.kafka_bootstrap, s.topic_clickstream, out_topic,
-                                                     len(evs), f"bench-{tag}-passthrough"))
+                                                     len(evs), f"bench-{tag}-passthrough",
+                                                     linger_ms=s.producer_linger_ms))
         res["fanout"] = asyncio.run(passthrough(s.kafka_bootstrap, s.topic_clickstream, out_topic + "-fanout",
                                                 len(evs), f"bench-{tag}-fanout",
-                                                fanout=(frozenset(s.triggers), 1 + args.top_k)))
+                                                fanout=(frozenset(s.triggers), 1 + args.top_k),
+                                                linger_ms=s.producer_linger_ms))
         log(f"[{name}] passthrough {res['passthrough']['rate']:.0f} events/s, with the worker's fan-out "
             f"{res['fanout']['rate']:.0f} events/s; starting the worker")
         prof = CACHE / f"worker-{variant}-{size}-{within:g}.prof" if args.profile_worker else None
