@@ -326,7 +326,7 @@ class Pipeline:
         base_conv = conversion(a, b, base, base)
         arms = [assign_arm(t.user_key, self.s.experiment_salt, self.s.treatment_share) for t in trig]
         propensity = dec.propensity if dec.propensity is not None else np.ones(len(rows))
-        self._count_reasons(np.array([a == "treatment" for a in arms])[tk], dec.reasons, out)
+        sent: list[int] = []  # rows whose price is sent (the reasons counted are those of sent prices)
         for r, (k, j) in enumerate(rows):
             t, item_id, arm = trig[k], cols.ids[j], arms[k]
             if arm == "treatment":
@@ -337,8 +337,9 @@ class Pipeline:
             else:  # control shows the base price: the comparison the experiment needs
                 price, conv, reasons, prop, policy = float(base[r]), float(base_conv[r]), ("CONTROL",), 1.0, "control"
             if not t.replay and item_id != t.ev.item_id and self._unchanged(t, item_id, price):
-                out.counts["price.unchanged"] += 1  # the consumer holds this very price already
+                out.counts["unchanged_prices"] += 1  # the consumer holds this very price already
                 continue
+            sent.append(r)
             ok = math.isfinite(conv)
             event = PriceEvent(dids[r], t.ev.ts, t.ev.user_id, item_id, price,
                                float(base[r]), arm, conv if ok else None,
@@ -348,6 +349,8 @@ class Pipeline:
                 t.record.remember_price(item_id, price, t.ev.ts)
             out.prices.append((t.ev.user_id.encode(), dumps(event)))
             out.counts[f"price.{arm}"] += 1
+        idx = np.array(sent, np.int64)
+        self._count_reasons(np.array([a == "treatment" for a in arms])[tk][idx], dec.reasons[idx], out)
 
     @staticmethod
     def _count_reasons(treated: np.ndarray, flags: np.ndarray, out: BatchOutput) -> None:

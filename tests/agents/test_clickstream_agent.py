@@ -27,7 +27,8 @@ def app_and_sent():
     async def sender(topic: str, key: bytes, value: bytes) -> None:
         sent.append((topic, key, value))
 
-    s = load_settings({}, store="memory://", top_k=2, treatment_share=1.0, partitions=1)
+    # every price sent (no unchanged recommended price left out): the tests count them
+    s = load_settings({}, store="memory://", top_k=2, treatment_share=1.0, partitions=1, resend_unchanged_s=0)
     app = create_app(s, deterministic_scorer=True, sender=sender)
     app.finalize()
     app.conf.store = "memory://"

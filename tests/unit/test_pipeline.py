@@ -284,7 +284,7 @@ def test_unchanged_recommended_prices_are_not_sent_again_within_their_validity()
     pipe, table = make(treatment_share=0.0, top_k=2, resend_unchanged_s=300)
     first = run(pipe, table, [record(0, "view", "i1")])
     second = run(pipe, table, [record(1, "view", "i1")])
-    assert len(first.prices) == 3 and second.counts["price.unchanged"] == 2
+    assert len(first.prices) == 3 and second.counts["unchanged_prices"] == 2
     assert [parse_price(v).item_id for _, v in second.prices] == ["i1"]
 
 
@@ -292,7 +292,7 @@ def test_unchanged_prices_are_sent_again_once_their_validity_is_over() -> None:
     pipe, table = make(treatment_share=0.0, top_k=2, resend_unchanged_s=300)
     run(pipe, table, [record(0, "view", "i1")])
     later = run(pipe, table, [record(301, "view", "i1")])  # event time 301 s after the first
-    assert len(later.prices) == 3 and not later.counts["price.unchanged"]
+    assert len(later.prices) == 3 and not later.counts["unchanged_prices"]
 
 
 def test_a_replayed_batch_sends_every_price_again() -> None:
@@ -302,7 +302,7 @@ def test_a_replayed_batch_sends_every_price_again() -> None:
     first = run(pipe, table, batch)
     again = run(pipe, table, batch)
     ids = lambda out: {parse_price(v).decision_id for _, v in out.prices}  # noqa: E731
-    assert first.counts["price.unchanged"] == 2 and len(again.prices) == 6 and ids(first) < ids(again)
+    assert first.counts["unchanged_prices"] == 2 and len(again.prices) == 6 and ids(first) < ids(again)
 
 
 def test_zero_validity_sends_every_price() -> None:
