@@ -186,7 +186,7 @@ class DeterministicScorer:
     def retrieve(self, item: ArrayLike) -> F | None:
         """See :meth:`Scorer.retrieve`: ``item @ W_ITEM``, which ranks exactly as ``recommend`` at
         equal prices."""
-        return np.asarray(item, np.float64) @ self.W_ITEM
+        return np.asarray(np.asarray(item, np.float64) @ self.W_ITEM, np.float64)
 
     def item_lift(self, item_ids: Sequence[str]) -> F:
         """See :meth:`Scorer.item_lift`."""
