@@ -147,7 +147,11 @@ def test_ready_waits_for_the_catalog_and_the_counters_add_up(bootstrap: str, tmp
         assert sum(events.values()) + sum(letters.values()) == sent
         arms = by_label(m, "pricing_prices_total", "arm")
         assert arms == dict(Counter(p.arm for p in prices)) and sum(arms.values()) == len(prices)
-        assert len(prices) == len(triggers) * 3  # own item + top 2, none skipped
+        # own item + top 2 for each trigger: sent, or left out as unchanged (PRICING_RESEND_UNCHANGED_S)
+        unchanged = by_label(m, "pricing_pipeline_counts_total", "key").get("unchanged_prices", 0)
+        assert len(prices) + unchanged == len(triggers) * 3
+        assert len({p.decision_id for p in prices if any(p.decision_id == decision_id(e.event_id, e.item_id)
+                                                         for e in triggers)}) == len(triggers)  # own items: all
         reasons = by_label(m, "pricing_price_reasons_total", "reason")
         assert reasons == dict(Counter(r for p in prices for r in p.reasons))
         assert reasons.get("CONTROL", 0) == arms.get("control", 0)
