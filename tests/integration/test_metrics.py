@@ -10,12 +10,9 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections import Counter
 from collections.abc import Callable
@@ -31,6 +28,7 @@ from streams.schemas import CatalogItem, ClickEvent, decision_id, dumps, parse_p
 from streams.settings import Settings, load_settings
 from streams.tools.source import keyed, publish
 from streams.topics import ensure_topics
+from tests.integration.net import free_port, get
 
 REPO = Path(__file__).resolve().parents[2]
 NOW = time.time()
@@ -39,20 +37,6 @@ CATALOG = [CatalogItem(f"i{k}", f"cat{k % 3}", 10.0 + k, 4.0 + k / 2, 8.0 + k * 
 TYPES = ["view", "click", "view", "add_to_cart", "purchase", "review"]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def get(url: str) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as r:
-            return r.status, r.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
-    except OSError:
-        return 0, b""  # not listening yet
 
 
 def scrape(base: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -13,13 +13,10 @@ import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 import uuid
 from pathlib import Path
 
@@ -31,26 +28,13 @@ from streams.schemas import CatalogItem, ClickEvent, dumps
 from streams.settings import load_settings
 from streams.tools.source import publish
 from streams.topics import ensure_topics
+from tests.integration.net import free_port, get
 
 REPO = Path(__file__).resolve().parents[2]
 CATALOG = [CatalogItem(f"i{k}", f"cat{k % 3}", 10.0 + k, 4.0 + k / 2, 8.0 + k * 0.8, 12.0 + k * 1.2)
            for k in range(8)]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def get(url: str) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as r:
-            return r.status, r.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
-    except OSError:
-        return 0, b""
 
 
 def wait_until(what: str, check, timeout: float, logs: list[Path]) -> None:

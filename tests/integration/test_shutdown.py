@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,6 +25,7 @@ from streams.state import decode_record
 from streams.tools.source import publish
 from streams.topics import ensure_topics
 from tests.integration import test_worker
+from tests.integration.net import free_port
 from tests.integration.test_worker import (
     CATALOG,
     Worker,
@@ -46,16 +46,11 @@ TIMEOUT_S = 15.0  # PRICING_SHUTDOWN_TIMEOUT_S in these tests
 MARGIN_S = 5.0  # interpreter exit after the stop, and the test's own polling
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
 
 @pytest.fixture()
 def own_broker(tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
     """A second single-node broker on free ports with its own data dir: (bootstrap, env for broker.py)."""
-    env = {**os.environ, "KAFKA_PORT": str(_free_port()), "KAFKA_CONTROLLER_PORT": str(_free_port()),
+    env = {**os.environ, "KAFKA_PORT": str(free_port()), "KAFKA_CONTROLLER_PORT": str(free_port()),
            "KAFKA_DATA_DIR": str(tmp_path / "kafka")}
     cmd = [sys.executable, str(REPO / "deploy" / "kafka" / "broker.py")]
     up = subprocess.run([*cmd, "up"], env=env, capture_output=True, text=True, timeout=180)
