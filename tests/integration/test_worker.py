@@ -222,6 +222,15 @@ def assert_same_features(got: object, want: object) -> None:
         assert getattr(got, field) == pytest.approx(getattr(want, field), rel=1e-9, abs=1e-12), field
 
 
+def assert_state_as_if_never_stopped(s: Settings, evs: list[ClickEvent]) -> None:
+    """Every user's final table state equals the one folded from their events in order, by a run that never stopped."""
+    ref = reference_features(s, evs)
+    states = final_states(s, ref)
+    assert set(states) == set(ref)
+    for key, blob in states.items():
+        assert_same_features(decode_record(blob).features, ref[key])
+
+
 def expected_ids(s: Settings, evs: list[ClickEvent]) -> set[str]:
     """The decision for each trigger event's own item (recommended ones vary with the model)."""
     return {decision_id(e.event_id, e.item_id) for e in evs if e.type in s.triggers}
@@ -273,11 +282,7 @@ def test_kill_9_and_restart_loses_nothing(deployment) -> None:
     assert not (want <= ids(read_all(s, s.topic_prices))), "killed too late to test"
     worker = start("a")  # same data dir: rocksdb state plus changelog recovery
     read_topic(s, s.topic_prices, lambda r: want <= ids(r), 180, worker.tail)
-    ref = reference_features(s, evs)
-    states = final_states(s, ref)
-    assert set(states) == set(ref)
-    for key, blob in states.items():
-        assert_same_features(decode_record(blob).features, ref[key])
+    assert_state_as_if_never_stopped(s, evs)
 
 
 def test_two_workers_share_partitions_and_take_over(deployment) -> None:
@@ -298,11 +303,7 @@ def test_two_workers_share_partitions_and_take_over(deployment) -> None:
     read_topic(s, s.topic_prices, lambda r: want2 <= {parse_price(x.value).decision_id for x in r}, 180, a.tail)
     assert owned_partitions(a, s.topic_clickstream) == {0, 1, 2, 3}
     # the survivor took over b's partitions and their state: every user's features include all events
-    ref = reference_features(s, first + second)
-    states = final_states(s, ref)
-    assert set(states) == set(ref)
-    for key, blob in states.items():
-        assert_same_features(decode_record(blob).features, ref[key])
+    assert_state_as_if_never_stopped(s, first + second)
 
 
 def test_newer_bundle_is_picked_up_without_restart_or_gap(deployment, models_copy: Path, tmp_path: Path) -> None:
