@@ -269,3 +269,35 @@ async def test_final_commit_unbounded_by_default() -> None:
 
     await app._consumer_wait_empty(Quick(), app.log)
     assert done == [True]
+
+
+# ---------------------------------------------------------------- bounded stop, lag
+def test_the_final_commit_on_stop_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def forever(self: Any, consumer: Any, logger: Any) -> None:
+        await asyncio.sleep(3600)  # Faust's commit with the brokers gone
+    monkeypatch.setattr(faust.App, "_consumer_wait_empty", forever)
+    app = PricingApp("compat-stop", broker="kafka://127.0.0.1:1", store="memory://")
+    warned: list[str] = []
+    logger = SimpleNamespace(warning=lambda msg, *a: warned.append(msg % a))
+    app.commit_on_stop_timeout_s = 0.05
+    asyncio.run(asyncio.wait_for(app._consumer_wait_empty(None, logger), 5.0))  # returns: bounded
+    assert warned and "did not finish within" in warned[0]
+    app.commit_on_stop_timeout_s = None  # Faust's own behaviour when no bound is set: it waits
+    with pytest.raises(TimeoutError):
+        asyncio.run(asyncio.wait_for(app._consumer_wait_empty(None, logger), 0.2))
+
+
+def test_a_consumer_threads_stop_wait_is_the_apps_bound() -> None:
+    thread = SimpleNamespace(shutdown_timeout=60.0)
+    faust_compat._bound_thread_stop(thread, SimpleNamespace(thread_shutdown_timeout_s=6.5))
+    assert thread.shutdown_timeout == 6.5
+    faust_compat._bound_thread_stop(thread, SimpleNamespace())  # an app without the setting: left alone
+    assert thread.shutdown_timeout == 6.5
+
+
+def test_sought_offsets_are_a_copy_of_what_faust_sought() -> None:
+    offsets = {CLICKS[0]: 12, CLICKS[1]: None}
+    consumer = SimpleNamespace(_committed_offset=offsets)
+    got = faust_compat.sought_offsets(consumer)
+    assert got == offsets and got is not offsets
+    assert faust_compat.sought_offsets(SimpleNamespace()) == {}
