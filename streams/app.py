@@ -39,7 +39,6 @@ from .runtime import RepeatFilter, ShutdownWatchdog, install_repeat_filter
 from .schemas import DeadLetter, SchemaError, dead_letter_bytes, parse_catalog
 from .scoring import BundleWatcher, DeterministicScorer, Scorer
 from .settings import Settings, cli_settings
-from .topics import DEAD_LETTER_MAX_BYTES
 from .version import add_version
 
 log = logging.getLogger("pricing.worker")
@@ -73,7 +72,6 @@ def create_app(s: Settings, *, deterministic_scorer: bool = False,
         topic_partitions=s.partitions, topic_replication_factor=s.replication_factor,
         consumer_auto_offset_reset="earliest", web_enabled=False, broker_commit_every=1000,
         broker_commit_interval=1.0, producer_linger_ms=s.producer_linger_ms,
-        producer_max_request_size=DEAD_LETTER_MAX_BYTES + 64 * 1024,  # room for a dead letter of a large record
         producer_compression_type=None if s.producer_compression == "none" else s.producer_compression,
         broker_session_timeout=s.session_timeout_s, broker_heartbeat_interval=min(3.0, s.session_timeout_s / 3),
         TableManager=PricingTableManager,  # seek before resuming after recovery (streams/faust_compat.py)

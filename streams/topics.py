@@ -19,11 +19,6 @@ from .version import add_version
 log = logging.getLogger("pricing.topics")
 
 
-DEAD_LETTER_MAX_BYTES = 4 * 1024 * 1024
-"""Largest dead-letter record (topic ``max.message.bytes``, and the worker producer's request size):
-room for a clickstream record of up to 3 MiB, base64-encoded, with its reason."""
-
-
 @dataclass(frozen=True)
 class TopicSpec:
     """One topic: name, partitions and its configs."""
@@ -43,11 +38,8 @@ def topic_specs(s: Settings) -> list[TopicSpec]:
         # catalog is keyed by item: compaction keeps the latest terms of every item forever
         TopicSpec(s.topic_catalog, 1, {"cleanup.policy": "compact", "min.compaction.lag.ms": "0", **isr}),
         TopicSpec(s.topic_prices, s.partitions, {"cleanup.policy": "delete", "retention.ms": week, **isr}),
-        # a dead letter carries its original base64-encoded (4/3 of it) plus the reason: a clickstream
-        # record near Kafka's default 1 MiB limit needs a larger one here, or it could never be kept
         TopicSpec(s.topic_dead_letter, 1,
-                  {"cleanup.policy": "delete", "retention.ms": str(s.dead_letter_retention_ms),
-                   "max.message.bytes": str(DEAD_LETTER_MAX_BYTES), **isr}),
+                  {"cleanup.policy": "delete", "retention.ms": str(s.dead_letter_retention_ms), **isr}),
     ]
 
 
