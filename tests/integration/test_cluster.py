@@ -38,6 +38,20 @@ def _round(r: int, users: int = 20) -> list[ClickEvent]:
                        9.0 + r % 3, 1, None) for u in range(users)]
 
 
+def _wait_in_sync(admin: KafkaAdminClient, topics: list[str], replicas: int = 3, timeout: float = 90.0) -> None:
+    """Every partition of ``topics`` has all its replicas in sync: a freshly started cluster on a loaded
+    machine can take a while, and with min.insync.replicas=2 an acks=all send waits until it does."""
+    deadline = time.monotonic() + timeout
+    lagging: list[str] = []
+    while time.monotonic() < deadline:
+        lagging = [f"{d.get('topic', d.get('name'))}/{p['partition_index']} isr {p['isr_nodes']}" for d in admin.describe_topics(topics)
+                   for p in d["partitions"] if len(p["isr_nodes"]) < replicas]
+        if not lagging:
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"replicas not in sync after {timeout:.0f} s: {lagging[:5]}")
+
+
 def _replication(admin: KafkaAdminClient, topic: str) -> set[int]:
     """Replica counts of the topic's partitions (waits out metadata that lags the creation)."""
     deadline = time.monotonic() + 15
@@ -65,6 +79,7 @@ def test_kill_9_one_of_three_brokers_while_events_flow(local_brokers, tmp_path: 
     admin = KafkaAdminClient(**kafka_python_config(s))
     for topic in (s.topic_clickstream, s.topic_catalog, s.topic_prices, s.topic_dead_letter):
         assert _replication(admin, topic) == {3}, topic
+    _wait_in_sync(admin, [s.topic_clickstream, s.topic_catalog, s.topic_prices, s.topic_dead_letter])
     producer = KafkaProducer(acks="all", retries=20, **kafka_python_config(s))
     assert publish(producer, s.topic_catalog, [(c.item_id.encode(), dumps(c)) for c in CATALOG]).failed == 0
     env = {k: v for k, v in os.environ.items() if not k.startswith("PRICING_")} | pricing
