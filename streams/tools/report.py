@@ -175,6 +175,14 @@ def write_report(ev: Evaluation, exp: Exposures, meta: dict[str, Any], out: Path
     return path
 
 
+def _save(fig: Any, plt: Any, path: Path) -> bool:
+    """Lay out, write and close one figure; True (the plot functions' "written")."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
 def _plt() -> Any:
     import matplotlib
 
@@ -204,10 +212,7 @@ def plot_lift(ev: Evaluation, out: Path) -> bool:
     a2.set_yticks(range(len(names)), [m.replace("_", " ") for m in names])
     a2.set_xlabel("lift of treatment over control (%)")
     a2.set_title("lift with 95% interval")
-    fig.tight_layout()
-    fig.savefig(out / "lift.png", dpi=110)
-    plt.close(fig)
-    return True
+    return _save(fig, plt, out / "lift.png")
 
 
 def _err(v: float, ci: tuple[float, float]) -> np.ndarray:
@@ -231,10 +236,7 @@ def plot_prices(exp: Exposures, out: Path, market: Any | None) -> bool:
     ax.set_xlabel("price / base price")
     ax.set_ylabel("density")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(out / "prices.png", dpi=110)
-    plt.close(fig)
-    return True
+    return _save(fig, plt, out / "prices.png")
 
 
 def plot_fairness(ev: Evaluation, out: Path) -> bool:
@@ -253,10 +255,7 @@ def plot_fairness(ev: Evaluation, out: Path) -> bool:
     ax.set_xticks(x, [f"Q{k}" for k in x])
     ax.set_xlabel(ev.fairness["segment_by"])
     ax.set_ylabel("price / base (mean, p10-p90)")
-    fig.tight_layout()
-    fig.savefig(out / "fairness.png", dpi=110)
-    plt.close(fig)
-    return True
+    return _save(fig, plt, out / "fairness.png")
 
 
 def plot_conversion(exp: Exposures, out: Path, market: Any) -> bool:
@@ -281,10 +280,7 @@ def plot_conversion(exp: Exposures, out: Path, market: Any) -> bool:
     ax.set_xlabel("model P(buy) at the shown price")
     ax.set_ylabel("true P(buy)")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(out / "conversion.png", dpi=110)
-    plt.close(fig)
-    return True
+    return _save(fig, plt, out / "conversion.png")
 
 
 def plot_demand(exp: Exposures, out: Path, market: Any, model_dir: Path, events: Path) -> bool:
@@ -333,8 +329,5 @@ def plot_demand(exp: Exposures, out: Path, market: Any, model_dir: Path, events:
     ax.set_xlabel("price / base")
     ax.set_ylabel("P(buy)")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "demand.png", dpi=110)
-    plt.close(fig)
-    return True
+    return _save(fig, plt, out / "demand.png")
 
