@@ -50,7 +50,7 @@ from streams.schemas import ClickEvent, PriceEvent, SchemaError, decision_id, du
 from streams.settings import Settings, cli_settings
 from streams.version import add_version
 
-from .simulator import Market, MarketConfig, add_market_args, market_config
+from .simulator import Market, MarketConfig, add_market_args, interest_prob, market_config
 
 _DAY = 86400.0
 LISTING = 48
@@ -158,8 +158,6 @@ class LiveMarket:
         self.counts = Counts()
         self.known: dict[tuple[str, str], float] = {}            # (user, item) -> newest price sent
         self.waiting: dict[str, asyncio.Future[PriceEvent]] = {}  # decision_id -> the view awaiting it
-        lp = np.log(market.base)
-        self.level = (lp - lp.mean()) / (lp.std() + 1e-9)
         self.item_index = {i: k for k, i in enumerate(market.item_ids)}
         self.producer: Any = None
         self._exposures: IO[bytes] | None = None
@@ -211,12 +209,10 @@ class LiveMarket:
     # ------------------------------------------------------------ one session
     def _listing(self, u: int, rng: np.random.Generator, n_view: int) -> list[int]:
         """Items this user views: the best ``n_view`` of a random listing at the prices they see."""
-        m, r, band = self.m, self.m.cfg.reveal, self.m.cfg.band
+        m = self.m
         cand = rng.integers(0, m.cfg.n_items, LISTING)
         shown = np.array([self._listed(m.user_ids[u], int(i)) for i in cand])
-        s = m.beta_signal[u]
-        score = r * (m.taste_signal[u, m.item_cat[cand]] - 0.7 * s * self.level[cand]
-                     - s * (shown / m.base[cand] - 1.0) / band) + rng.gumbel(size=LISTING)
+        score = m.pick_score(np.full(LISTING, u), cand, shown / m.base[cand]) + rng.gumbel(size=LISTING)
         picked: list[int] = []
         for j in np.argsort(-score):
             if int(cand[j]) not in picked:
@@ -248,9 +244,9 @@ class LiveMarket:
             else:
                 self.counts.latency_ms.append(ms)
             price = pe.price if pe is not None else base
-            logit = m.alpha(np.array([u]), np.array([i]))[0] - m.beta[u] * price / base
+            p_buy = float(m.buy_prob(np.array([u]), np.array([i]), np.array([price]))[0])
             draw = rng.random()
-            buy, interest = draw < expit(logit), draw < expit(logit + 1.0)
+            buy, interest = draw < p_buy, draw < float(interest_prob(np.array(p_buy)))
             # the rest of the funnel at the price shown: click 3-8 s, cart 9-19 s after the view
             if buy or interest or rng.random() < expit(m.click_logit[u]):
                 tc = t + rng.uniform(3, 8)
@@ -260,7 +256,7 @@ class LiveMarket:
                 ta = t + rng.uniform(9, 19)
                 await clock.sleep_until(ta)
                 await self._send(replace(view, event_id=f"{sid}-a{j}", ts=ta, type="add_to_cart", price=price))
-            rows.append(self._exposure(u, i, view, pe, price, float(expit(logit)), bool(buy), ms))
+            rows.append(self._exposure(u, i, view, pe, price, p_buy, bool(buy), ms))
             if buy:
                 bought.append(len(rows) - 1)
         for n, r in enumerate(bought):  # purchases at the end of the session, as in the history

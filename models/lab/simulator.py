@@ -1,14 +1,29 @@
 """A seeded market with known demand: the yardstick the models and the pricing are judged by.
 
 Users carry latent traits: price sensitivity ``beta_u``, a baseline purchase propensity, category
-tastes and engagement. Demand is a known logit in the price ratio, the parametrisation the pricing
-code uses::
+tastes and engagement. By default demand is a known logit in the price ratio, the parametrisation
+the pricing code uses::
 
-    P(buy | u, i, p) = sigmoid(alpha_ui - beta_u * p / base_i),
-    alpha_ui = mu_u + taste_weight * taste_uc(i) + quality_i + beta_u
+    P(buy | u, i, p) = sigmoid(alpha_ui - beta_ui * p / base_i),
+    alpha_ui = mu_u + taste_weight * taste_uc(i) + quality_i + beta_ui
+    beta_ui  = beta_u * exp(cat_c(i) + item_i + user_cat_uc(i))
 
-(``+ beta_u`` makes the conversion at the base price independent of sensitivity, so only the
-slope tells sensitive users apart). Traits leak, noisily, into behaviour with strength ``reveal``:
+(``+ beta_ui`` makes the conversion at the base price independent of sensitivity, so only the
+slope tells sensitive users apart). The sensitivity's category, item and user x category parts
+are zero by default (``beta_cat_sd``, ``beta_item_sd``, ``beta_user_cat_sd``); real markets have
+them. ``demand`` swaps the logit for a form no price model here assumes (:data:`DEMANDS`), with
+the same conversion at base and the same sensitivity scale:
+
+* ``probit``  - a normal CDF instead of the logistic, matched at base in level and slope (thinner tails);
+* ``kinked``  - a reference-price response: above the base price the slope is ``1 + kink`` times
+  steeper (losses loom larger than gains);
+* ``mixture`` - each visit is a bargain hunt (slope x 2.5) with probability 0.4, else a casual visit
+  (slope x 0.4): a mixture of two logits, which is no single logit.
+
+``signal`` says where sensitivity shows in behaviour (:data:`SIGNALS`): ``picks`` (default: in the
+price level of what the user views and in the shown prices they pick), ``browsing`` (in how much
+they browse and click, not in what) or ``none``. ``cold_share`` of the users have no history at
+all: they appear first in a live loop. Traits leak, noisily, into behaviour with strength ``reveal``:
 sensitive users pick cheaper items and cheaper shown prices out of their listings, everyone views
 their favourite categories, engaged users come back and click more, and carts and purchases
 happen where the logit is high (the discount response). History is a randomized price
@@ -32,7 +47,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy.special import expit, lambertw
+from scipy.special import expit, lambertw, logit, ndtr, ndtri
 
 from models.dataset import EventLog
 from streams.schemas import CatalogItem
@@ -41,6 +56,9 @@ CATEGORIES = ("shoes", "electronics", "books", "toys", "garden", "beauty", "kitc
               "fashion", "grocery", "music", "pets")
 Policy = Callable[[np.ndarray, np.ndarray], np.ndarray]
 _DAY = 86400.0
+DEMANDS = ("logit", "probit", "kinked", "mixture")
+SIGNALS = ("picks", "browsing", "none")
+MIXTURE = (0.4, 2.5, 0.4)  # share of bargain-hunting visits, their slope factor, the other visits' factor
 
 
 @dataclass(frozen=True)
@@ -63,6 +81,22 @@ class MarketConfig:
     band: float = 0.2               # randomized prices and oracle within base * (1 +- band)
     start_ts: float = 1_735_689_600.0   # 2025-01-01T00:00:00Z
     seed: int = 0
+    # sensitivity beyond the user's own (log-sd of multiplicative parts; 0 = the user alone sets it)
+    beta_cat_sd: float = 0.0        # per category
+    beta_item_sd: float = 0.0       # per item
+    beta_user_cat_sd: float = 0.0   # per user x category, scaled by heterogeneity
+    demand: str = "logit"           # one of DEMANDS
+    kink: float = 1.0               # extra slope above the base price for demand="kinked"
+    signal: str = "picks"           # one of SIGNALS: where sensitivity shows in behaviour
+    cold_share: float = 0.0         # share of users with no history (they appear first in a live loop)
+
+    def __post_init__(self) -> None:
+        if self.demand not in DEMANDS:
+            raise ValueError(f"demand must be one of {DEMANDS}, not {self.demand!r}")
+        if self.signal not in SIGNALS:
+            raise ValueError(f"signal must be one of {SIGNALS}, not {self.signal!r}")
+        if not 0.0 <= self.cold_share < 1.0:
+            raise ValueError(f"cold_share must be in [0, 1), not {self.cold_share!r}")
 
     @classmethod
     def small(cls, **kw: Any) -> MarketConfig:
@@ -70,7 +104,8 @@ class MarketConfig:
         return replace(cls(n_users=300, n_items=60, days=1.0, sessions_per_day=3.0), **kw)
 
 
-CLI_KNOBS = ("n_users", "n_items", "days", "heterogeneity", "reveal", "noise", "seed")
+CLI_KNOBS = ("n_users", "n_items", "days", "heterogeneity", "reveal", "noise", "seed", "beta_cat_sd", "beta_item_sd",
+             "beta_user_cat_sd", "demand", "kink", "signal", "cold_share")
 """The market knobs every command line offers (``--n-users`` ...), declared here once."""
 
 
@@ -89,6 +124,12 @@ def market_config(args: argparse.Namespace, base: MarketConfig | None = None) ->
     """``base`` (else ``--small`` or the defaults) with the knobs the command line set."""
     cfg = base or (MarketConfig.small() if getattr(args, "small", False) else MarketConfig())
     return replace(cfg, **{k: getattr(args, k) for k in CLI_KNOBS if getattr(args, k, None) is not None})
+
+
+def interest_prob(p_buy: np.ndarray) -> np.ndarray:
+    """Chance a view gets interest (click and cart): one logit above buying, so buyers are interested."""
+    with np.errstate(divide="ignore"):
+        return np.asarray(expit(logit(np.clip(p_buy, 0.0, 1.0)) + 1.0))
 
 
 class Market:
@@ -120,18 +161,76 @@ class Market:
         self.view_rate = cfg.views_per_session * np.exp(h * 0.3 * self.z_eng)
         self.click_logit = -1.7 + cfg.reveal * h * 0.5 * self.z_eng
         self._seed = int(rng.integers(2**31))
+        # the knobs added later draw from their own stream, so the default market is unchanged
+        extra = np.random.default_rng([cfg.seed, 7])
+        self.beta_cat = cfg.beta_cat_sd * extra.normal(size=nc)
+        self.beta_item = cfg.beta_item_sd * extra.normal(size=cfg.n_items)
+        self.beta_user_cat = h * cfg.beta_user_cat_sd * extra.normal(size=(cfg.n_users, nc))
+        self.cold = extra.random(cfg.n_users) < cfg.cold_share
+        if cfg.signal != "picks":  # sensitivity does not show in what users pick
+            self.pick_signal = np.zeros(cfg.n_users)
+        else:
+            self.pick_signal = self.beta_signal
+        if cfg.signal == "browsing":  # ...but sensitive users browse longer and click more (comparing)
+            self.view_rate = self.view_rate * np.exp(0.3 * cfg.reveal * self.beta_signal)
+            self.click_logit = self.click_logit + 0.5 * cfg.reveal * self.beta_signal
         self.user_ids = [f"u{k:06d}" for k in range(cfg.n_users)]
         self.item_ids = [f"i{k:05d}" for k in range(cfg.n_items)]
 
     # ---------------------------------------------------------------- the truth on demand
+    def sensitivity(self, user: np.ndarray, item: np.ndarray) -> np.ndarray:
+        """True slope ``beta_ui`` in the price ratio for index arrays (broadcasting): the user's
+        ``beta_u`` times the category, item and user x category parts."""
+        c = self.item_cat[item]
+        return self.beta[user] * np.exp(self.beta_cat[c] + self.beta_item[item] + self.beta_user_cat[user, c])
+
+    def base_logit(self, user: np.ndarray, item: np.ndarray) -> np.ndarray:
+        """Logit of the conversion at the base price (broadcasting)."""
+        return self.mu[user] + self.taste_weight * self.taste[user, self.item_cat[item]] + self.quality[item]
+
     def alpha(self, user: np.ndarray, item: np.ndarray) -> np.ndarray:
-        """Demand intercept ``alpha_ui`` for index arrays (broadcasting)."""
-        return (self.mu[user] + self.taste_weight * self.taste[user, self.item_cat[item]]
-                + self.quality[item] + self.beta[user])
+        """Logit demand's intercept ``alpha_ui`` (``logit = alpha - beta_ui * ratio``; broadcasting)."""
+        return self.base_logit(user, item) + self.sensitivity(user, item)
+
+    def demand(self, m: np.ndarray, beta: np.ndarray, ratio: np.ndarray) -> np.ndarray:
+        """``P(buy)`` from the logit at base ``m``, the slope ``beta`` and the price ratio (broadcasting)."""
+        d = 1.0 - np.asarray(ratio, np.float64)
+        x = m + beta * d
+        kind = self.cfg.demand
+        if kind == "probit":  # the same conversion and slope at base as the logit, thinner tails
+            p0 = expit(m)
+            z0 = ndtri(p0)
+            return np.asarray(ndtr(z0 + p0 * (1.0 - p0) / (np.exp(-0.5 * z0 * z0) / np.sqrt(2 * np.pi)) * beta * d))
+        if kind == "kinked":
+            return np.asarray(expit(x - self.cfg.kink * beta * np.maximum(-d, 0.0)))
+        if kind == "mixture":
+            w, hunt, casual = MIXTURE
+            return np.asarray(w * expit(m + hunt * beta * d) + (1.0 - w) * expit(m + casual * beta * d))
+        return np.asarray(expit(x))
 
     def buy_prob(self, user: np.ndarray, item: np.ndarray, price: np.ndarray) -> np.ndarray:
         """True ``P(buy)`` of ``user`` for ``item`` shown at ``price`` (index/price arrays)."""
-        return np.asarray(expit(self.alpha(user, item) - self.beta[user] * np.asarray(price) / self.base[item]))
+        return self.demand(self.base_logit(user, item), self.sensitivity(user, item),
+                           np.asarray(price) / self.base[item])
+
+    def consumer_surplus(self, user: np.ndarray, item: np.ndarray, price: np.ndarray) -> np.ndarray:
+        """Expected surplus of one exposure at ``price``: the integral of ``P(buy | x)`` over ``x``
+        from ``price`` up (a unit-demand buyer's willingness to pay has that survival function).
+
+        Closed form for the logit (``log1p(exp(logit)) / (beta / base)``); for the other forms a
+        trapezoid over ten base prices above ``price`` plus the logistic tail beyond it.
+        """
+        user, item = np.broadcast_arrays(np.asarray(user), np.asarray(item))
+        price = np.broadcast_to(np.asarray(price, np.float64), user.shape)
+        base, beta, m = self.base[item], self.sensitivity(user, item), self.base_logit(user, item)
+        r = price / base
+        if self.cfg.demand == "logit":
+            return np.asarray(np.logaddexp(0.0, m + beta * (1.0 - r)) * base / beta)
+        grid = r[..., None] + 10.0 * np.linspace(0.0, 1.0, 601) ** 2  # dense where demand is highest
+        p = self.demand(m[..., None], beta[..., None], grid)
+        inner = np.trapezoid(p, grid, axis=-1)
+        slowest = beta * (MIXTURE[2] if self.cfg.demand == "mixture" else 1.0)
+        return np.asarray((inner + p[..., -1] / slowest) * base)
 
     def sample_buy(self, user: np.ndarray, item: np.ndarray, price: np.ndarray,
                    rng: np.random.Generator) -> np.ndarray:
@@ -148,15 +247,30 @@ class Market:
     def oracle_price(self, user: np.ndarray, item: np.ndarray) -> np.ndarray:
         """Profit-optimal price under the true demand, clipped into the band.
 
-        Profit is log-concave above cost, so clipping the unconstrained optimum
+        For the logit, profit is log-concave above cost, so clipping the unconstrained optimum
         ``c + (1 + W(exp(a - b'c - 1))) / b'`` (``b' = beta / base``) is the constrained optimum.
+        The other demand forms are searched on a grid of 401 prices over the band (a step of 0.1 %
+        of base at the default band), in chunks.
         """
-        bp = self.beta[user] / self.base[item]
-        c = self.cost[item]
-        z = np.minimum(self.alpha(user, item) - bp * c - 1.0, 700.0)
-        p = c + (1.0 + lambertw(np.exp(z)).real) / bp
+        user, item = np.broadcast_arrays(np.asarray(user), np.asarray(item))
         lo, hi = self.price_band(item)
-        return np.clip(p, lo, hi)
+        if self.cfg.demand == "logit":
+            bp = self.sensitivity(user, item) / self.base[item]
+            c = self.cost[item]
+            z = np.minimum(self.alpha(user, item) - bp * c - 1.0, 700.0)
+            p = c + (1.0 + lambertw(np.exp(z)).real) / bp
+            return np.clip(p, lo, hi)
+        out = np.empty(user.shape)
+        flat_u, flat_i, flat_lo, flat_hi = (x.reshape(-1) for x in (user, item, lo, hi))
+        res = out.reshape(-1)
+        t = np.linspace(0.0, 1.0, 401)
+        for a in range(0, len(flat_u), 5000):
+            u, i = flat_u[a:a + 5000], flat_i[a:a + 5000]
+            grid = flat_lo[a:a + 5000, None] + t * (flat_hi[a:a + 5000] - flat_lo[a:a + 5000])[:, None]
+            prob = self.demand(self.base_logit(u, i)[:, None], self.sensitivity(u, i)[:, None],
+                               grid / self.base[i][:, None])
+            res[a:a + 5000] = grid[np.arange(len(u)), np.argmax((grid - self.cost[i][:, None]) * prob, axis=1)]
+        return out
 
     def expected_profit(self, policy: Policy, population: tuple[np.ndarray, np.ndarray]) -> float:
         """Mean expected profit per (user, item) exposure of ``population`` under ``policy``."""
@@ -174,7 +288,8 @@ class Market:
         for i in np.flatnonzero(np.diff(bounds)):
             us = user[order[bounds[i]:bounds[i + 1]]]
             grid = np.linspace(lo[i], hi[i], points)
-            prob = expit(self.alpha(us, np.full_like(us, i))[:, None] - self.beta[us][:, None] * grid / self.base[i])
+            ii = np.full_like(us, i)
+            prob = self.demand(self.base_logit(us, ii)[:, None], self.sensitivity(us, ii)[:, None], grid / self.base[i])
             out[i] = grid[np.argmax(((grid - self.cost[i]) * prob).sum(axis=0))]
         return out
 
@@ -192,6 +307,17 @@ class Market:
                             float(self.cost[i]), float(self.min_price[i]), float(self.max_price[i]))
                 for i in range(self.cfg.n_items)]
 
+    def pick_score(self, user: np.ndarray, cand: np.ndarray, ratio: np.ndarray) -> np.ndarray:
+        """How much ``user`` wants to view each listed ``cand`` shown at price ``ratio`` to base, before
+        the Gumbel noise: taste, and (``signal="picks"``) cheaper items and cheaper shown prices for
+        the sensitive."""
+        r, band = self.cfg.reveal, self.cfg.band
+        lp = np.log(self.base)
+        level = ((lp - lp.mean()) / (lp.std() + 1e-9))[cand]
+        s = self.pick_signal[user]
+        return np.asarray(r * (self.taste_signal[user, self.item_cat[cand]] - 0.7 * s * level
+                               - 1.0 * s * (ratio - 1.0) / band))
+
     def _pick(self, rng: np.random.Generator, user: np.ndarray, k: int,
               ratio: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Top ``k`` of a random listing per row by taste, price level and shown price (Gumbel).
@@ -199,13 +325,8 @@ class Market:
         ``ratio`` is the shown price ratio of each listed candidate ``[S, C]``; returns the
         picked items and the column of each pick in the listing, both ``[S, k]``.
         """
-        r, band = self.cfg.reveal, self.cfg.band
         cand = rng.integers(0, self.cfg.n_items, ratio.shape)
-        lp = np.log(self.base)
-        level = ((lp - lp.mean()) / (lp.std() + 1e-9))[cand]
-        s = self.beta_signal[user]
-        score = (r * (self.taste_signal[user, self.item_cat[cand]] - 0.7 * s * level
-                      - 1.0 * s * (ratio - 1.0) / band) + rng.gumbel(size=ratio.shape))
+        score = self.pick_score(user, cand, ratio) + rng.gumbel(size=ratio.shape)
         col = np.argsort(-score, axis=1)[:, :k]
         return np.take_along_axis(cand, col, 1), col
 
@@ -216,6 +337,7 @@ class Market:
         T, G = (cfg.days if days is None else days) * _DAY, 3600.0
         # sessions: n per user, starts uniform then spread so consecutive ones are >= G apart
         n_sess = np.minimum(rng.poisson(self.session_rate * T / _DAY), int(T / (2 * G)))
+        n_sess[self.cold] = 0  # cold-start users have no history
         s_user = np.repeat(np.arange(cfg.n_users), n_sess)
         start = rng.uniform(0, 1, len(s_user)) * (T - n_sess[s_user] * G)
         order = np.lexsort((start, s_user))
@@ -246,10 +368,10 @@ class Market:
             valid[:, j] &= ~np.any(item[:, :j] == item[:, j:j + 1], axis=1)
         u = np.broadcast_to(s_user[:, None], item.shape)
         # one uniform decides the funnel: buy (p) within interest (sigmoid(logit + 1))
-        logit = self.alpha(u, item) - self.beta[u] * price / self.base[item]
+        p_buy = self.buy_prob(u, item, price)
         draw = rng.random(item.shape)
-        buy = valid & (draw < expit(logit))
-        interest = valid & (draw < expit(logit + 1.0))
+        buy = valid & (draw < p_buy)
+        interest = valid & (draw < interest_prob(p_buy))
         click = buy | interest | (valid & (rng.random(item.shape) < expit(self.click_logit[u])))
         cart = buy | (interest & (rng.random(item.shape) < 0.7))
         t_view = start[:, None] + np.cumsum(20.0 + rng.exponential(40.0, item.shape), axis=1)
@@ -271,7 +393,9 @@ class Market:
     def truth(self) -> dict[str, np.ndarray]:
         """The latent traits and demand parameters as arrays (for a truth ``.npz``)."""
         return {"user_ids": np.array(self.user_ids), "item_ids": np.array(self.item_ids),
-                "beta": self.beta, "mu": self.mu, "taste": self.taste, "taste_weight": np.array(self.taste_weight),
+                "beta": self.beta, "beta_category": self.beta_cat, "beta_item": self.beta_item,
+                "beta_user_category": self.beta_user_cat, "cold": self.cold,
+                "mu": self.mu, "taste": self.taste, "taste_weight": np.array(self.taste_weight),
                 "z_engagement": self.z_eng, "beta_signal": self.beta_signal, "item_category": self.item_cat,
                 "categories": np.array(self.categories), "quality": self.quality, "base": self.base,
                 "cost": self.cost, "min_price": self.min_price, "max_price": self.max_price,

@@ -97,3 +97,95 @@ def test_truth_file_rebuilds_the_market(market: Market, tmp_path) -> None:
     again = Market.from_truth(tmp_path / "truth.npz")
     np.testing.assert_array_equal(again.beta, market.beta)
     assert again.cfg == market.cfg
+
+
+# ---------------------------------------------------------------- markets beyond the default (issue 13)
+FORMS = ("logit", "probit", "kinked", "mixture")
+
+
+@pytest.mark.parametrize("demand", FORMS)
+def test_every_demand_form_falls_in_price_and_keeps_conversion_at_base(demand: str) -> None:
+    m = Market(MarketConfig.small(n_users=60, n_items=20, demand=demand, beta_cat_sd=0.3, beta_item_sd=0.2))
+    u, i = np.repeat(np.arange(5), 4), np.tile(np.arange(4), 5)
+    ratios = np.linspace(0.5, 1.5, 21)
+    p = m.buy_prob(u[:, None], i[:, None], ratios[None, :] * m.base[i][:, None])
+    assert np.all(np.diff(p, axis=1) < 0)
+    at_base = m.buy_prob(u, i, m.base[i])
+    # the same conversion at base as the logit
+    want = Market(MarketConfig.small(n_users=60, n_items=20, beta_cat_sd=0.3, beta_item_sd=0.2)).buy_prob(u, i, m.base[i])
+    np.testing.assert_allclose(at_base, want, rtol=1e-9)
+
+
+@pytest.mark.parametrize("demand", FORMS)
+def test_oracle_beats_every_price_in_the_band_for_every_form(demand: str) -> None:
+    m = Market(MarketConfig.small(n_users=60, n_items=20, demand=demand, beta_user_cat_sd=0.5))
+    u, i = m.population(300)
+    best = m.oracle_price(u, i)
+    prof = (best - m.cost[i]) * m.buy_prob(u, i, best)
+    lo, hi = m.price_band(i)
+    assert np.all((best >= lo - 1e-9) & (best <= hi + 1e-9))
+    step = (hi - lo) / 400  # the search grid's resolution bounds how far off the best price can be
+    for t in np.linspace(0, 1, 17):
+        q = lo + t * (hi - lo)
+        other = (q - m.cost[i]) * m.buy_prob(u, i, q)
+        # a grid search can miss the top by at most its step's worth of profit
+        assert np.all(prof >= other - 1e-9 - (0 if demand == "logit" else step * m.buy_prob(u, i, q)))
+
+
+@pytest.mark.parametrize("demand", FORMS)
+def test_consumer_surplus_is_the_integral_of_demand_above_the_price(demand: str) -> None:
+    m = Market(MarketConfig.small(n_users=40, n_items=10, demand=demand))
+    u, i = np.arange(6), np.arange(6)
+    p = m.base[i]
+    cs = m.consumer_surplus(u, i, p)
+    # a brute-force integral on a fine grid far above the price
+    x = p[:, None] + np.linspace(0, 60, 60_001)[None, :] * m.base[i][:, None]
+    brute = np.trapezoid(m.buy_prob(u[:, None], i[:, None], x), x, axis=1)
+    np.testing.assert_allclose(cs, brute, rtol=2e-3)
+    assert np.all(m.consumer_surplus(u, i, 1.1 * p) < cs)
+
+
+def test_category_and_item_sensitivity_make_per_item_prices_differ_when_users_are_alike() -> None:
+    m = Market(MarketConfig.small(n_users=80, n_items=40, heterogeneity=0.0, beta_cat_sd=0.5, beta_item_sd=0.3))
+    beta = m.sensitivity(np.zeros(40, int), np.arange(40))
+    assert np.ptp(beta) > 0.5                                   # items differ in sensitivity
+    assert np.ptp(m.sensitivity(np.arange(80), np.zeros(80, int))) == 0   # users do not
+    u, i = m.population(2000)
+    oracle = m.expected_profit(m.oracle_price, (u, i))
+    uniform = m.uniform_prices((u, i))
+    per_item = m.expected_profit(lambda _u, ii: uniform[ii], (u, i))
+    assert per_item == pytest.approx(oracle, rel=1e-4)          # one price per item is all there is to gain
+
+
+def test_cold_users_have_no_history() -> None:
+    m = Market(MarketConfig.small(n_users=200, cold_share=0.3))
+    assert 0.15 < m.cold.mean() < 0.45
+    seen = np.unique(m.simulate().user)
+    assert not np.any(m.cold[seen]) and len(seen) > 0.5 * (~m.cold).sum()
+
+
+def test_signal_none_hides_sensitivity_from_picks_and_browsing_moves_it_to_clicks() -> None:
+    picks = Market(MarketConfig.small(n_users=100, n_items=30))
+    none = Market(MarketConfig.small(n_users=100, n_items=30, signal="none"))
+    browsing = Market(MarketConfig.small(n_users=100, n_items=30, signal="browsing"))
+    u, cand, ratio = np.arange(100)[:, None], np.tile(np.arange(30), (100, 1)), np.full((100, 30), 0.9)
+    taste_only = none.pick_score(u, cand, ratio)
+    np.testing.assert_array_equal(taste_only, browsing.pick_score(u, cand, ratio))
+    assert not np.allclose(taste_only, picks.pick_score(u, cand, ratio))
+    assert np.corrcoef(browsing.click_logit, browsing.beta_signal)[0, 1] > 0.3
+    np.testing.assert_array_equal(picks.beta, browsing.beta)   # the traits themselves are the same
+
+
+def test_new_knobs_round_trip_through_the_truth_file(tmp_path) -> None:
+    m = Market(MarketConfig.small(n_users=50, demand="kinked", beta_cat_sd=0.4, cold_share=0.2, signal="browsing"))
+    np.savez(tmp_path / "truth.npz", **m.truth())
+    again = Market.from_truth(tmp_path / "truth.npz")
+    assert again.cfg == m.cfg
+    np.testing.assert_array_equal(again.sensitivity(np.arange(50), np.arange(50) % 60), m.sensitivity(np.arange(50), np.arange(50) % 60))
+
+
+def test_unknown_demand_or_signal_is_refused() -> None:
+    with pytest.raises(ValueError, match="demand"):
+        MarketConfig(demand="cubic")
+    with pytest.raises(ValueError, match="signal"):
+        MarketConfig(signal="loud")

@@ -1,0 +1,269 @@
+"""The robustness suite: the whole product, with its shipped defaults, on a grid of markets.
+
+``python -m models.lab.robustness --out var/robustness`` (``pricing-robustness``) runs, for every
+market of the grid, what a shop would run: ``pricing-train`` on the market's randomised history,
+``pricing-export``, then the in-process closed loop (:mod:`models.lab.loop_sim`) with a warm-up,
+and judges the treatment's prices against the market's truth on the exposures they got:
+
+* **efficiency vs per item**: ``(shown - per-item) / (oracle - per-item)``, where per-item is the
+  best single price per item for those exposures (0 = one good price per item, 1 = knowing every
+  user; undefined where users are alike and one price per item is all there is);
+* **efficiency vs one multiplier**: the same against the best single price ratio for every item;
+* **vs per item** and **vs base**: expected profit per exposure relative to them;
+* **no harm**: neither of those two intervals lies wholly below 0.
+
+Every interval is a 95 % bootstrap over users. Nothing is tuned per market: the grid's markets
+(:data:`GRID`) and the loop's size are fixed here, and every row uses the same defaults
+(``PriceModelConfig``, ``Settings``). A change to the models or the pricing is judged on the
+whole table, never on one row. ``--markets`` runs a subset, ``--quick`` the smaller size for a
+first look. Writes ``suite.md`` and ``suite.json`` to ``--out``, and each market's training run,
+bundle and loop under ``--out/<market>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from streams.features import FeatureSpec, feature_names
+from streams.scoring import BundleWatcher
+from streams.settings import Settings
+from streams.tools.evaluate import bootstrap_sums, load_exposure_log, percentile_ci
+from streams.version import add_version
+
+from .live_market import LoopConfig
+from .loop_sim import InProcessMarket
+from .simulator import Market, MarketConfig
+
+_DAY = 86400.0
+
+# The grid, frozen before any run that judges a change. Each entry: a name, what it varies, its knobs.
+GRID: tuple[tuple[str, str, dict[str, Any]], ...] = (
+    ("default", "the demo's market (seed 0)", {}),
+    ("seed-1", "the default market, another seed", {"seed": 1}),
+    ("noise-1", "behaviour noise 1", {"noise": 1.0}),
+    ("noise-2", "behaviour noise 2", {"noise": 2.0}),
+    ("het-0.5", "heterogeneity 0.5", {"heterogeneity": 0.5}),
+    ("het-2", "heterogeneity 2", {"heterogeneity": 2.0}),
+    ("alike", "users alike; categories and items differ", {"heterogeneity": 0.0, "beta_cat_sd": 0.4,
+                                                         "beta_item_sd": 0.25}),
+    ("cat-item-user", "sensitivity by category, item and user x category",
+     {"beta_cat_sd": 0.4, "beta_item_sd": 0.25, "beta_user_cat_sd": 0.4}),
+    ("probit", "probit demand, categories differ", {"demand": "probit", "beta_cat_sd": 0.4}),
+    ("kinked", "reference-price (kinked) demand", {"demand": "kinked"}),
+    ("mixture", "a mixture of two visit types", {"demand": "mixture", "beta_cat_sd": 0.3}),
+    ("browsing", "sensitivity shows in browsing, not in picks", {"signal": "browsing"}),
+    ("no-signal", "sensitivity shows nowhere in behaviour", {"signal": "none"}),
+    ("weak-signal", "behaviour reveals traits weakly (reveal 0.5)", {"reveal": 0.5}),
+    ("cold-start", "30 % of users have no history", {"cold_share": 0.3}),
+)
+
+
+@dataclass(frozen=True)
+class SuiteSize:
+    """How big each market and its loop are (the same for every row)."""
+
+    n_users: int = 4000
+    n_items: int = 300
+    history_days: float = 10.0
+    holdout_days: float = 2.0
+    warm_days: float = 4.0
+    loop_days: float = 2.0
+
+
+QUICK = SuiteSize(n_users=2000, n_items=200, history_days=8.0, holdout_days=2.0, warm_days=3.0, loop_days=1.5)
+
+
+def market_config(knobs: dict[str, Any], size: SuiteSize) -> MarketConfig:
+    """The grid row's market at the suite's size."""
+    return replace(MarketConfig(n_users=size.n_users, n_items=size.n_items, days=size.history_days), **knobs)
+
+
+def _cli(cfg: MarketConfig) -> list[str]:
+    """``pricing-train`` options that rebuild ``cfg`` (every field that differs from the defaults)."""
+    d, out = MarketConfig(), []
+    for k, v in asdict(cfg).items():
+        if v != getattr(d, k):
+            out += [f"--{k.replace('_', '-')}", str(v)]
+    return out
+
+
+def _run(cmd: list[str], log: Path) -> None:
+    """Run a step, its output to ``log``; a failure names the step and the log's tail."""
+    with log.open("w") as f:
+        rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+                            check=False).returncode
+    if rc:
+        tail = "\n".join(log.read_text().splitlines()[-15:])
+        raise RuntimeError(f"{' '.join(cmd[:3])} failed (exit {rc}); {log}:\n{tail}")
+
+
+def judge(exp_dir: Path, market: Market, reps: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """The treatment exposures of a loop judged against ``market``'s truth (see the module doc)."""
+    exp, _, meta = load_exposure_log(exp_dir)
+    t = exp.take(exp.arm == "treatment")
+    assert t.user_index is not None and t.item_index is not None
+    u, i = t.user_index, t.item_index
+    if len(u) == 0:
+        return {"n_exposures": 0}
+    base, cost = market.base[i], market.cost[i]
+    lo, hi = market.price_band(i)
+    per_item = market.uniform_prices((u, i))[i]
+    ratios = np.linspace(1 - market.cfg.band, 1 + market.cfg.band, 81)
+    mult_profit = [np.mean((np.clip(r * base, lo, hi) - cost) * market.buy_prob(u, i, np.clip(r * base, lo, hi)))
+                   for r in ratios]
+    mult = np.clip(ratios[int(np.argmax(mult_profit))] * base, lo, hi)
+    prices = {"shown": t.price, "base": base, "per_item": per_item, "multiplier": mult,
+              "oracle": market.oracle_price(u, i)}
+    per = {k: (p - cost) * market.buy_prob(u, i, p) for k, p in prices.items()}
+    users, pos = np.unique(u, return_inverse=True)
+    names = list(per)
+    sums = bootstrap_sums([np.bincount(pos, per[k], minlength=len(users)) for k in names], reps,
+                          np.random.default_rng(seed))
+    rep = dict(zip(names, sums, strict=True))
+    point = {k: float(v.mean()) for k, v in per.items()}
+
+    def ratio(a: str, b: str) -> dict[str, Any]:
+        return {"value": point[a] / point[b] - 1.0, "ci": percentile_ci(rep[a] / rep[b] - 1.0)}
+
+    def eff(ref: str) -> dict[str, Any]:
+        edge = point["oracle"] - point[ref]
+        if edge <= 1e-3 * abs(point[ref]):
+            return {"value": float("nan"), "ci": (float("nan"), float("nan"))}
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return {"value": (point["shown"] - point[ref]) / edge,
+                    "ci": percentile_ci((rep["shown"] - rep[ref]) / (rep["oracle"] - rep[ref]))}
+
+    vs_item, vs_base = ratio("shown", "per_item"), ratio("shown", "base")
+    return {"n_exposures": int(len(u)), "n_users": int(len(users)), "profit": point,
+            "efficiency_vs_per_item": eff("per_item"), "efficiency_vs_multiplier": eff("multiplier"),
+            "vs_per_item": vs_item, "vs_base": vs_base,
+            "oracle_edge_over_per_item": point["oracle"] / point["per_item"] - 1,
+            "price_ratio": float(np.mean(t.price / base)), "multiplier": float(ratios[int(np.argmax(mult_profit))]),
+            "no_harm": bool(vs_item["ci"][1] >= 0 and vs_base["ci"][1] >= 0),
+            "dead_letters": meta.get("dead_letters", 0)}
+
+
+def run_market(name: str, knobs: dict[str, Any], size: SuiteSize, out: Path, *, seed: int = 0,
+               salt: str = "robustness") -> dict[str, Any]:
+    """Train, export and loop one market; returns its judged row (times included)."""
+    d = out / name
+    d.mkdir(parents=True, exist_ok=True)
+    cfg = market_config(knobs, size)
+    py, t0 = sys.executable, time.time()
+    _run([py, "-m", "models.train", "--out", str(d / "train"), "--quiet", "--no-plots",
+          "--holdout-days", str(size.holdout_days), *_cli(cfg)], d / "train.log")
+    t_train = time.time() - t0
+    _run([py, "-m", "export", "--train-dir", str(d / "train"), "--model-dir", str(d / "models"), "--no-progress"],
+         d / "export.log")
+    s = Settings(treatment_share=1.0, experiment_salt=salt)
+    scorer = BundleWatcher(d / "models", 1e9, feature_names(FeatureSpec.from_settings(s)), threads=1).scorer
+    loop = LoopConfig(days=size.loop_days, duration_s=size.loop_days * _DAY, seed=seed, run_id=name,
+                      warm_days=size.warm_days)
+    market = Market(cfg)
+    t1 = time.time()
+    sim = InProcessMarket(market, s, loop, d / "loop", scorer)
+    with open(os.devnull, "w") as quiet:
+        stdout, sys.stdout = sys.stdout, quiet
+        try:
+            asyncio.run(sim.run_in_process(progress_s=1e9))
+        finally:
+            sys.stdout = stdout
+    row = judge(d / "loop", market)
+    row.update({"market": name, "knobs": knobs, "train_s": round(t_train, 1), "loop_s": round(time.time() - t1, 1),
+                "total_s": round(time.time() - t0, 1)})
+    (d / "row.json").write_text(json.dumps(row, indent=2, default=float))
+    return row
+
+
+def _fmt(x: dict[str, Any], pct: bool = False) -> str:
+    v, (lo, hi) = x["value"], x["ci"]
+    if not np.isfinite(v):
+        return "n/a"
+    return (f"{100 * v:+.1f} % [{100 * lo:+.1f}, {100 * hi:+.1f}]" if pct
+            else f"{v:.2f} [{lo:.2f}, {hi:.2f}]")
+
+
+def table(rows: list[dict[str, Any]], what: dict[str, str]) -> str:
+    """The suite's markdown table, with the grid average of the efficiency vs per item."""
+    head = ("| market | what varies | oracle over per-item | efficiency vs per item | efficiency vs one multiplier "
+            "| vs per item | vs base | price/base | no harm |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    lines = [head]
+    for r in rows:
+        if r.get("error"):
+            lines.append(f"| {r['market']} | {what.get(r['market'], '')} | failed: {r['error'][:80]} | | | | | | |")
+            continue
+        lines.append(f"| {r['market']} | {what.get(r['market'], '')} | {100 * r['oracle_edge_over_per_item']:+.1f} % "
+                     f"| {_fmt(r['efficiency_vs_per_item'])} | {_fmt(r['efficiency_vs_multiplier'])} "
+                     f"| {_fmt(r['vs_per_item'], True)} | {_fmt(r['vs_base'], True)} | {r['price_ratio']:.3f} "
+                     f"| {'yes' if r['no_harm'] else '**no**'} |")
+    ok = [r for r in rows if not r.get("error")]
+    effs = [r["efficiency_vs_per_item"]["value"] for r in ok if np.isfinite(r["efficiency_vs_per_item"]["value"])]
+    lines.append("")
+    lines.append(f"Average efficiency vs per item over the {len(effs)} markets where it is defined: "
+                 f"**{np.mean(effs):.2f}**" if effs else "No market had an efficiency defined.")
+    lines.append(f"No harm in {sum(r['no_harm'] for r in ok)} of {len(ok)} markets"
+                 + (f"; {len(rows) - len(ok)} failed." if len(ok) < len(rows) else "."))
+    return "\n".join(lines)
+
+
+def parser() -> argparse.ArgumentParser:
+    """Arguments of ``python -m models.lab.robustness``."""
+    p = argparse.ArgumentParser(prog="pricing-robustness", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_version(p)
+    p.add_argument("--out", type=Path, default=Path("var/robustness"), help="where each market's runs and the table go")
+    p.add_argument("--markets", default="", help="comma-separated subset of the grid (default: all); "
+                                                  f"names: {', '.join(g[0] for g in GRID)}")
+    p.add_argument("--quick", action="store_true", help="smaller markets and loops, for a first look")
+    p.add_argument("--seed", type=int, default=0, help="the loops' randomness")
+    p.add_argument("--keep-going", action="store_true", help="a failing market becomes a row, not an exit")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``python -m models.lab.robustness`` (``pricing-robustness``)."""
+    args = parser().parse_args(argv)
+    grid = {g[0]: g for g in GRID}
+    names = [n for n in args.markets.split(",") if n] or list(grid)
+    unknown = [n for n in names if n not in grid]
+    if unknown:
+        parser().error(f"unknown markets {unknown}; the grid has {list(grid)}")
+    size = QUICK if args.quick else SuiteSize()
+    args.out.mkdir(parents=True, exist_ok=True)
+    rows: list[dict[str, Any]] = []
+    t0 = time.time()
+    print(f"[robustness] {len(names)} markets, {size}", flush=True)
+    for k, n in enumerate(names):
+        try:
+            row = run_market(n, grid[n][2], size, args.out, seed=args.seed)
+        except Exception as exc:  # noqa: BLE001 - one market's failure is a row with its reason
+            if not args.keep_going:
+                raise
+            row = {"market": n, "error": str(exc).splitlines()[0]}
+        rows.append(row)
+        e = row.get("efficiency_vs_per_item", {}).get("value", float("nan"))
+        print(f"[robustness] {k + 1}/{len(names)} {n}: efficiency vs per item {e:.2f}, "
+              f"no harm {row.get('no_harm')}, {row.get('total_s', 0):.0f} s (elapsed {time.time() - t0:.0f} s)",
+              flush=True)
+    what = {g[0]: g[1] for g in GRID}
+    text = table(rows, what)
+    (args.out / "suite.md").write_text(f"`python -m models.lab.robustness{' --quick' if args.quick else ''}` "
+                                       f"({size}), {time.time() - t0:.0f} s\n\n{text}\n")
+    (args.out / "suite.json").write_text(json.dumps({"size": asdict(size), "rows": rows}, indent=2, default=float))
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
