@@ -92,7 +92,7 @@ def export_train_dir(train_dir: Path, model_dir: Path, *, tol: float, rows: int,
     return bundle, parity
 
 
-def _item_table(train_dir: Path) -> dict[str, float]:
+def _item_table(train_dir: Path) -> dict[str, tuple[float, ...]]:
     """The item table training wrote (``item_table.json``)."""
     path = train_dir / "item_table.json"
     if not path.exists():

@@ -9,10 +9,11 @@ Layout::
     <model_dir>/<version>/recommend.onnx user, items [N,K,I], price_ratio, mask [N,K] -> probs [N,K]
     <model_dir>/<version>/retrieve.onnx item [N,I] -> score [N,1]   (optional: the recommend model's
                                         first stage, affine in item; bundles without it rank every item)
-    <model_dir>/<version>/items.json    the item table: {"feature": ..., "values": {item_id: value}}
+    <model_dir>/<version>/items.json    the item table: {"features": [...], "values": {item_id: [values]}}
 
-The item table holds ``item_conv_lift`` per item, a statistic of the training history (see
-:func:`models.dataset.item_conv_lift`); an item it does not list gets 0, the neutral value.
+The item table holds, per item, statistics of the training history that are item features
+(``ITEM_TABLE_FEATURES``: ``item_conv_lift``, :func:`models.dataset.item_conv_lift`, and
+``item_log_slope``, :mod:`models.elasticity`); an item it does not list gets 0s, the neutral values.
 ``version`` is a content hash (ONNX bytes + item table + feature names), so re-exporting
 identical models is a no-op. Imports only onnxruntime, the standard library and ``streams.features``: the
 serving process loads bundles without TensorFlow (or even numpy, until it scores).
@@ -33,14 +34,15 @@ from typing import Any
 
 import onnxruntime as ort
 
-from streams.features import FEATURE_NAMES, ITEM_FEATURE_NAMES, FeatureSpec, feature_names
+from streams.features import FEATURE_NAMES, ITEM_FEATURE_NAMES, ITEM_TABLE_FEATURES, FeatureSpec, feature_names
 
 FORMAT = 1
 MANIFEST, CURRENT = "manifest.json", "CURRENT"
 MODEL_FILES = {"user": "user.onnx", "price": "price.onnx", "recommend": "recommend.onnx",
                "retrieve": "retrieve.onnx"}
 OPTIONAL_MODELS = frozenset({"retrieve"})  # bundles exported before the first stage existed lack it
-ITEM_TABLE_FILE, ITEM_TABLE_FEATURE = "items.json", "item_conv_lift"
+ITEM_TABLE_FILE = "items.json"
+ItemRow = tuple[float, ...]  # one item's ITEM_TABLE_FEATURES
 # Per model: contract inputs (exactly these) and outputs (at least these). Dims: "N" dynamic
 # batch, "U"/"I" user/item feature counts, "K" candidate slots (same everywhere in the model).
 CONTRACT: dict[str, tuple[dict[str, tuple[Any, ...]], dict[str, tuple[Any, ...]]]] = {
@@ -120,24 +122,34 @@ def bundle_version(data: Mapping[str, bytes], names: Sequence[str], item_names: 
     return h.hexdigest()[:12]
 
 
-def item_table_bytes(values: Mapping[str, float]) -> bytes:
-    """The item table file for ``values`` (item id -> ``item_conv_lift``), keys sorted."""
-    for k, v in values.items():
-        if not isinstance(k, str) or not isinstance(v, (int, float)) or v != v or abs(v) == float("inf"):
-            raise BundleError(f"item table: {k!r} -> {v!r} is not an item id with a finite number")
-    return json.dumps({"feature": ITEM_TABLE_FEATURE, "values": {k: float(values[k]) for k in sorted(values)}},
+def _row(k: object, v: object) -> ItemRow:
+    """One item's values, checked: a str id and one finite number per ``ITEM_TABLE_FEATURES``."""
+    ok = (isinstance(k, str) and isinstance(v, (list, tuple)) and len(v) == len(ITEM_TABLE_FEATURES)
+          and all(isinstance(x, (int, float)) and x == x and abs(x) != float("inf") for x in v))
+    if not ok:
+        raise BundleError(f"item table: {k!r} -> {v!r} is not an item id with {len(ITEM_TABLE_FEATURES)} finite "
+                          f"numbers ({', '.join(ITEM_TABLE_FEATURES)})")
+    return tuple(float(x) for x in v)  # type: ignore[attr-defined,union-attr]
+
+
+def item_table_bytes(values: Mapping[str, Sequence[float]]) -> bytes:
+    """The item table file for ``values`` (item id -> its ``ITEM_TABLE_FEATURES``), keys sorted."""
+    rows = {k: _row(k, v) for k, v in values.items()}
+    return json.dumps({"features": list(ITEM_TABLE_FEATURES), "values": {k: list(rows[k]) for k in sorted(rows)}},
                       separators=(",", ":")).encode()
 
 
-def parse_item_table(raw: bytes, where: Path) -> dict[str, float]:
+def parse_item_table(raw: bytes, where: Path) -> dict[str, ItemRow]:
     """Inverse of :func:`item_table_bytes`; :class:`BundleError` naming ``where`` if it is not one."""
     try:
         obj = json.loads(raw)
         values = obj["values"]
-        if obj.get("feature") != ITEM_TABLE_FEATURE or not isinstance(values, dict):
-            raise ValueError(f"feature {obj.get('feature')!r} is not {ITEM_TABLE_FEATURE!r}, or no values")
-        return {str(k): float(v) for k, v in values.items()}
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        if obj.get("features") != list(ITEM_TABLE_FEATURES) or not isinstance(values, dict):
+            got = obj.get("features", obj.get("feature"))
+            raise ValueError(f"features {got!r} are not {list(ITEM_TABLE_FEATURES)!r} (written by an older "
+                             "pricing-train? retrain), or no values")
+        return {str(k): _row(str(k), v) for k, v in values.items()}
+    except (ValueError, KeyError, TypeError, AttributeError, BundleError) as exc:
         raise BundleError(f"{where}: not an item table: {exc}") from exc
 
 
@@ -148,7 +160,7 @@ class Bundle:
     path: Path
     manifest: dict[str, Any]
     data: Mapping[str, bytes]
-    item_table: Mapping[str, float] = field(default_factory=dict)  # item id -> item_conv_lift
+    item_table: Mapping[str, ItemRow] = field(default_factory=dict)  # item id -> its ITEM_TABLE_FEATURES
     _sessions: dict[tuple[str, int], ort.InferenceSession] = field(default_factory=dict, repr=False)
 
     @property
@@ -230,11 +242,11 @@ def _fsync_dir(path: Path) -> None:
 
 
 def write_bundle(model_dir: str | os.PathLike[str], data: Mapping[str, bytes], *,
-                 item_table: Mapping[str, float] | None = None, spec: FeatureSpec | None = None,
+                 item_table: Mapping[str, Sequence[float]] | None = None, spec: FeatureSpec | None = None,
                  training: Mapping[str, Any] | None = None, parity: Mapping[str, Any] | None = None,
                  now: datetime | None = None) -> Bundle:
     """Verify ``data`` (model -> ONNX bytes), write ``<model_dir>/<version>/`` with ``item_table``
-    (item id -> ``item_conv_lift``; none = every item neutral) atomically and point CURRENT at
+    (item id -> its ``ITEM_TABLE_FEATURES``; none = every item neutral) atomically and point CURRENT at
     it. An existing, valid bundle of the same version is reused as is."""
     root, spec = Path(model_dir), spec or FeatureSpec()
     root.mkdir(parents=True, exist_ok=True)
@@ -252,7 +264,7 @@ def write_bundle(model_dir: str | os.PathLike[str], data: Mapping[str, bytes], *
             "models": {m: {"file": f, "sha256": hashlib.sha256(data[m]).hexdigest(), **sigs[m]}
                        for m, f in MODEL_FILES.items() if m in data},
             "item_table": {"file": ITEM_TABLE_FILE, "sha256": hashlib.sha256(items).hexdigest(),
-                           "feature": ITEM_TABLE_FEATURE, "items": len(item_table or {})},
+                           "features": list(ITEM_TABLE_FEATURES), "items": len(item_table or {})},
             "training": training, "holdout_metrics": training.get("metrics", {}),
             "parity": dict(parity or {}),
         }

@@ -11,17 +11,18 @@ row sets come out of one pass:
   in the session at their shown price ratio, chosen = the first item bought; user and item features
   as of the session's first event.
 
-The item feature ``item_conv_lift`` is not in the user's state: it is a statistic of the history
-itself (:func:`item_conv_lift`), which the model bundle ships as its item table. Rows come out
-with it at 0; :func:`fill_item_lift` sets it, out of fold for the rows it was computed from, so
-that no row's own label leaks into its feature.
+The item features ``item_conv_lift`` and ``item_log_slope`` are not in the user's state: they are
+statistics of the history itself (:func:`item_conv_lift`, :mod:`models.elasticity`), which the model
+bundle ships as its item table. Rows come out with them at 0; :func:`fill_item_lift` and
+:func:`fill_item_slope` set them, out of fold for the rows they were computed from, so that no
+row's own label leaks into its feature.
 """
 
 from __future__ import annotations
 
 import gzip
 import math
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, Any
@@ -34,6 +35,7 @@ from streams.catalog import Catalog
 from streams.features import (
     FEATURE_NAMES,
     ITEM_FEATURE_NAMES,
+    ITEM_TABLE_FEATURES,
     FeatureSpec,
     category_bucket,
     category_profile,
@@ -57,6 +59,8 @@ from streams.schemas import (
 
 VIEW, PURCHASE = EVENT_TYPES.index("view"), EVENT_TYPES.index("purchase")
 LIFT = ITEM_FEATURE_NAMES.index("item_conv_lift")
+SLOPE = ITEM_FEATURE_NAMES.index("item_log_slope")
+TABLE = [ITEM_FEATURE_NAMES.index(n) for n in ITEM_TABLE_FEATURES]  # the item table's columns, in its order
 
 
 @dataclass
@@ -276,7 +280,8 @@ def _choices(log: EventLog, catalog: Catalog, spec: FeatureSpec, view_n: np.ndar
         items = [chosen] + [i for i in cands if i != chosen][:max_k - 1]  # chosen first, then shuffled below
         urow, prof = SX[srow[sk]], SP[srow[sk]]
         bks = [category_bucket(cat[i], spec.n_buckets) for i in items]
-        feats = [[math.log(base[i]), prof[0, bk], cost[i] / base[i], prof[1, bk], prof[2, bk], 0.0]
+        table = [0.0] * len(ITEM_TABLE_FEATURES)  # filled later (fill_item_lift, fill_item_slope)
+        feats = [[math.log(base[i]), prof[0, bk], cost[i] / base[i], prof[1, bk], prof[2, bk], *table]
                  for i, bk in zip(items, bks, strict=True)]  # == item_features at the session's first event
         perm = np.random.default_rng(sk).permutation(len(items))
         k = len(items)
@@ -313,27 +318,62 @@ def item_conv_lift(iid: np.ndarray, label: np.ndarray, n_items: int, prior_views
     return np.asarray(logit((buys + prior_views * p0) / (views + prior_views)) - logit(p0))
 
 
-def fill_item_lift(data: TrainingData, train: np.ndarray, ch_train: np.ndarray, folds: int = 5,
-                   seed: int = 0) -> np.ndarray:
-    """Set the ``item_conv_lift`` column of ``data`` (in place) from the exposure rows ``train``;
-    returns the table (per log item index) that the bundle ships.
+def _fill_out_of_fold(data: TrainingData, train: np.ndarray, ch_train: np.ndarray, col: int,
+                      stat: Callable[[np.ndarray], np.ndarray], folds: int, seed: int) -> np.ndarray:
+    """Set item feature column ``col`` of ``data`` (in place) to ``stat(rows)`` (a per-item table from
+    the exposure rows selected by the mask ``rows``) computed on ``train``; returns that table.
 
     Training rows and choice sets (``ch_train``) get the value computed without their user's fold
     of rows (users split in ``folds`` at random), so a row's own label never feeds its feature;
     every other row gets the table itself, as serving will.
     """
-    n_items, n_users = len(data.item_ids), len(data.user_ids)
-    table = item_conv_lift(data.row_iid[train], data.label[train], n_items)
-    ufold = np.random.default_rng(seed).integers(0, folds, n_users)
-    others = [train & (ufold[data.row_uid] != f) for f in range(folds)]  # the rows outside each fold
-    oof = np.stack([item_conv_lift(data.row_iid[o], data.label[o], n_items) for o in others])
-    data.item[:, LIFT] = np.where(train, oof[ufold[data.row_uid], data.row_iid], table[data.row_iid])
+    table = stat(train)
+    ufold = np.random.default_rng(seed).integers(0, folds, len(data.user_ids))
+    oof = np.stack([stat(train & (ufold[data.row_uid] != f)) for f in range(folds)])  # without each fold
+    data.item[:, col] = np.where(train, oof[ufold[data.row_uid], data.row_iid], table[data.row_iid])
     real = data.ch_iid >= 0
     iid = np.where(real, data.ch_iid, 0)
     fold = ufold[data.ch_uid][:, None]
-    lift = np.where(ch_train[:, None], oof[fold, iid], table[iid])
-    data.ch_items[..., LIFT] = np.where(real, lift, 0.0)
+    value = np.where(ch_train[:, None], oof[fold, iid], table[iid])
+    data.ch_items[..., col] = np.where(real, value, 0.0)
     return table
+
+
+def fill_item_lift(data: TrainingData, train: np.ndarray, ch_train: np.ndarray, folds: int = 5,
+                   seed: int = 0) -> np.ndarray:
+    """Set the ``item_conv_lift`` column of ``data`` (in place) from the exposure rows ``train``, out of
+    fold for them (:func:`_fill_out_of_fold`); returns the table (per log item index) the bundle ships."""
+    n_items = len(data.item_ids)
+    return _fill_out_of_fold(data, train, ch_train, LIFT,
+                             lambda r: item_conv_lift(data.row_iid[r], data.label[r], n_items), folds, seed)
+
+
+def fill_item_slope(data: TrainingData, train: np.ndarray, ch_train: np.ndarray, item_cat: np.ndarray,
+                    user_columns: np.ndarray | None = None, folds: int = 5, seed: int = 0) -> tuple[np.ndarray, dict]:
+    """Set the ``item_log_slope`` column of ``data`` (in place) from the exposure rows ``train``, out of
+    fold for them: per item, its category's and its own empirical-Bayes log-multiplier of the price slope
+    (:mod:`models.elasticity`). ``item_cat`` is each log item's category index (-1 unknown);
+    ``user_columns`` (0/1) masks user features out of the pooled fit. Returns the table and its summary."""
+    from .elasticity import item_log_slopes, pooled_logit
+
+    user = data.user if user_columns is None else data.user * user_columns
+    table_cols = [c for c in range(data.item.shape[1]) if c not in TABLE]  # not the table's own columns
+    x = np.hstack([user, data.item[:, table_cols]])
+    d = 1.0 - np.asarray(data.price_ratio, np.float64)
+    eta, b0 = pooled_logit(x[train], d[train], data.label[train], seed=seed)
+    eta_all = np.zeros(len(d))
+    eta_all[train] = eta
+    n_items = len(data.item_ids)
+    info: dict[str, dict[str, Any]] = {}
+
+    def stat(rows: np.ndarray) -> np.ndarray:
+        table, s = item_log_slopes(eta_all[rows], b0, d[rows], data.label[rows], data.row_iid[rows], item_cat,
+                                   n_items)
+        info.setdefault("summary", s)
+        return table
+
+    table = _fill_out_of_fold(data, train, ch_train, SLOPE, stat, folds, seed)
+    return table, info["summary"]
 
 
 assert FEATURE_NAMES == feature_names(FeatureSpec())

@@ -43,7 +43,7 @@ from streams.scoring import OnnxScorer, Scorer
 from streams.settings import load_settings
 from streams.version import add_version
 
-from .dataset import LIFT, EventLog, TrainingData, apply_decisions, build_rows, read_catalog, read_events, read_prices
+from .dataset import TABLE, EventLog, TrainingData, apply_decisions, build_rows, read_catalog, read_events, read_prices
 
 F = np.ndarray
 
@@ -164,12 +164,12 @@ def bundle_prices(scorer: Scorer, data: TrainingData, rows: F, catalog: Catalog,
                   guardrails: Guardrails) -> tuple[F, F, F]:
     """What ``scorer``'s bundle would decide on the exposure ``rows``: ``(price, a, b)`` per row.
 
-    The item table's lift is the bundle's own; the step limit is left out (the logs do not say what
+    The item table's columns are the bundle's own; the step limit is left out (the logs do not say what
     the candidate would have shown before).
     """
     ids = [data.item_ids[int(k)] for k in data.row_iid[rows]]
     item = data.item[rows].copy()
-    item[:, LIFT] = scorer.item_lift(ids)
+    item[:, TABLE] = scorer.item_table(ids)
     a, b, _ = scorer.price(data.user[rows], item, np.ones(len(ids), np.float32))
     return decide_batch(a, b, item_terms(data, rows, catalog), guardrails).price, a, b
 

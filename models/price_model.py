@@ -4,9 +4,11 @@ A Keras *functional* model (tf2onnx cannot convert a Sequential one)::
 
     inputs   user [B, U], item [B, I], price_ratio [B, 1]     raw features, float32
     x      = concat(norm(user), norm(item))                     standardised inside the graph
+    s      = item[:, item_log_slope]                            the item's slope multiplier (log), from
+                                                                the item table (models.elasticity)
     u_k    = calib_u_k(MLP_u_k(x))                              member k: logit at the base price
-    t_k    = calib_b_k(MLP_b_k(norm(user)))                     member k: slope, pre-activation
-    u, t   = mean_k u_k, mean_k t_k                             [B, 1]  over K members (default 3)
+    t_k    = calib_b_k(MLP_b_k(norm(user)[slope cols], s))     member k: the user's slope, pre-activation
+    u, t   = mean_k u_k, mean_k t_k + s                         [B, 1]  over K members (default 3)
     b      = min(exp(t), B_MAX) + B_EPS                         [B, 1]  in (0, B_MAX + B_EPS]
     a      = u + b                                              [B, 1]
     p_buy  = sigmoid(a - b * price_ratio)                       [B, 1]
@@ -49,6 +51,14 @@ reading all 57 user features, the learned slope correlated 0.822 with the true l
 the item features as well (an earlier version) it was worse again. ``slope_features=()`` gives the
 tower every user feature (``b_user_only``) or every feature.
 
+**The item's own sensitivity** (``item_slope``, default on). The slope is ``exp(t_user + s)``: ``s``,
+the item feature ``item_log_slope``, is the empirical-Bayes log-multiplier of the slope for the
+item's category and the item (:mod:`models.elasticity`), shrunk to 0 where data is thin or where
+categories and items do not differ. The user tower learns the user's deviation around it, and
+reads ``s`` too (a user may be more or less sensitive where items are). So one good price per item
+is the floor the personalization builds on: before, the slope saw the user alone, and a market whose
+sensitivity differs by category could not be represented.
+
 Normalisation layers adapted on the training rows are baked in, so the exported model takes raw
 features. Only ``p_buy`` is trained (binary cross-entropy); ``a`` and ``b`` are outputs of the
 same graph. Stock layers only, so ``keras.saving.load_model`` and tf2onnx need nothing custom.
@@ -64,6 +74,8 @@ from keras import layers
 from scipy.optimize import minimize
 from scipy.special import expit
 
+from streams.features import ITEM_FEATURE_NAMES
+
 # what the slope tower reads by default: the price level of what the user chooses to look at (overall
 # and within the category), how much of it there is to go by, and how engaged the user is
 SLOPE_FEATURES = ("view_level_in_category", "view_log_base_price", "view_decay_168h", "view_decay_24h",
@@ -71,6 +83,7 @@ SLOPE_FEATURES = ("view_level_in_category", "view_log_base_price", "view_decay_1
 B_EPS = 1e-3
 B_MAX = 100.0  # cap on the slope (true sensitivities in the simulator stay below ~30)
 OUTPUTS = ("p_buy", "a", "b")
+ITEM_SLOPE = ITEM_FEATURE_NAMES.index("item_log_slope")
 
 
 @dataclass(frozen=True)
@@ -93,6 +106,7 @@ class PriceModelConfig:
     # user was shown. History priced at random, so there they reveal sensitivity; live, the worker's
     # own prices set them, and a model reading them feeds its decisions back into its inputs
     ignore: tuple[str, ...] = ("view_price_ratio", "discount_response")
+    item_slope: bool = True                 # the slope adds the item's item_log_slope and its tower reads it
     seed: int = 0
 
 
@@ -161,6 +175,15 @@ def build_price_model(user: np.ndarray, item: np.ndarray, cfg: PriceModelConfig 
         sel.set_weights([np.eye(user.shape[1], dtype=np.float32)[:, slope_select]])
     else:
         xb = ux if cfg.b_user_only else x
+    s_raw = None
+    if cfg.item_slope:
+        # the item's slope multiplier, raw (a log, ~ +-0.5): added to t as is, and read by the towers. Not
+        # standardised: in a market whose items do not differ it is 0 everywhere, and a standardised
+        # constant would blow up any other value
+        pick = layers.Dense(1, use_bias=False, trainable=False, name="item_slope")
+        s_raw = pick(i_in)
+        pick.set_weights([np.eye(item.shape[1], dtype=np.float32)[:, [ITEM_SLOPE]]])
+        xb = layers.Concatenate(name="slope_features")([xb, s_raw])
     us, ts = [], []
     for k in range(members):
         pre = f"m{k}_" if members > 1 else ""
@@ -169,6 +192,8 @@ def build_price_model(user: np.ndarray, item: np.ndarray, cfg: PriceModelConfig 
                                                           bias=float(np.log(b0)))))
     u = us[0] if members == 1 else layers.Average(name="u_mean")(us)
     t = ts[0] if members == 1 else layers.Average(name="t_mean")(ts)
+    if s_raw is not None:
+        t = layers.Add(name="t_item")([t, s_raw])
     b = layers.ReLU(max_value=B_MAX, name="b_cap")(layers.Activation("exponential", name="b_exp")(t))
     b = layers.Rescaling(1.0, offset=B_EPS, name="b")(b)             # in (0, B_MAX + B_EPS] by construction
     a = layers.Add(name="a")([u, b])
@@ -212,11 +237,13 @@ def calibrate(model: keras.Model, user: np.ndarray, item: np.ndarray, price_rati
     """Fit ``u_calib``/``b_calib`` (affine 1->1 each) by maximum likelihood on the given rows, in place."""
     u, t = _sub_models(model).predict(inputs(user, item, price_ratio), batch_size=8192, verbose=0)
     u, t = np.asarray(u, np.float64).ravel(), np.asarray(t, np.float64).ravel()
+    has_s = any(layer.name == "t_item" for layer in model.layers)
+    s = np.asarray(item, np.float64)[:, ITEM_SLOPE] if has_s else np.zeros_like(t)  # added after calibration
     d = 1.0 - np.asarray(price_ratio, np.float64).ravel()
     y = np.asarray(label, np.float64).ravel()
 
     def nll(w: np.ndarray) -> tuple[float, np.ndarray]:
-        e = np.exp(np.minimum(w[2] + w[3] * t, np.log(B_MAX)))
+        e = np.exp(np.minimum(w[2] + w[3] * t + s, np.log(B_MAX)))
         b = e + B_EPS
         z = w[0] + w[1] * u + b * d
         p = expit(z)

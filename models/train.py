@@ -5,7 +5,7 @@
     <out>/user_model.joblib        sklearn Pipeline(StandardScaler, LogisticRegression)
     <out>/price_model.keras        Keras functional: user, item, price_ratio -> p_buy, a, b
     <out>/recommend_model.keras    Keras functional: user, items, price_ratio, mask -> probs
-    <out>/item_table.json          {"feature": "item_conv_lift", "values": {item_id: lift}} (training period)
+    <out>/item_table.json          {"features": ["item_conv_lift", "item_log_slope"], "values": {item_id: [...]}}
     <out>/training_summary.json    rows, users, date range, metrics, knobs, feature names
     <out>/holdout_sample.npz       parity inputs: user, item, price_ratio, rec_user, rec_items,
                                    rec_price_ratio, rec_mask (10,000 rows each)
@@ -28,16 +28,16 @@ from scipy.stats import spearmanr
 from sklearn.metrics import log_loss, roc_auc_score
 
 from streams.catalog import Catalog
-from streams.features import FEATURE_NAMES, ITEM_FEATURE_NAMES, FeatureSpec
+from streams.features import FEATURE_NAMES, ITEM_FEATURE_NAMES, ITEM_TABLE_FEATURES, FeatureSpec
 from streams.version import add_version
 
 from .dataset import (
-    LIFT,
     EventLog,
     TrainingData,
     apply_decisions,
     build_rows,
     fill_item_lift,
+    fill_item_slope,
     holdout_mask,
     price_variation,
     read_catalog,
@@ -128,8 +128,14 @@ def train_all(log: EventLog, catalog: Catalog, out: Path, *, market: Market | No
     cfg = price_cfg or pm.PriceModelConfig()
     variation = price_variation(data, fit, user_columns=pm.feature_mask(FEATURE_NAMES, cfg.ignore))
     lift = fill_item_lift(data, ~hold, ~c_hold)  # from the training period only: the holdout stays unseen
-    seen = np.bincount(data.row_iid[~hold], minlength=len(data.item_ids)) > 0
-    item_table = {data.item_ids[int(k)]: float(lift[k]) for k in np.flatnonzero(seen)}
+    cats = [getattr(catalog.get(i), "category", None) for i in data.item_ids]
+    names = sorted({c for c in cats if c is not None})
+    item_cat = np.array([names.index(c) if c is not None else -1 for c in cats])
+    slope, slope_info = fill_item_slope(data, ~hold, ~c_hold, item_cat,
+                                        pm.feature_mask(FEATURE_NAMES, cfg.ignore), seed=cfg.seed)
+    # items the training period saw, and those of a category it saw (they get the category's slope)
+    listed = (np.bincount(data.row_iid[~hold], minlength=len(data.item_ids)) > 0) | (slope != 0)
+    item_table = {data.item_ids[int(k)]: [float(lift[k]), float(slope[k])] for k in np.flatnonzero(listed)}
     cols = (data.user, data.item, data.price_ratio, data.label)
     t0 = time.perf_counter()
     price = pm.fit_price_model(data.user[fit], data.item[fit], data.price_ratio[fit], data.label[fit], cfg=cfg,
@@ -138,7 +144,7 @@ def train_all(log: EventLog, catalog: Catalog, out: Path, *, market: Market | No
     timings["price_model_s"] = time.perf_counter() - t0
     ph = pm.predict(price, data.user[hold], data.item[hold], data.price_ratio[hold])
     metrics: dict[str, Any] = {"price_model": binary_metrics(ph["p_buy"], data.label[hold]),
-                               "price_variation": variation}
+                               "price_variation": variation, "item_slopes": slope_info}
     metrics["price_model"]["b_mean"] = float(ph["b"].mean())
     # user model
     t0 = time.perf_counter()
@@ -164,7 +170,7 @@ def train_all(log: EventLog, catalog: Catalog, out: Path, *, market: Market | No
 
     joblib.dump(user_model, out / "user_model.joblib")
     price.save(out / "price_model.keras")
-    (out / "item_table.json").write_text(json.dumps({"feature": ITEM_FEATURE_NAMES[LIFT], "values": item_table}))
+    (out / "item_table.json").write_text(json.dumps({"features": list(ITEM_TABLE_FEATURES), "values": item_table}))
     if rec is not None:
         rec.save(out / "recommend_model.keras")
     _write_parity_sample(out / "holdout_sample.npz", data, hold, c_hold)

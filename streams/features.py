@@ -25,8 +25,8 @@ whose names differ, or whose ``memory_s`` differs (it changes values, not names)
 >>> s = update(s, ev, spec, base_price=10.0, category="shoes")
 >>> round(user_features(s, spec, now=1000.0)[FEATURE_NAMES.index("view_price_ratio")], 3)
 0.9
->>> len(FEATURE_NAMES), ITEM_FEATURE_NAMES
-(57, ('log_base_price', 'cat_affinity', 'cost_ratio', 'cat_click_rate', 'cat_cart_rate', 'item_conv_lift'))
+>>> len(FEATURE_NAMES), len(ITEM_FEATURE_NAMES), ITEM_FEATURE_NAMES[-2:]
+(57, 7, ('item_conv_lift', 'item_log_slope'))
 """
 
 from __future__ import annotations
@@ -111,9 +111,11 @@ def feature_names(spec: FeatureSpec = FeatureSpec()) -> tuple[str, ...]:
 
 FEATURE_NAMES: tuple[str, ...] = feature_names()
 # per (user, item): the first five from the user's state and the catalog (:func:`item_features`), the
-# last from the model bundle's item table (a per-item statistic of the training history)
+# last two from the model bundle's item table (per-item statistics of the training history: the item's
+# conversion lift, and its price sensitivity's log-multiplier, models.elasticity)
 ITEM_FEATURE_NAMES: tuple[str, ...] = ("log_base_price", "cat_affinity", "cost_ratio", "cat_click_rate",
-                                       "cat_cart_rate", "item_conv_lift")
+                                       "cat_cart_rate", "item_conv_lift", "item_log_slope")
+ITEM_TABLE_FEATURES: tuple[str, ...] = ITEM_FEATURE_NAMES[-2:]
 
 
 def category_levels(categories: list[str], base_prices: list[float]) -> list[float]:
@@ -287,11 +289,11 @@ def category_profiles(buckets: np.ndarray, spec: FeatureSpec) -> np.ndarray:
 
 
 def item_features(state: UserState, spec: FeatureSpec, *, base_price: float, unit_cost: float,
-                  category: str, conv_lift: float = 0.0) -> list[float]:
-    """Per (user, item) features in ``ITEM_FEATURE_NAMES`` order; ``conv_lift`` is the item's entry
-    in the model bundle's item table (0 for an item the training history did not have)."""
+                  category: str, conv_lift: float = 0.0, log_slope: float = 0.0) -> list[float]:
+    """Per (user, item) features in ``ITEM_FEATURE_NAMES`` order; ``conv_lift`` and ``log_slope`` are the
+    item's entries in the model bundle's item table (0 for an item the training history did not have)."""
     [(affinity, click, cart)] = _standing(state, spec.n_buckets, [category_bucket(category, spec.n_buckets)])
-    return [math.log(base_price), affinity, unit_cost / base_price, click, cart, conv_lift]
+    return [math.log(base_price), affinity, unit_cost / base_price, click, cart, conv_lift, log_slope]
 
 
 def encode_state(state: UserState) -> bytes:

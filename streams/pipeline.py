@@ -121,7 +121,7 @@ class Pipeline:
             raise ValueError(f"catalog hashes categories into {catalog.n_buckets} buckets, the features into "
                              f"{self.spec.n_buckets}")
         self.names = feature_names(self.spec)
-        self._lift: tuple[str, CatalogColumns, np.ndarray] | None = None  # scorer version, columns, lifts
+        self._lift: tuple[str, CatalogColumns, np.ndarray] | None = None  # scorer version, columns, item table
         # scorer version, columns, the first stage's best items per category bucket (None: no first stage)
         self._stage: tuple[str, CatalogColumns, tuple[np.ndarray, np.ndarray, np.ndarray] | None] | None = None
         self.guardrails = Guardrails.from_settings(settings)
@@ -203,10 +203,11 @@ class Pipeline:
         letter = DeadLetter(raw.value, raw.topic, raw.partition, raw.offset, code, reason, now)
         out.dead_letters.append((raw.key or b"", dead_letter_bytes(letter)))
 
-    def _item_lift(self, scorer: Scorer, cols: CatalogColumns) -> np.ndarray:
-        """``item_conv_lift`` per catalog row, from the scorer's bundle (cached per version and catalog)."""
+    def _item_table(self, scorer: Scorer, cols: CatalogColumns) -> np.ndarray:
+        """The item-table features per catalog row ``[N, 2]``, from the scorer's bundle (cached per version
+        and catalog)."""
         if self._lift is None or self._lift[0] != scorer.version or self._lift[1] is not cols:
-            self._lift = (scorer.version, cols, scorer.item_lift(cols.ids))
+            self._lift = (scorer.version, cols, scorer.item_table(cols.ids))
         return self._lift[2]
 
     def _item_x(self, scorer: Scorer, profiles: np.ndarray, k: np.ndarray, j: np.ndarray) -> np.ndarray:
@@ -218,7 +219,7 @@ class Pipeline:
         shape = np.broadcast_shapes(np.shape(k), np.shape(j))
         x = np.stack([np.broadcast_to(v, shape) for v in (
             log_base, profiles[k, 0, bk], cost_ratio, profiles[k, 1, bk], profiles[k, 2, bk],
-            self._item_lift(scorer, cols)[j])], axis=-1)
+            *np.moveaxis(self._item_table(scorer, cols)[j], -1, 0))], axis=-1)
         assert x.shape[-1] == len(ITEM_FEATURE_NAMES)
         return x.astype(np.float32)
 

@@ -29,7 +29,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from export.bundle import Bundle, BundleError, load_bundle, read_current
-from streams.features import FEATURE_NAMES, ITEM_FEATURE_NAMES
+from streams.features import FEATURE_NAMES, ITEM_FEATURE_NAMES, ITEM_TABLE_FEATURES
 
 F = NDArray[np.float64]
 log = logging.getLogger(__name__)
@@ -59,8 +59,9 @@ class Scorer(Protocol):
         None when this scorer has no first stage (then every catalog item goes to ``recommend``)."""
         ...
 
-    def item_lift(self, item_ids: Sequence[str]) -> F:
-        """The ``item_conv_lift`` item feature per id ``[N]``: 0 for items the models never saw."""
+    def item_table(self, item_ids: Sequence[str]) -> F:
+        """The item-table features (``ITEM_TABLE_FEATURES``) per id ``[N, 2]``: 0s for items the models
+        never saw."""
         ...
 
 
@@ -123,10 +124,10 @@ class OnnxScorer:
         (score,) = self._retrieve.run(["score"], {"item": _f32(item, 2, "item", (self._i,))})
         return np.asarray(score, np.float64).ravel()
 
-    def item_lift(self, item_ids: Sequence[str]) -> F:
-        """See :meth:`Scorer.item_lift`: the bundle's item table."""
-        get = self._items.get
-        return np.fromiter((get(i, 0.0) for i in item_ids), np.float64, len(item_ids))
+    def item_table(self, item_ids: Sequence[str]) -> F:
+        """See :meth:`Scorer.item_table`: the bundle's item table."""
+        get, zero = self._items.get, (0.0,) * len(ITEM_TABLE_FEATURES)
+        return np.array([get(i, zero) for i in item_ids], np.float64).reshape(len(item_ids), len(zero))
 
 
 def _check_affine(retrieve: Callable[[ArrayLike], F | None], n_item: int, version: str,
@@ -154,11 +155,11 @@ class DeterministicScorer:
       ``p = sigmoid(a - b price_ratio)``;
     * ``recommend``: softmax over real slots of ``items @ W_ITEM - 2 price_ratio``;
       padding slots get 0 (a row with no real slot is all 0);
-    * ``propensity = sigmoid(m - 1)``; ``item_lift`` 0 for every item;
+    * ``propensity = sigmoid(m - 1)``; ``item_table`` 0s for every item;
     * ``retrieve = items @ W_ITEM``: the first stage ranks exactly as ``recommend``.
     """
 
-    W_ITEM = np.array([-0.1, 2.0, -0.5, 1.0, 1.0, 0.5])  # ITEM_FEATURE_NAMES order
+    W_ITEM = np.array([-0.1, 2.0, -0.5, 1.0, 1.0, 0.5, 0.0])  # ITEM_FEATURE_NAMES order
 
     def __init__(self, version: str = "deterministic") -> None:
         self.version = version
@@ -188,9 +189,9 @@ class DeterministicScorer:
         equal prices."""
         return np.asarray(np.asarray(item, np.float64) @ self.W_ITEM, np.float64)
 
-    def item_lift(self, item_ids: Sequence[str]) -> F:
-        """See :meth:`Scorer.item_lift`."""
-        return np.zeros(len(item_ids))
+    def item_table(self, item_ids: Sequence[str]) -> F:
+        """See :meth:`Scorer.item_table`."""
+        return np.zeros((len(item_ids), len(ITEM_TABLE_FEATURES)))
 
 
 class ScorerHolder:

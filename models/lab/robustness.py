@@ -37,7 +37,7 @@ import numpy as np
 
 from streams.features import FeatureSpec, feature_names
 from streams.scoring import BundleWatcher
-from streams.settings import Settings
+from streams.settings import cli_settings
 from streams.tools.evaluate import bootstrap_sums, load_exposure_log, percentile_ci
 from streams.version import add_version
 
@@ -128,7 +128,7 @@ def judge(exp_dir: Path, market: Market, reps: int = 1000, seed: int = 0) -> dic
     per = {k: (p - cost) * market.buy_prob(u, i, p) for k, p in prices.items()}
     users, pos = np.unique(u, return_inverse=True)
     names = list(per)
-    sums = bootstrap_sums([np.bincount(pos, per[k], minlength=len(users)) for k in names], reps,
+    sums = bootstrap_sums([np.bincount(pos, per[k], minlength=len(users)).astype(np.float64) for k in names], reps,
                           np.random.default_rng(seed))
     rep = dict(zip(names, sums, strict=True))
     point = {k: float(v.mean()) for k, v in per.items()}
@@ -166,7 +166,7 @@ def run_market(name: str, knobs: dict[str, Any], size: SuiteSize, out: Path, *, 
     t_train = time.time() - t0
     _run([py, "-m", "export", "--train-dir", str(d / "train"), "--model-dir", str(d / "models"), "--no-progress"],
          d / "export.log")
-    s = Settings(treatment_share=1.0, experiment_salt=salt)
+    s = cli_settings(treatment_share=1.0, experiment_salt=salt)  # PRICING_* from the environment, else defaults
     scorer = BundleWatcher(d / "models", 1e9, feature_names(FeatureSpec.from_settings(s)), threads=1).scorer
     loop = LoopConfig(days=size.loop_days, duration_s=size.loop_days * _DAY, seed=seed, run_id=name,
                       warm_days=size.warm_days)

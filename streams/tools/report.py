@@ -316,9 +316,10 @@ def plot_demand(exp: Exposures, out: Path, market: Any, model_dir: Path, events:
         uid, row = market.user_ids[u], last[market.user_ids[u]]
         i = int(exp.item_index[row])
         feats = np.array([user_features(states[uid], spec, float(exp.ts[row]))], np.float32)
+        lift, slope = scorer.item_table([market.item_ids[i]])[0]
         item_x = np.array([item_features(states[uid], spec, base_price=float(market.base[i]),
                                          unit_cost=float(market.cost[i]), category=cats[i],
-                                         conv_lift=float(scorer.item_lift([market.item_ids[i]])[0]))], np.float32)
+                                         conv_lift=float(lift), log_slope=float(slope))], np.float32)
         a, b, _ = scorer.price(feats, item_x, np.ones(1, np.float32))
         base = float(market.base[i])
         color = f"C{k}"

@@ -26,7 +26,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
                "streams"),
     "tools": ("streams.tools.", "streams.tools"),
     "training": ("models.dataset", "models.user_model", "models.price_model", "models.recommend", "models.choice",
-                 "models.plots", "models.train", "models.offpolicy", "models.__main__", "models", "export.convert", "export.__main__",
+                 "models.plots", "models.train", "models.offpolicy", "models.elasticity", "models.__main__", "models", "export.convert", "export.__main__",
                  "export"),
     "lab": ("models.lab.", "models.lab"),
 }

@@ -26,7 +26,7 @@ NU, NI, K = len(FEATURE_NAMES), len(ITEM_FEATURE_NAMES), 5  # K: holdout slots; 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-ITEMS = {"i1": 0.25, "i2": -0.5}
+ITEMS = {"i1": (0.25, 0.1), "i2": (-0.5, -0.3)}  # item_conv_lift, item_log_slope
 
 
 def _price_model() -> Any:
@@ -77,7 +77,7 @@ def train_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
              price_ratio=rng.uniform(0.7, 1.3, n), rec_user=rng.normal(size=(n, NU)),
              rec_items=rng.normal(size=(n, K, NI)), rec_price_ratio=rng.uniform(0.7, 1.3, (n, K)),
              rec_mask=mask)
-    (d / "item_table.json").write_text(json.dumps({"feature": "item_conv_lift", "values": ITEMS}))
+    (d / "item_table.json").write_text(json.dumps({"features": ["item_conv_lift", "item_log_slope"], "values": ITEMS}))
     (d / "training_summary.json").write_text(json.dumps(
         {"rows": 400, "users": 40, "date_range": ["2024-01-01", "2024-01-31"], "metrics": {"auc": 0.9}}))
     return d
@@ -172,12 +172,22 @@ def test_item_table_ships_with_the_bundle(exported: tuple[Path, Any, dict], tmp_
 
     bundle = exported[1]
     assert bundle.item_table == ITEMS and bundle.manifest["item_table"]["items"] == 2
-    lift = OnnxScorer(bundle).item_lift(["i2", "unknown", "i1"])
-    assert lift.tolist() == [-0.5, 0.0, 0.25]  # an item the history did not have is neutral
-    other = write_bundle(tmp_path / "m", bundle.data, item_table={"i1": 0.3})
+    table = OnnxScorer(bundle).item_table(["i2", "unknown", "i1"])
+    assert table.tolist() == [[-0.5, -0.3], [0.0, 0.0], [0.25, 0.1]]  # an item the history did not have is neutral
+    other = write_bundle(tmp_path / "m", bundle.data, item_table={"i1": (0.25, 0.2)})
     assert other.version != bundle.version  # the table is part of the content version
-    with pytest.raises(BundleError, match="not an item id with a finite number"):
-        write_bundle(tmp_path / "m", bundle.data, item_table={"i1": float("nan")})
+    with pytest.raises(BundleError, match="not an item id with 2 finite numbers"):
+        write_bundle(tmp_path / "m", bundle.data, item_table={"i1": (0.1, float("nan"))})
+    with pytest.raises(BundleError, match="not an item id with 2 finite numbers"):
+        write_bundle(tmp_path / "m", bundle.data, item_table={"i1": 0.3})  # type: ignore[dict-item]
+
+
+def test_an_item_table_from_before_the_slope_column_says_retrain(tmp_path: Path) -> None:
+    from export.bundle import parse_item_table
+
+    old = json.dumps({"feature": "item_conv_lift", "values": {"i1": 0.3}}).encode()
+    with pytest.raises(BundleError, match="older pricing-train.*retrain"):
+        parse_item_table(old, tmp_path / "items.json")
 
 
 def test_loader_refuses_mismatched_feature_names(exported: tuple[Path, Any, dict]) -> None:

@@ -139,8 +139,8 @@ def test_category_profile_counts_interest_per_category() -> None:
     assert prof[1][shoes] == pytest.approx((1 + click) / 3, rel=1e-5)
     assert prof[2][shoes] == pytest.approx((1 + cart) / 3, rel=1e-5)
     assert prof[1][books] == pytest.approx(click / 3, rel=1e-5) and prof[2][books] == pytest.approx(cart / 3, rel=1e-5)
-    f = item_features(s, SPEC, base_price=10.0, unit_cost=5.0, category="books", conv_lift=0.3)
-    assert f[3:] == pytest.approx([click / 3, cart / 3, 0.3], rel=1e-5)
+    f = item_features(s, SPEC, base_price=10.0, unit_cost=5.0, category="books", conv_lift=0.3, log_slope=-0.2)
+    assert f[3:] == pytest.approx([click / 3, cart / 3, 0.3, -0.2], rel=1e-5)
     # the serving path's batch form gives the same numbers, for this user and an empty one
     batch = category_profiles(np.array([s.buckets, new_state(SPEC).buckets]), SPEC)
     np.testing.assert_allclose(batch[0], prof, rtol=1e-12)

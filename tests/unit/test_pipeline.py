@@ -87,14 +87,14 @@ def test_unkeyed_or_wrongly_keyed_records_are_dead_lettered() -> None:
 class _Recording(DeterministicScorer):
     """Records what the pipeline scores; item lifts from a table, as a bundle's item table."""
 
-    LIFT = {"i1": 0.7, "i2": -0.4}
+    TABLE = {"i1": (0.7, 0.25), "i2": (-0.4, -0.1)}  # item_conv_lift, item_log_slope
 
     def __init__(self) -> None:
         super().__init__()
         self.priced: list[tuple[np.ndarray, np.ndarray]] = []
 
-    def item_lift(self, item_ids):  # type: ignore[no-untyped-def]
-        return np.array([self.LIFT.get(i, 0.0) for i in item_ids])
+    def item_table(self, item_ids):  # type: ignore[no-untyped-def]
+        return np.array([self.TABLE.get(i, (0.0, 0.0)) for i in item_ids])
 
     def price(self, user, item, price_ratio):  # type: ignore[no-untyped-def]
         self.priced.append((np.asarray(user), np.asarray(item)))
@@ -103,7 +103,7 @@ class _Recording(DeterministicScorer):
 
 def test_pipeline_item_features_are_the_training_ones() -> None:
     """Serving builds each priced row's item features as the training rows do (features.item_features,
-    the bundle's item lift), from the user's state at the trigger."""
+    the bundle's item table), from the user's state at the trigger."""
     pipe, table = make(top_k=2, resend_unchanged_s=0)
     scorer = _Recording()
     pipe.scorer = lambda: scorer
@@ -119,10 +119,11 @@ def test_pipeline_item_features_are_the_training_ones() -> None:
     for row, item_id in zip(items, priced, strict=True):
         it = pipe.catalog.get(item_id)
         want = item_features(state, pipe.spec, base_price=it.base_price, unit_cost=it.unit_cost,
-                             category=it.category, conv_lift=_Recording.LIFT.get(item_id, 0.0))
+                             category=it.category, conv_lift=_Recording.TABLE.get(item_id, (0.0, 0.0))[0],
+                             log_slope=_Recording.TABLE.get(item_id, (0.0, 0.0))[1])
         np.testing.assert_allclose(row, want, rtol=1e-6)
     np.testing.assert_allclose(users[0], user_features(state, pipe.spec, NOW - 1000 + 3), rtol=1e-6)
-    assert items[0, 5] == np.float32(0.7)  # i1's lift reached the price model
+    assert items[0, 5] == np.float32(0.7) and items[0, 6] == np.float32(0.25)  # i1's table reached the model
 
 
 def test_exploration_is_logged_and_replays_to_the_same_price() -> None:

@@ -207,7 +207,7 @@ def test_ensemble_averages_its_members_in_one_graph() -> None:
                for k in range(3)]
     merged = ensemble(members, user, item, cfg, mask, sel)
     assert len(merged.get_layer("m2_u_out").get_weights()) == 2 and merged.get_layer("user_mask")
-    assert merged.get_layer("m0_b_dense0").get_weights()[0].shape[0] == len(sel)
+    assert merged.get_layer("m0_b_dense0").get_weights()[0].shape[0] == len(sel) + 1  # + the item's log slope
     outs = [predict(m, user, item, np.ones(300)) for m in members]
     got = predict(merged, user, item, np.ones(300))
     t = lambda o: np.log(o["b"] - B_EPS)  # noqa: E731  (b = exp(t) + B_EPS below the cap)
