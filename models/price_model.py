@@ -98,7 +98,6 @@ class PriceModelConfig:
     hidden: tuple[int, ...] = (64, 32)      # the base-conversion tower u(x)
     b_hidden: tuple[int, ...] = (32, 16)    # the slope tower b(x)
     l2: float = 1e-4                        # on the slope tower
-    u_l2: float = 1e-4                      # on the base-conversion tower (an overfit u inflates the slope)
     epochs: int = 60
     batch_size: int = 4096
     learning_rate: float = 1e-3
@@ -193,7 +192,7 @@ def build_price_model(user: np.ndarray, item: np.ndarray, cfg: PriceModelConfig 
     us, ts = [], []
     for k in range(members):
         pre = f"m{k}_" if members > 1 else ""
-        us.append(_identity_dense(f"{pre}u_calib")(_tower(x, cfg.hidden, f"{pre}u", cfg.u_l2, bias=u0)))
+        us.append(_identity_dense(f"{pre}u_calib")(_tower(x, cfg.hidden, f"{pre}u", bias=u0)))
         ts.append(_identity_dense(f"{pre}b_calib")(_tower(xb, cfg.b_hidden, f"{pre}b", cfg.l2,
                                                           bias=float(np.log(b0)))))
     u = us[0] if members == 1 else layers.Average(name="u_mean")(us)
