@@ -108,15 +108,17 @@ identifiable from the history: ``pricing-train`` warns (a shop whose prices a po
 
 def train_all(log: EventLog, catalog: Catalog, out: Path, *, market: Market | None = None,
               holdout_days: float = 3.0, price_cfg: Any = None, rec_epochs: int = 30, rec_linear: bool = False,
-              plots: bool = True, progress: bool = True, knobs: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Build rows, fit the three models, evaluate on the time holdout, write ``out``; returns the summary."""
+              plots: bool = True, progress: bool = True, knobs: dict[str, Any] | None = None,
+              data: TrainingData | None = None) -> dict[str, Any]:
+    """Build rows (or take ``data``, built from ``log``), fit the three models, evaluate on the time
+    holdout, write ``out``; returns the summary."""
     from . import price_model as pm
     from .user_model import fit_user_model, predict_user
 
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    data = build_rows(log, catalog, FeatureSpec(), progress=progress)
+    data = data if data is not None else build_rows(log, catalog, FeatureSpec(), progress=progress)
     timings["rows_s"] = time.perf_counter() - t0
     cutoff = float(log.ts.max()) - holdout_days * 86400.0
     hold, fit, val = split_rows(data.row_ts, cutoff)
