@@ -214,7 +214,8 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[Row] = []
     for w in widths:
         model_dir, version = g0 / "models", v0
-        summary, tv, trained_on = s0, {}, "randomised history"
+        summary, trained_on = s0, "randomised history"
+        tv: dict[str, float] = {}
         for k in range(args.generations):
             row = Row(w, k, trained_on, version, summary["data"]["exposure_rows"]["train"],
                       summary["metrics"]["price_variation"], tv)
