@@ -181,6 +181,21 @@ class TrainingData:
     row_log: np.ndarray | None = None  # [N] the log row (event) of each exposure
 
 
+def rows_from(data: TrainingData, ts: float) -> TrainingData:
+    """``data`` without the exposure, session and choice rows before event time ``ts``.
+
+    The log before ``ts`` still built every later row's features (a warm-up history: the state
+    the worker had), but its own rows are left out, e.g. to learn only from the worker's logs.
+    """
+    r, s, c = data.row_ts >= ts, data.sess_ts >= ts, data.ch_ts >= ts
+    row = ("user", "item", "price_ratio", "label", "row_uid", "row_iid", "row_ts")
+    sess = ("sess_user", "sess_label", "sess_uid", "sess_ts")
+    ch = ("ch_user", "ch_items", "ch_price_ratio", "ch_mask", "ch_chosen", "ch_ts", "ch_uid", "ch_iid")
+    cut = {k: getattr(data, k)[r] for k in row} | {k: getattr(data, k)[s] for k in sess} | \
+        {k: getattr(data, k)[c] for k in ch}
+    return replace(data, **cut, row_log=None if data.row_log is None else data.row_log[r])
+
+
 def _catalog_columns(log: EventLog, catalog: Catalog) -> tuple[list, list, list, list]:
     """Per log item: base price, cost, category and level in category (None where the catalog lacks it)."""
     its = [catalog.get(i) for i in log.item_ids]

@@ -10,6 +10,7 @@
     <out>/holdout_sample.npz       parity inputs: user, item, price_ratio, rec_user, rec_items,
                                    rec_price_ratio, rec_mask (10,000 rows each)
     <out>/plots/*.png              calibration, demand_curves, elasticity
+    <out>/catalog.jsonl            only for a CSV export without --catalog: the catalog derived from it
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from .dataset import (
     read_events,
     read_prices,
     split_rows,
+    write_jsonl,
 )
 from .lab.simulator import Market, add_market_args, market_config
 
@@ -106,15 +108,17 @@ identifiable from the history: ``pricing-train`` warns (a shop whose prices a po
 
 def train_all(log: EventLog, catalog: Catalog, out: Path, *, market: Market | None = None,
               holdout_days: float = 3.0, price_cfg: Any = None, rec_epochs: int = 30, rec_linear: bool = False,
-              plots: bool = True, progress: bool = True, knobs: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Build rows, fit the three models, evaluate on the time holdout, write ``out``; returns the summary."""
+              plots: bool = True, progress: bool = True, knobs: dict[str, Any] | None = None,
+              data: TrainingData | None = None) -> dict[str, Any]:
+    """Build rows (or take ``data``, built from ``log``), fit the three models, evaluate on the time
+    holdout, write ``out``; returns the summary."""
     from . import price_model as pm
     from .user_model import fit_user_model, predict_user
 
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    data = build_rows(log, catalog, FeatureSpec(), progress=progress)
+    data = data if data is not None else build_rows(log, catalog, FeatureSpec(), progress=progress)
     timings["rows_s"] = time.perf_counter() - t0
     cutoff = float(log.ts.max()) - holdout_days * 86400.0
     hold, fit, val = split_rows(data.row_ts, cutoff)
@@ -316,8 +320,17 @@ def parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_version(p)
     src = p.add_argument_group("data (an event log, or else a fresh simulated history)")
-    src.add_argument("--events", type=Path, help="clickstream JSONL (.gz ok) in the wire schema")
-    src.add_argument("--catalog", type=Path, help="catalog JSONL (required with --events)")
+    src.add_argument("--events", type=Path,
+                     help="clickstream: JSONL (.gz ok) in the wire schema, or a shop's export in the public "
+                          "e-commerce CSV layout (.csv[.gz], see docs/training-data.md)")
+    src.add_argument("--events-format", choices=("auto", "jsonl", "csv"), default="auto",
+                     help="auto: CSV by suffix (.csv, .csv.gz) or by a header naming the layout's columns")
+    src.add_argument("--catalog", type=Path, help="catalog JSONL (required with JSONL --events; a CSV's catalog "
+                                                  "is derived from it as pricing-replay --emit-catalog does)")
+    src.add_argument("--cost-ratio", type=float, default=0.6,
+                     help="derived catalog (CSV without --catalog): unit_cost = base_price * this")
+    src.add_argument("--band", type=float, default=0.3,
+                     help="derived catalog: min/max price = base_price * (1 -/+ band)")
     src.add_argument("--prices", type=Path,
                      help="PriceEvents JSONL (a dump of the prices topic) logged with --events: each view's "
                           "exposure price becomes the price decided for it, the one the user saw")
@@ -345,9 +358,44 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _load_events(args: argparse.Namespace) -> tuple[EventLog, Catalog, dict[str, Any]]:
+    """The event log and catalog of ``--events`` (JSONL, or a CSV export with its catalog derived)."""
+    from streams.public_csv import derive_catalog
+
+    from .events_csv import is_public_csv, read_public_csv
+
+    csv = args.events_format == "csv" or (args.events_format == "auto" and is_public_csv(args.events))
+    if not csv:
+        if not args.catalog:
+            parser().error("JSONL --events needs --catalog")
+        return (EventLog.from_events(read_events(args.events)), read_catalog(args.catalog),
+                {"source": str(args.events), "catalog": str(args.catalog)})
+    events, report = read_public_csv(args.events)
+    print(report.text(), file=sys.stderr)
+    if not events:
+        raise ValueError("no usable rows (see the reasons above)")
+    knobs: dict[str, Any] = {"source": str(args.events), "format": "public-csv", "csv": report.as_dict()}
+    if args.catalog:
+        catalog = read_catalog(args.catalog)
+        knobs["catalog"] = str(args.catalog)
+    else:  # the same rule as pricing-replay --emit-catalog, written out so the worker can be given it
+        items = derive_catalog(args.events, args.cost_ratio, args.band)
+        catalog = Catalog.of(items)
+        args.out.mkdir(parents=True, exist_ok=True)
+        write_jsonl(args.out / "catalog.jsonl", items)
+        knobs["catalog"] = {"derived": str(args.out / "catalog.jsonl"), "items": len(items),
+                            "cost_ratio": args.cost_ratio, "band": args.band}
+        print(f"csv: catalog derived from the file: {len(items):,} items (base = median price, cost "
+              f"{args.cost_ratio:g} x base, band +/-{args.band:g}); wrote {args.out / 'catalog.jsonl'}",
+              file=sys.stderr)
+    return EventLog.from_events(events), catalog, knobs
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m models.train``."""
     args = parser().parse_args(argv)
+    if not 0 <= args.band < 1 or args.cost_ratio < 0:
+        parser().error("--band must be in [0, 1) and --cost-ratio >= 0")
     from .price_model import PriceModelConfig, feature_mask, slope_columns
 
     price_cfg = PriceModelConfig() if args.epochs is None else PriceModelConfig(epochs=args.epochs)
@@ -364,11 +412,12 @@ def main(argv: list[str] | None = None) -> int:
         parser().error(str(e))
     t0 = time.perf_counter()
     if args.events:
-        if not args.catalog:
-            parser().error("--events needs --catalog")
-        log, catalog = EventLog.from_events(read_events(args.events)), read_catalog(args.catalog)
+        try:
+            log, catalog, knobs = _load_events(args)
+        except (OSError, EOFError, ValueError) as exc:
+            print(f"pricing-train: error: cannot read {args.events}: {exc}", file=sys.stderr)
+            return 2
         market = Market.from_truth(args.truth) if args.truth else None
-        knobs: dict[str, Any] = {"source": str(args.events), "catalog": str(args.catalog)}
         if args.prices:
             log, joined = apply_decisions(log, read_prices(args.prices))
             knobs["decisions"] = {"prices": str(args.prices), **joined}

@@ -19,14 +19,15 @@ PACKAGES = ("streams", "models", "export")
 LAYERS: dict[str, tuple[str, ...]] = {
     "contract": ("streams.schemas", "streams.settings", "streams.features", "streams.version"),
     "core": ("streams.state", "streams.privacy", "streams.experiment", "streams.pricing", "streams.catalog",
-             "streams.scoring", "streams.pipeline", "export.bundle"),
+             "streams.scoring", "streams.pipeline", "streams.public_csv", "export.bundle"),
     "kafka": ("streams.topics", "streams.kafka_config"),
     "worker": ("streams.app", "streams.faust_compat", "streams.metrics", "streams.health", "streams.logs",
                "streams.runtime", "streams.__main__",
                "streams"),
     "tools": ("streams.tools.", "streams.tools"),
     "training": ("models.dataset", "models.user_model", "models.price_model", "models.recommend", "models.choice",
-                 "models.plots", "models.train", "models.offpolicy", "models.elasticity", "models.__main__", "models", "export.convert", "export.__main__",
+                 "models.plots", "models.train", "models.offpolicy", "models.elasticity", "models.events_csv",
+                 "models.__main__", "models", "export.convert", "export.__main__",
                  "export"),
     "lab": ("models.lab.", "models.lab"),
 }
