@@ -147,8 +147,8 @@ class Guardrails:
     def from_settings(cls, s: object) -> Guardrails:
         """Take the knobs from any object that has them (e.g. ``streams.settings.Settings``);
         ``cap_at_uniform`` is off where the object has no such attribute."""
-        names = ("max_deviation", "margin_floor", "max_step", "max_step_window_s")
-        return cls(*(float(getattr(s, f)) for f in names), cap_at_uniform=bool(getattr(s, "cap_at_uniform", False)))
+        d, m, st, w = (float(getattr(s, f)) for f in ("max_deviation", "margin_floor", "max_step", "max_step_window_s"))
+        return cls(d, m, st, w, cap_at_uniform=bool(getattr(s, "cap_at_uniform", False)))
 
 
 @dataclass(frozen=True, slots=True)

@@ -232,31 +232,6 @@ class Market:
         slowest = beta * (MIXTURE[2] if self.cfg.demand == "mixture" else 1.0)
         return np.asarray((inner + p[..., -1] / slowest) * base)
 
-    def consumer_surplus(self, user: np.ndarray, item: np.ndarray, price: np.ndarray,
-                         points: int = 257, chunk: int = 4096) -> np.ndarray:
-        """Expected consumer surplus of one exposure at ``price``: ``integral_price^inf buy_prob(x) dx``.
-
-        Generic in the demand form (only :meth:`buy_prob` is read): Simpson's rule on ``points`` prices
-        from ``price`` up, spaced quadratically (dense near ``price``, where the integrand is largest) to
-        ``price + 50 * base``, where any demand of this market is ~0 (a closed-form check for the logit,
-        ``log1p(exp(logit)) * base / beta``, is in the tests).
-        """
-        user, item = np.broadcast_arrays(np.asarray(user), np.asarray(item))
-        price = np.broadcast_to(np.asarray(price, np.float64), user.shape).ravel()
-        user, item = user.ravel(), item.ravel()
-        t = np.linspace(0.0, 1.0, points) ** 2 * 50.0  # in base units above the price
-        w = np.full(points, 2.0)
-        w[1::2], w[0], w[-1] = 4.0, 1.0, 1.0  # Simpson weights on the uniform s = sqrt(t / 50) grid
-        dt_ds = 2.0 * np.linspace(0.0, 1.0, points) * 50.0  # x = price + base * 50 s^2
-        out = np.empty(len(price))
-        for a in range(0, len(price), chunk):
-            sl = slice(a, a + chunk)
-            base = self.base[item[sl]][:, None]
-            x = price[sl, None] + base * t[None, :]
-            f = self.buy_prob(user[sl, None], item[sl, None], x) * base * dt_ds[None, :]
-            out[sl] = (f * w).sum(axis=1) / (3.0 * (points - 1))
-        return out
-
     def sample_buy(self, user: np.ndarray, item: np.ndarray, price: np.ndarray,
                    rng: np.random.Generator) -> np.ndarray:
         """One live step of the market: buy (True) or not, drawn from the true demand."""

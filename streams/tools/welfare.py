@@ -38,6 +38,14 @@ F = NDArray[np.float64]
 CENT = 0.005  # "above" means above by more than half a cent: prices are whole cents
 
 
+def _surplus(market: Any, user: NDArray[Any], item: NDArray[Any], price: F, chunk: int = 8192) -> F:
+    """``market.consumer_surplus`` in chunks (a numerical integral may take a grid per row)."""
+    out = np.empty(len(user))
+    for a in range(0, len(user), chunk):
+        out[a:a + chunk] = market.consumer_surplus(user[a:a + chunk], item[a:a + chunk], price[a:a + chunk])
+    return out
+
+
 def uniform_reference(exp: Any, market: Any | None = None) -> tuple[F, str]:
     """The uniform price of each exposure's item and where it comes from (see the module docstring);
     ``exp`` is a :class:`streams.tools.evaluate.Exposures`."""
@@ -83,14 +91,14 @@ def welfare(exp: Any, user_arm: NDArray[Any], arms: tuple[str, ...], market: Any
             "priced_above_uniform": float(np.mean(above[m][ok])) if ok.any() else math.nan,
             "purchases": int(bought.sum()),
             "paid_above_uniform": float(np.mean(above[m][ok & bought])) if (ok & bought).any() else math.nan}
-        if truth:
-            u, i = exp.user_index[m], exp.item_index[m]  # type: ignore[index]
-            cs = market.consumer_surplus(u, i, exp.price[m])
+        if truth and market is not None:
+            u, i = exp.user_index[m], exp.item_index[m]
+            cs = _surplus(market, u, i, exp.price[m])
             cs_ref = np.full(len(u), math.nan)
-            cs_ref[ok] = market.consumer_surplus(u[ok], i[ok], ref[m][ok])
+            cs_ref[ok] = _surplus(market, u[ok], i[ok], ref[m][ok])
             users, pos = np.unique(exp.user[m], return_inverse=True)
-            n_exp = np.bincount(pos, minlength=len(users)).astype(float)
-            cs_user = np.bincount(pos, cs, minlength=len(users))
+            n_exp = np.bincount(pos, minlength=len(users)).astype(np.float64)
+            cs_user = np.bincount(pos, cs, minlength=len(users)).astype(np.float64)
             diff = np.bincount(pos[ok], (cs - cs_ref)[ok], minlength=len(users))
             scale = np.bincount(pos[ok], cs_ref[ok], minlength=len(users))
             tol = 1e-6 * np.abs(scale) + 1e-9  # equal up to rounding: the uniform arm's own users
