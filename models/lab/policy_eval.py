@@ -23,14 +23,19 @@ with ``--cap-at-uniform`` ``learned-capped``, the learned policy under ``PRICING
 
 ``python -m models.lab.policy_eval --heterogeneity 0`` simulates a market, trains the price model on
 it and prints the table (the "does no harm where it cannot help" check).
+``python -m models.lab.policy_eval --train-dir var/demo/default/train --cap-at-uniform`` judges a
+training run's own price model and ``uniform.json`` (what the bundle ships) on its holdout instead.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
+from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -39,6 +44,7 @@ from models.dataset import build_rows, split_rows
 from streams.catalog import Catalog
 from streams.features import FEATURE_NAMES
 from streams.pricing import Guardrails, ItemBatch, band_batch, decide_batch, decide_uniform
+from streams.version import add_version
 
 from .simulator import Market, MarketConfig, add_market_args, market_config
 
@@ -248,6 +254,33 @@ def run(cfg: MarketConfig, holdout_days: float = 3.0, price_cfg: Any = None, pro
     return {"report": rep, "seconds": time.perf_counter() - t0}
 
 
+def run_trained(train_dir: Path, explore_widths: tuple[float, ...] = (),
+                cap_at_uniform: bool = False) -> dict[str, Any]:
+    """The table for a training run (``pricing-train`` on a simulated market): its price model and its
+    ``uniform.json`` on its own holdout exposures (the market re-simulated from the run's knobs)."""
+    import keras
+
+    from export.bundle import parse_uniform
+    from models import price_model  # noqa: F401  (registers the model's custom layers, if any)
+
+    t0 = time.perf_counter()
+    summary = json.loads((train_dir / "training_summary.json").read_text())
+    known = summary.get("knobs", {}).get("market")
+    if not known:
+        raise SystemExit(f"{train_dir}: training was not on a simulated market (no knobs.market)")
+    market = Market(MarketConfig(**known))
+    data = build_rows(market.simulate(), Catalog.of(market.catalog()))
+    hold, _, _ = split_rows(data.row_ts, datetime.fromisoformat(summary["data"]["holdout_from"]).timestamp())
+    model = keras.saving.load_model(train_dir / "price_model.keras", compile=False)
+    path = train_dir / "uniform.json"
+    uni = parse_uniform(path.read_bytes(), path) if path.exists() else None
+    u, i = data_market_index(market, data)
+    rep = evaluate_policies(market, model, data.user[hold], data.item[hold], u[hold], i[hold],
+                            explore_widths=explore_widths, cap_at_uniform=cap_at_uniform and uni is not None,
+                            uniform_ratio=None if uni is None else np.array([uni.get(k, 1.0) for k in market.item_ids]))
+    return {"report": rep, "seconds": time.perf_counter() - t0}
+
+
 def data_market_index(market: Market, data: Any) -> tuple[np.ndarray, np.ndarray]:
     """Market user and item indices of the exposure rows of ``TrainingData``."""
     uidx = {u: k for k, u in enumerate(market.user_ids)}
@@ -260,18 +293,24 @@ def data_market_index(market: Market, data: Any) -> tuple[np.ndarray, np.ndarray
 def main(argv: list[str] | None = None) -> int:
     """``python -m models.lab.policy_eval``: train the price model on a simulated market and print the table."""
     p = argparse.ArgumentParser(prog="python -m models.lab.policy_eval", description=main.__doc__)
+    add_version(p)
     add_market_args(p)
     p.add_argument("--holdout-days", type=float, default=None)
     p.add_argument("--explore-widths", default="", metavar="W,W",
                    help="also price with the worker's exploration at these widths (PRICING_EXPLORATION_WIDTH)")
+    p.add_argument("--train-dir", type=Path, default=None,
+                   help="judge this training run's price model and uniform.json on its holdout (no training)")
     p.add_argument("--cap-at-uniform", action="store_true",
                    help="also price with PRICING_CAP_AT_UNIFORM (never above max(base, learned uniform price)) "
                         "and print the efficiency with and without it")
     args = p.parse_args(argv)
     cfg = market_config(args)
     widths = tuple(float(w) for w in args.explore_widths.split(",") if w.strip())
-    res = run(cfg, args.holdout_days if args.holdout_days is not None else (0.25 if args.small else 3.0),
-              explore_widths=widths, cap_at_uniform=args.cap_at_uniform)
+    if args.train_dir is not None:
+        res = run_trained(args.train_dir, widths, args.cap_at_uniform)
+    else:
+        res = run(cfg, args.holdout_days if args.holdout_days is not None else (0.25 if args.small else 3.0),
+                  explore_widths=widths, cap_at_uniform=args.cap_at_uniform)
     print(table(res["report"]))
     print(f"{res['seconds']:.1f} s")
     return 0
