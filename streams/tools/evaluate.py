@@ -128,7 +128,7 @@ def user_arms(exp: Exposures) -> tuple[NDArray[Any], NDArray[Any], NDArray[np.in
     arm of their priced exposures, ``none`` when no price ever arrived for them."""
     users, pos = np.unique(exp.user, return_inverse=True)
     arm = np.full(len(users), "none", dtype=object)
-    for a in ARMS:  # "treatment" second: a tie (never happens with hashed arms) goes to treatment
+    for a in ARMS:  # "treatment" last: a tie (never happens with hashed arms) goes to treatment
         n = np.bincount(pos, exp.arm == a, minlength=len(users))
         other = np.bincount(pos, (exp.arm != a) & (exp.arm != "none"), minlength=len(users))
         arm[(n > 0) & (n >= other)] = a
