@@ -91,7 +91,7 @@ def fairness_rows(ev: Evaluation) -> list[list[str]]:
 
 FAIR_HEAD = ["arm", "segment", "users", "exposures", "mean price/base", "sd", "p10-p90", "priced above base"]
 WELFARE_HEAD = ["arm", "surplus/exposure [95% CI]", "at uniform prices", "profit + surplus", "better off",
-                "worse off", "purchases above uniform", "exposures above uniform"]
+                "worse off", "purchases above uniform", "exposures above uniform", "profit / at uniform [95% CI]"]
 
 
 def welfare_rows(ev: Evaluation) -> list[list[str]]:
@@ -105,7 +105,9 @@ def welfare_rows(ev: Evaluation) -> list[list[str]]:
         rows.append([a, _ci(cs, w["surplus_ci"], "{:.4f}") if cs is not None else "-", num(w.get("surplus_at_uniform")),
                      num(cs + profit) if cs is not None and profit is not None else "-",
                      share(w.get("better_off")), share(w.get("worse_off")), share(w.get("paid_above_uniform")),
-                     share(w.get("priced_above_uniform"))])
+                     share(w.get("priced_above_uniform")),
+                     _ci(w["profit_over_uniform"], w["profit_over_uniform_ci"], "{:.4f}")
+                     if "profit_over_uniform" in w else "-"])
     return rows
 
 
@@ -123,7 +125,8 @@ def _welfare_note(ev: Evaluation) -> str:
     w = ev.welfare
     return (f"welfare: consumer surplus per exposure under the true demand (the integral of the buy probability above "
             f"the price); better/worse off = the arm's users whose surplus on their own exposures is above/below what "
-            f"it would be at the uniform prices; uniform price = {w.get('reference', '-')} "
+            f"it would be at the uniform prices; profit / at uniform = expected profit at the shown over at the "
+            f"uniform prices, same exposures; uniform price = {w.get('reference', '-')} "
             f"({100 * w.get('reference_coverage', math.nan):.0f} % of exposures have one)")
 
 
@@ -181,7 +184,7 @@ def write_report(ev: Evaluation, exp: Exposures, meta: dict[str, Any], out: Path
     out.mkdir(parents=True, exist_ok=True)
     (out / "result.json").write_text(json.dumps({"meta": meta, "headline": headline(ev), **ev.as_dict()},
                                                 indent=2, default=float))
-    plots = [("lift.png", "Profit per user by arm, and the lift of treatment, with 95% intervals", plot_lift(ev, out)),
+    plots = [("lift.png", "Profit per user by arm, and the lifts, with 95% intervals", plot_lift(ev, out)),
              ("prices.png", "Shown price / base price per arm", plot_prices(exp, out, market)),
              ("fairness.png", f"Treatment prices by {ev.fairness['segment_by']}", plot_fairness(ev, out))]
     if market is not None:
@@ -243,7 +246,7 @@ def _plt() -> Any:
 def plot_lift(ev: Evaluation, out: Path) -> bool:
     """Profit per user per arm (left) and relative lifts (right), with 95% intervals."""
     plt = _plt()
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
     colors = {"control": "tab:gray", "uniform": "tab:orange", "treatment": "tab:blue"}
     for k, (a, s) in enumerate(ev.arms.items()):
         a1.errorbar([k], [s.profit_per_user], yerr=_err(s.profit_per_user, s.profit_per_user_ci),
@@ -252,13 +255,14 @@ def plot_lift(ev: Evaluation, out: Path) -> bool:
     a1.set_xlim(-0.6, len(ev.arms) - 0.4)
     a1.set_ylabel("profit per user")
     a1.set_title("profit per user")
-    names = list(ev.lift)
-    for k, m in enumerate(names):
-        lo, est, hi = ev.lift[m]
-        a2.errorbar([100 * est], [k], xerr=100 * _err(est, (lo, hi)), fmt="o", capsize=6, color="tab:blue")
+    rows = [(f"{m.replace('_', ' ')}: treatment / control", v) for m, v in ev.lift.items()]
+    rows += [(f"profit per user: {k.replace('_over_', ' / ')}", v) for k, v in ev.arm_lift.items()]
+    for k, (_, (lo, est, hi)) in enumerate(rows):
+        a2.errorbar([100 * est], [k], xerr=100 * _err(est, (lo, hi)), fmt="o", capsize=6,
+                    color="tab:blue" if k < len(ev.lift) else "tab:orange")
     a2.axvline(0, color="k", lw=0.8)
-    a2.set_yticks(range(len(names)), [m.replace("_", " ") for m in names])
-    a2.set_xlabel("lift of treatment over control (%)")
+    a2.set_yticks(range(len(rows)), [r[0] for r in rows], fontsize=8)
+    a2.set_xlabel("lift (%)")
     a2.set_title("lift with 95% interval")
     return _save(fig, plt, out / "lift.png")
 

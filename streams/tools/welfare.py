@@ -13,6 +13,9 @@ Per arm (users in their arm, intention to treat):
   95 % bootstrap interval over users; ``surplus_at_uniform``: the same exposures at the uniform
   prices (the counterfactual); ``better_off`` / ``worse_off``: the share of the arm's users whose
   summed surplus is higher / lower than at the uniform prices, same exposures (needs the truth);
+* ``profit_over_uniform``: expected profit (truth) at the shown prices over that at the uniform prices,
+  same exposures, with a bootstrap interval over users: what the arm's pricing adds over the uniform
+  prices, without the between-arm noise of comparing different users;
 * ``paid_above_uniform``: the share of purchases made at a price above the item's uniform price
   (beyond half a cent), and ``priced_above_uniform`` the share of exposures; both need no truth.
 
@@ -103,12 +106,21 @@ def welfare(exp: Any, user_arm: NDArray[Any], arms: tuple[str, ...], market: Any
             scale = np.bincount(pos[ok], cs_ref[ok], minlength=len(users))
             tol = 1e-6 * np.abs(scale) + 1e-9  # equal up to rounding: the uniform arm's own users
             covered = np.bincount(pos[ok], minlength=len(users)) > 0
-            n_b, s_b = bootstrap_sums([n_exp, cs_user], reps, rng)
+            # expected profit (truth) at the shown and at the uniform prices, on the exposures with a reference:
+            # the paired, within-exposure measure of what the arm's pricing adds over the uniform prices
+            cost = exp.unit_cost[m][ok]
+            pr = (exp.price[m][ok] - cost) * market.buy_prob(u[ok], i[ok], exp.price[m][ok])
+            pr_ref = (ref[m][ok] - cost) * market.buy_prob(u[ok], i[ok], ref[m][ok])
+            pr_user, pr_ref_user = (np.bincount(pos[ok], v, minlength=len(users)).astype(np.float64)
+                                    for v in (pr, pr_ref))
+            n_b, s_b, p_b, q_b = bootstrap_sums([n_exp, cs_user, pr_user, pr_ref_user], reps, rng)
             with np.errstate(invalid="ignore", divide="ignore"):
                 row.update({"surplus": float(cs.mean()), "surplus_ci": percentile_ci(s_b / n_b),
                             "surplus_at_uniform": float(np.nanmean(cs_ref)) if ok.any() else math.nan,
                             "users": int(len(users)), "users_compared": int(covered.sum()),
                             "better_off": float(np.mean(diff[covered] > tol[covered])) if covered.any() else math.nan,
-                            "worse_off": float(np.mean(diff[covered] < -tol[covered])) if covered.any() else math.nan})
+                            "worse_off": float(np.mean(diff[covered] < -tol[covered])) if covered.any() else math.nan,
+                            "profit_over_uniform": float(pr.sum() / pr_ref.sum()) if ok.any() else math.nan,
+                            "profit_over_uniform_ci": percentile_ci(p_b / q_b)})
         out["arms"][a] = row
     return out

@@ -263,6 +263,10 @@ def test_three_arms_lifts_and_welfare() -> None:
     # personalized prices: some users above the uniform price are worse off, the sensitive ones better off
     assert 0 < w["treatment"]["worse_off"] < 1 and 0 < w["treatment"]["better_off"] < 1
     assert w["treatment"]["priced_above_uniform"] > 0 and m["reference"].startswith("the uniform arm")
+    # the oracle earns more than the uniform prices on the same exposures; the uniform arm exactly as much
+    lo_p, hi_p = w["treatment"]["profit_over_uniform_ci"]
+    assert 1.0 < lo_p <= w["treatment"]["profit_over_uniform"] <= hi_p
+    assert w["uniform"]["profit_over_uniform"] == pytest.approx(1.0)
     from streams.tools.report import text_table
 
     shown = text_table(ev, {"run_id": "t"})
