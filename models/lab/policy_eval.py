@@ -42,7 +42,7 @@ import numpy as np
 
 from models.dataset import build_rows, split_rows
 from streams.catalog import Catalog
-from streams.features import FEATURE_NAMES
+from streams.features import FEATURE_NAMES, ITEM_FEATURE_NAMES, ITEM_TABLE_FEATURES
 from streams.pricing import Guardrails, ItemBatch, band_batch, decide_batch, decide_uniform
 from streams.version import add_version
 
@@ -260,7 +260,7 @@ def run_trained(train_dir: Path, explore_widths: tuple[float, ...] = (),
     ``uniform.json`` on its own holdout exposures (the market re-simulated from the run's knobs)."""
     import keras
 
-    from export.bundle import parse_uniform
+    from export.bundle import parse_item_table, parse_uniform
     from models import price_model  # noqa: F401  (registers the model's custom layers, if any)
 
     t0 = time.perf_counter()
@@ -271,6 +271,11 @@ def run_trained(train_dir: Path, explore_widths: tuple[float, ...] = (),
     market = Market(MarketConfig(**known))
     data = build_rows(market.simulate(), Catalog.of(market.catalog()))
     hold, _, _ = split_rows(data.row_ts, datetime.fromisoformat(summary["data"]["holdout_from"]).timestamp())
+    # the item-table features of the holdout rows: the run's table (training-period statistics), as serving
+    table = parse_item_table((train_dir / "item_table.json").read_bytes(), train_dir / "item_table.json")
+    cols = [ITEM_FEATURE_NAMES.index(f) for f in ITEM_TABLE_FEATURES]
+    per_item = np.array([table.get(i, (0.0,) * len(cols)) for i in data.item_ids], np.float64).reshape(-1, len(cols))
+    data.item[:, cols] = per_item[data.row_iid]
     model = keras.saving.load_model(train_dir / "price_model.keras", compile=False)
     path = train_dir / "uniform.json"
     uni = parse_uniform(path.read_bytes(), path) if path.exists() else None
