@@ -5,6 +5,10 @@
 #   -> closed-loop market (simulated users see the worker's prices and buy by the true demand)
 #   -> A/B evaluation table and report (reports/<run>/report.md)
 #
+# Three arms, a third of the users each: control (base price), uniform (one learnt price per item,
+# the bundle's uniform.json) and treatment (personalized); the report shows what personalization adds
+# beyond repricing (treatment over uniform) and the welfare of each arm.
+#
 # Usage: deploy/demo.sh [--homogeneous]
 #   --homogeneous      a market with no heterogeneity (all users alike): personalization cannot
 #                      help there, so treatment should earn >= 98 % of the best uniform price.
@@ -12,7 +16,8 @@
 #   them, default 240), DEMO_WARM_DAYS (simulated days of history replayed into the worker first,
 #   as if it had been running, default 7: the longest feature window, so that no decayed counter
 #   starts underfilled compared with training; 0 starts every user cold), DEMO_USERS (first N users
-#   of the market, default all 8,000), DEMO_KEEP_TOPICS=1 (keep the run's topics for `pricing-evaluate --kafka`).
+#   of the market, default all 8,000), DEMO_KEEP_TOPICS=1 (keep the run's topics for `pricing-evaluate --kafka`),
+#   DEMO_TREATMENT_SHARE / DEMO_UNIFORM_SHARE (default 0.3334 / 0.3333; DEMO_UNIFORM_SHARE=0 runs two arms).
 # It stops what it started: the worker always, the broker only if it was not already running.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,7 +26,7 @@ HOMOGENEOUS=0
 for arg in "$@"; do
   case "$arg" in
     --homogeneous) HOMOGENEOUS=1 ;;
-    -h|--help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "unknown argument: $arg (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -106,6 +111,7 @@ export PRICING_APP_ID="$RUN" PRICING_TOPIC_CLICKSTREAM="$RUN-clickstream" PRICIN
 export PRICING_TOPIC_PRICES="$RUN-prices" PRICING_TOPIC_DEAD_LETTER="$RUN-clickstream-dlq"
 export PRICING_MODEL_DIR="$VAR/models" PRICING_DATA_DIR="$VAR/worker" PRICING_USER_HASH_KEY="demo-$RUN"
 export PRICING_EXPERIMENT_SALT="$RUN"
+export PRICING_TREATMENT_SHARE=${DEMO_TREATMENT_SHARE:-0.3334} PRICING_UNIFORM_SHARE=${DEMO_UNIFORM_SHARE:-0.3333}
 rm -rf "$VAR"
 mkdir -p "$VAR"
 "$PY" -m streams.topics

@@ -22,7 +22,16 @@ from tqdm import tqdm
 from streams.features import FeatureSpec, feature_names
 from streams.version import add_version
 
-from .bundle import MODEL_FILES, Bundle, BundleError, load_bundle, parse_item_table, write_bundle
+from .bundle import (
+    MODEL_FILES,
+    UNIFORM_FILE,
+    Bundle,
+    BundleError,
+    load_bundle,
+    parse_item_table,
+    parse_uniform,
+    write_bundle,
+)
 
 # Holdout keys in holdout_sample.npz for each model's inputs.
 HOLDOUT_KEYS = {
@@ -87,8 +96,8 @@ def export_train_dir(train_dir: Path, model_dir: Path, *, tol: float, rows: int,
             ref = convert.keras_outputs(model, inputs)
         data[name] = proto.SerializeToString()
         parity[name] = convert.check_parity(name, data[name], inputs, ref, tol).as_dict()
-    bundle = write_bundle(model_dir, data, item_table=_item_table(train_dir), spec=spec, training=summary,
-                          parity=parity)
+    bundle = write_bundle(model_dir, data, item_table=_item_table(train_dir), uniform=_uniform(train_dir), spec=spec,
+                          training=summary, parity=parity)
     return bundle, parity
 
 
@@ -98,6 +107,17 @@ def _item_table(train_dir: Path) -> dict[str, tuple[float, ...]]:
     if not path.exists():
         raise FileNotFoundError(f"{path} missing: a training run of this version writes it")
     return parse_item_table(path.read_bytes(), path)
+
+
+def _uniform(train_dir: Path) -> dict[str, float] | None:
+    """The uniform arm's price ratios training wrote (``uniform.json``); None for a training run from
+    before the uniform arm (the bundle then has none, and serving prices that arm at base)."""
+    path = train_dir / UNIFORM_FILE
+    if not path.exists():
+        print(f"note: {path} missing (a training run from before the uniform arm): the bundle has no uniform "
+              "table, the uniform arm will show the base price", file=sys.stderr)
+        return None
+    return parse_uniform(path.read_bytes(), path)
 
 
 def _holdout(sample: dict[str, np.ndarray], model: str) -> dict[str, np.ndarray]:

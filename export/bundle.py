@@ -10,12 +10,16 @@ Layout::
     <model_dir>/<version>/retrieve.onnx item [N,I] -> score [N,1]   (optional: the recommend model's
                                         first stage, affine in item; bundles without it rank every item)
     <model_dir>/<version>/items.json    the item table: {"features": [...], "values": {item_id: [values]}}
+    <model_dir>/<version>/uniform.json  the uniform arm's price ratio per item (optional: bundles exported
+                                        before the uniform arm lack it, and price that arm at base)
 
 The item table holds, per item, statistics of the training history that are item features
 (``ITEM_TABLE_FEATURES``: ``item_conv_lift``, :func:`models.dataset.item_conv_lift`, and
 ``item_log_slope``, :mod:`models.elasticity`); an item it does not list gets 0s, the neutral values.
-``version`` is a content hash (ONNX bytes + item table + feature names), so re-exporting
-identical models is a no-op. Imports only onnxruntime, the standard library and ``streams.features``: the
+``uniform.json`` (:mod:`models.uniform`) maps item id -> price / base of the one price per item the
+``uniform`` arm shows; an item it does not list gets 1 (the base price).
+``version`` is a content hash (ONNX bytes + item table + uniform table, if any, + feature names), so
+re-exporting identical models is a no-op. Imports only onnxruntime, the standard library and ``streams.features``: the
 serving process loads bundles without TensorFlow (or even numpy, until it scores).
 """
 
@@ -23,6 +27,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import math
 import os
 import shutil
 import tempfile
@@ -43,6 +49,8 @@ MODEL_FILES = {"user": "user.onnx", "price": "price.onnx", "recommend": "recomme
 OPTIONAL_MODELS = frozenset({"retrieve"})  # bundles exported before the first stage existed lack it
 ITEM_TABLE_FILE = "items.json"
 ItemRow = tuple[float, ...]  # one item's ITEM_TABLE_FEATURES
+UNIFORM_FILE, UNIFORM_FEATURE = "uniform.json", "uniform_price_ratio"
+log = logging.getLogger(__name__)
 # Per model: contract inputs (exactly these) and outputs (at least these). Dims: "N" dynamic
 # batch, "U"/"I" user/item feature counts, "K" candidate slots (same everywhere in the model).
 CONTRACT: dict[str, tuple[dict[str, tuple[Any, ...]], dict[str, tuple[Any, ...]]]] = {
@@ -111,13 +119,16 @@ def check_contract(name: str, sig: Mapping[str, list[dict[str, Any]]], n_user: i
 
 
 def bundle_version(data: Mapping[str, bytes], names: Sequence[str], item_names: Sequence[str],
-                   item_table: bytes = b"") -> str:
-    """Content hash: sha256 over each model's name and bytes, the item table bytes and the feature
+                   item_table: bytes = b"", uniform: bytes | None = None) -> str:
+    """Content hash: sha256 over each model's name and bytes, the item table bytes, the uniform
+    table's (only when there is one, so bundles from before it keep their version) and the feature
     names, 12 hex."""
     h = hashlib.sha256()
     for model in sorted(data):
         h.update(model.encode() + b"\0" + hashlib.sha256(data[model]).digest())
     h.update(b"items\0" + hashlib.sha256(item_table).digest())
+    if uniform is not None:
+        h.update(b"uniform\0" + hashlib.sha256(uniform).digest())
     h.update(json.dumps([list(names), list(item_names)]).encode())
     return h.hexdigest()[:12]
 
@@ -153,6 +164,32 @@ def parse_item_table(raw: bytes, where: Path) -> dict[str, ItemRow]:
         raise BundleError(f"{where}: not an item table: {exc}") from exc
 
 
+def uniform_bytes(values: Mapping[str, float], **info: Any) -> bytes:
+    """The uniform table file: ``{"feature": "uniform_price_ratio", "values": {item_id: ratio}, **info}``,
+    keys sorted; every ratio a positive finite number."""
+    for k, v in values.items():
+        if not isinstance(k, str) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+            raise BundleError(f"uniform table: {k!r} -> {v!r} is not an item id with a positive finite ratio")
+    return json.dumps({"feature": UNIFORM_FEATURE, **info, "values": {k: round(float(values[k]), 6)
+                                                                       for k in sorted(values)}},
+                      separators=(",", ":")).encode()
+
+
+def parse_uniform(raw: bytes, where: Path) -> dict[str, float]:
+    """Inverse of :func:`uniform_bytes`; :class:`BundleError` naming ``where`` if it is not one."""
+    try:
+        obj = json.loads(raw)
+        values = obj["values"]
+        if obj.get("feature") != UNIFORM_FEATURE or not isinstance(values, dict):
+            raise ValueError(f"feature {obj.get('feature')!r} is not {UNIFORM_FEATURE!r}, or no values")
+        out = {str(k): float(v) for k, v in values.items()}
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise BundleError(f"{where}: not a uniform table: {exc}") from exc
+    if bad := [k for k, v in out.items() if not (math.isfinite(v) and v > 0)]:
+        raise BundleError(f"{where}: uniform ratio of {bad[0]!r} is {out[bad[0]]!r}, not positive and finite")
+    return out
+
+
 @dataclass(frozen=True)
 class Bundle:
     """A verified bundle: its directory, manifest and the exact ONNX bytes that were checked."""
@@ -161,6 +198,7 @@ class Bundle:
     manifest: dict[str, Any]
     data: Mapping[str, bytes]
     item_table: Mapping[str, ItemRow] = field(default_factory=dict)  # item id -> its ITEM_TABLE_FEATURES
+    uniform: Mapping[str, float] | None = None  # item id -> uniform price ratio; None: a bundle without one
     _sessions: dict[tuple[str, int], ort.InferenceSession] = field(default_factory=dict, repr=False)
 
     @property
@@ -242,18 +280,21 @@ def _fsync_dir(path: Path) -> None:
 
 
 def write_bundle(model_dir: str | os.PathLike[str], data: Mapping[str, bytes], *,
-                 item_table: Mapping[str, Sequence[float]] | None = None, spec: FeatureSpec | None = None,
+                 item_table: Mapping[str, Sequence[float]] | None = None,
+                 uniform: Mapping[str, float] | None = None, spec: FeatureSpec | None = None,
                  training: Mapping[str, Any] | None = None, parity: Mapping[str, Any] | None = None,
                  now: datetime | None = None) -> Bundle:
     """Verify ``data`` (model -> ONNX bytes), write ``<model_dir>/<version>/`` with ``item_table``
-    (item id -> its ``ITEM_TABLE_FEATURES``; none = every item neutral) atomically and point CURRENT at
-    it. An existing, valid bundle of the same version is reused as is."""
+    (item id -> its ``ITEM_TABLE_FEATURES``; none = every item neutral) and ``uniform`` (item id ->
+    uniform price ratio; None = no uniform table, that arm priced at base) atomically and point CURRENT
+    at it. An existing, valid bundle of the same version is reused as is."""
     root, spec = Path(model_dir), spec or FeatureSpec()
     root.mkdir(parents=True, exist_ok=True)
     names = feature_names(spec)
     sigs, _ = _verify(data, len(names), len(ITEM_FEATURE_NAMES))
     items = item_table_bytes(item_table or {})
-    version = bundle_version(data, names, ITEM_FEATURE_NAMES, items)
+    uni = uniform_bytes(uniform) if uniform is not None else None
+    version = bundle_version(data, names, ITEM_FEATURE_NAMES, items, uni)
     if not (root / version).exists():
         training = dict(training or {})
         manifest = {
@@ -265,6 +306,8 @@ def write_bundle(model_dir: str | os.PathLike[str], data: Mapping[str, bytes], *
                        for m, f in MODEL_FILES.items() if m in data},
             "item_table": {"file": ITEM_TABLE_FILE, "sha256": hashlib.sha256(items).hexdigest(),
                            "features": list(ITEM_TABLE_FEATURES), "items": len(item_table or {})},
+            **({"uniform": {"file": UNIFORM_FILE, "sha256": hashlib.sha256(uni).hexdigest(),
+                            "feature": UNIFORM_FEATURE, "items": len(uniform or {})}} if uni is not None else {}),
             "training": training, "holdout_metrics": training.get("metrics", {}),
             "parity": dict(parity or {}),
         }
@@ -275,6 +318,8 @@ def write_bundle(model_dir: str | os.PathLike[str], data: Mapping[str, bytes], *
                 if m in data:
                     _fsync_write(tmp / f, data[m])
             _fsync_write(tmp / ITEM_TABLE_FILE, items)
+            if uni is not None:
+                _fsync_write(tmp / UNIFORM_FILE, uni)
             _fsync_write(tmp / MANIFEST, json.dumps(manifest, indent=2, default=str).encode())
             os.rename(tmp, root / version)  # the version dir appears complete or not at all
         except OSError:
@@ -328,14 +373,20 @@ def load_bundle(path: str | os.PathLike[str], *, spec: FeatureSpec | None = None
     data = {model: _read_listed(bdir, entry, f"model {model!r} file")
             for model, entry in manifest.get("models", {}).items()}
     items = _read_listed(bdir, manifest.get("item_table"), "item table")
-    if (version := bundle_version(data, want, item_names, items)) != manifest.get("version"):
+    uni = _read_listed(bdir, manifest["uniform"], "uniform table") if manifest.get("uniform") else None
+    if (version := bundle_version(data, want, item_names, items, uni)) != manifest.get("version"):
         raise BundleError(f"{bdir}: content version {version} != manifest version {manifest.get('version')}")
     sigs, sessions = _verify(data, len(want), len(item_names))
     for model, sig in sigs.items():
         listed = {k: manifest["models"][model].get(k) for k in ("inputs", "outputs")}
         if listed != sig:
             raise BundleError(f"{bdir}: model {model!r} graph signature {sig} differs from manifest {listed}")
-    return Bundle(bdir, manifest, data, parse_item_table(items, bdir / manifest["item_table"]["file"]), sessions)
+    if uni is None:
+        log.info("bundle %s has no %s (exported before the uniform arm): the uniform arm shows the base price",
+                 manifest.get("version"), UNIFORM_FILE)
+    uniform = parse_uniform(uni, bdir / manifest["uniform"]["file"]) if uni is not None else None
+    return Bundle(bdir, manifest, data, parse_item_table(items, bdir / manifest["item_table"]["file"]),
+                  uniform, sessions)
 
 
 def _read_listed(bdir: Path, entry: Any, what: str) -> bytes:

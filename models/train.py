@@ -6,6 +6,7 @@
     <out>/price_model.keras        Keras functional: user, item, price_ratio -> p_buy, a, b
     <out>/recommend_model.keras    Keras functional: user, items, price_ratio, mask -> probs
     <out>/item_table.json          {"features": ["item_conv_lift", "item_log_slope"], "values": {item_id: [...]}}
+    <out>/uniform.json             {"feature": "uniform_price_ratio", "values": {item_id: ratio}} (models.uniform)
     <out>/training_summary.json    rows, users, date range, metrics, knobs, feature names
     <out>/holdout_sample.npz       parity inputs: user, item, price_ratio, rec_user, rec_items,
                                    rec_price_ratio, rec_mask (10,000 rows each)
@@ -48,6 +49,7 @@ from .dataset import (
     write_jsonl,
 )
 from .lab.simulator import Market, add_market_args, market_config
+from .uniform import GRID, PRIOR_EXPOSURES, UNIFORM_FILE, catalog_uniform, uniform_bytes
 
 PARITY_ROWS = 10_000
 
@@ -169,11 +171,19 @@ def train_all(log: EventLog, catalog: Catalog, out: Path, *, market: Market | No
     metrics["price_model"].update({f"fit_{k}": v for k, v in getattr(price, "calibration", {}).items()})
     if market is not None and hold.any():
         metrics["policy"] = _policy_check(market, price, data, hold)
+    # the uniform arm's one price per item, from the training exposures under the fitted model
+    t0 = time.perf_counter()
+    ptr = pm.predict(price, data.user[~hold], data.item[~hold], np.ones(int((~hold).sum())))
+    uniform = catalog_uniform(catalog, data.item_ids, data.row_iid[~hold], ptr["a"], ptr["b"])
+    timings["uniform_s"] = time.perf_counter() - t0
+    metrics["uniform"] = {"items": len(uniform), "mean_ratio": float(np.mean(list(uniform.values())))
+                          if uniform else float("nan")}
     # write the artefacts
     import joblib
 
     joblib.dump(user_model, out / "user_model.joblib")
     price.save(out / "price_model.keras")
+    (out / UNIFORM_FILE).write_bytes(uniform_bytes(uniform, prior_exposures=PRIOR_EXPOSURES, grid=GRID))
     (out / "item_table.json").write_text(json.dumps({"features": list(ITEM_TABLE_FEATURES), "values": item_table}))
     if rec is not None:
         rec.save(out / "recommend_model.keras")
@@ -293,7 +303,7 @@ def _summary(log: EventLog, data: TrainingData, hold: np.ndarray, s_hold: np.nda
         "metrics": metrics, "timings_s": timings, "price_model_config": asdict(cfg), "knobs": knobs or {},
         "artifacts": {"user_model": "user_model.joblib", "price_model": "price_model.keras",
                       "recommend_model": "recommend_model.keras" if has_rec else None,
-                      "item_table": "item_table.json",
+                      "item_table": "item_table.json", "uniform": UNIFORM_FILE,
                       "holdout_sample": "holdout_sample.npz"},
     }
 

@@ -11,7 +11,9 @@ and a table reader in, and writes back what comes out. A batch goes through thes
    and one user part per trigger and category bucket) shortlists ``shortlist`` items out of the
    whole catalog, the recommend model ranks the shortlist and picks the top-K items, the price
    model gives each candidate its demand curve (one onnxruntime call each);
-5. decide guarded prices (treatment) or keep the base price (control) -> price events: always
+5. decide guarded prices (treatment), the item's uniform price through the same guardrails
+   (uniform: ``base * scorer.uniform_ratio``, policy ``uniform``) or keep the base price (control)
+   -> price events: always
    the viewed item's; a recommended item's only if it differs from the price last sent to this
    user for that item, or that one is ``resend_unchanged_s`` old or more (event time).
 """
@@ -37,7 +39,7 @@ from .features import (
     update,
     user_features,
 )
-from .pricing import Guardrails, ItemBatch, Reason, conversion, decide_batch, reason_names
+from .pricing import Guardrails, ItemBatch, Reason, conversion, decide_batch, decide_uniform, reason_names
 from .privacy import UserHasher
 from .schemas import (
     ClickEvent,
@@ -316,16 +318,26 @@ class Pipeline:
         prev = [trig[k].record.prices.get(cols.ids[j]) for k, j in rows]
         dids = [decision_id(trig[k].ev.event_id, cols.ids[j]) for k, j in rows]
         width = self.s.exploration_width
+        items = ItemBatch(base, cost, cols.min_price[ij], cols.max_price[ij])
+        now_ts = np.array([trig[k].ev.ts for k, _ in rows])
+        prev_price = np.array([p[0] if p else math.nan for p in prev])
+        prev_ts = np.array([p[1] if p else -math.inf for p in prev])
+        arms = [assign_arm(t.user_key, self.s.experiment_salt, self.s.treatment_share, self.s.uniform_share)
+                for t in trig]
+        row_arm = np.array([arms[k] for k, _ in rows])
+        # the uniform price per row: the uniform arm's price, and the cap of PRICING_CAP_AT_UNIFORM
+        need_uniform = self.guardrails.cap_at_uniform or bool(np.any(row_arm == "uniform"))
+        uratio = scorer.uniform_ratio([cols.ids[j] for j in ij]) if need_uniform else None
         # each row is decided at its own trigger's event time; with exploration, the draw is seeded by
         # the decision id, so a replayed event is priced the same
-        dec = decide_batch(a, b, ItemBatch(base, cost, cols.min_price[ij], cols.max_price[ij]), self.guardrails,
-                           now_ts=np.array([trig[k].ev.ts for k, _ in rows]),
-                           prev_price=np.array([p[0] if p else math.nan for p in prev]),
-                           prev_ts=np.array([p[1] if p else -math.inf for p in prev]),
+        dec = decide_batch(a, b, items, self.guardrails, now_ts=now_ts, prev_price=prev_price, prev_ts=prev_ts,
                            explore_width=width,
-                           explore_u=np.array([bucket(d, self._explore_salt) for d in dids]) if width > 0 else None)
+                           explore_u=np.array([bucket(d, self._explore_salt) for d in dids]) if width > 0 else None,
+                           uniform_ratio=uratio)
+        uni = decide_uniform(uratio, a, b, items, self.guardrails, now_ts, prev_price, prev_ts) \
+            if uratio is not None and np.any(row_arm == "uniform") else None
+        flags = np.where(row_arm == "uniform", uni.reasons if uni is not None else 0, dec.reasons)
         base_conv = conversion(a, b, base, base)
-        arms = [assign_arm(t.user_key, self.s.experiment_salt, self.s.treatment_share) for t in trig]
         propensity = dec.propensity if dec.propensity is not None else np.ones(len(rows))
         sent: list[int] = []  # rows whose price is sent (the reasons counted are those of sent prices)
         for r, (k, j) in enumerate(rows):
@@ -335,6 +347,11 @@ class Pipeline:
                     reason_names(int(dec.reasons[r]))
                 drawn = bool(dec.reasons[r] & Reason.EXPLORED)
                 prop, policy = float(propensity[r]) if drawn else 1.0, self._policy if drawn else "greedy"
+            elif arm == "uniform":  # one learnt price per item, the same for every user: a point mass
+                assert uni is not None
+                price, conv, reasons = float(uni.price[r]), float(uni.expected_conversion[r]), \
+                    reason_names(int(uni.reasons[r]))
+                prop, policy = 1.0, "uniform"
             else:  # control shows the base price: the comparison the experiment needs
                 price, conv, reasons, prop, policy = float(base[r]), float(base_conv[r]), ("CONTROL",), 1.0, "control"
             if not t.replay and item_id != t.ev.item_id and self._unchanged(t, item_id, price):
@@ -351,11 +368,12 @@ class Pipeline:
             out.prices.append((t.ev.user_id.encode(), dumps(event)))
             out.counts[f"price.{arm}"] += 1
         idx = np.array(sent, np.int64)
-        self._count_reasons(np.array([a == "treatment" for a in arms])[tk][idx], dec.reasons[idx], out)
+        self._count_reasons((row_arm != "control")[idx], flags[idx], out)
 
     @staticmethod
     def _count_reasons(treated: np.ndarray, flags: np.ndarray, out: BatchOutput) -> None:
-        """``reason.<NAME>`` counts of a batch's decisions in one numpy pass (control rows: CONTROL)."""
+        """``reason.<NAME>`` counts of a batch's decisions in one numpy pass: ``treated`` marks the rows
+        priced by a policy (treatment or uniform: their flags count), the others are control (CONTROL)."""
         n = np.bincount(flags[treated])  # flags are small ints (8 bits)
         for f in np.flatnonzero(n).tolist():
             for name in reason_names(f):

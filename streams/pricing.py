@@ -12,7 +12,12 @@ would empty the band is skipped (reason ``BAND_EMPTY``); the band keeps the guar
 2. deviation ``base * (1 +- max_deviation)`` - holds whenever it meets the item bounds;
 3. margin floor ``p >= unit_cost * (1 + margin_floor)`` - holds whenever it meets band 1-2;
 4. step limit ``previous * (1 +- max_step)``, only if the previous price for this user and item
-   is at most ``max_step_window_s`` old (or stamped in the future) - holds whenever it meets 1-3.
+   is at most ``max_step_window_s`` old (or stamped in the future) - holds whenever it meets 1-3;
+5. uniform cap ``p <= max(base, uniform price)``, only with ``cap_at_uniform`` and the item's
+   uniform price ratio given (``uniform_ratio``) - holds whenever it meets 1-4.
+
+The ``uniform`` arm's price (:func:`decide_uniform`) is ``base * uniform_ratio`` put through the
+same band and rounding: reason ``UNIFORM`` plus the clips that moved it.
 
 The price is the clipped optimum (base price if the model output is invalid), rounded to whole
 cents inside the band (ceil at the lower edge, floor at the upper); if the band holds no whole
@@ -109,6 +114,8 @@ class Reason(enum.IntFlag):
     MODEL_INVALID = 64
     BAND_EMPTY = 128
     EXPLORED = 256      # drawn around the decision (exploration); the event's propensity says how
+    UNIFORM = 512       # the uniform arm: the item's one learnt price, the same for every user
+    CLIP_UNIFORM_CAP = 1024  # a treatment price cut to max(base, uniform price) (cap_at_uniform)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -129,6 +136,7 @@ class Guardrails:
     margin_floor: float = 0.05
     max_step: float = 0.1
     max_step_window_s: float = 3600.0
+    cap_at_uniform: bool = False
 
     def __post_init__(self) -> None:
         ok = (0 <= self.max_deviation <= 1, 0 <= self.margin_floor <= 10, 0 <= self.max_step <= 1)
@@ -137,9 +145,10 @@ class Guardrails:
 
     @classmethod
     def from_settings(cls, s: object) -> Guardrails:
-        """Take the four knobs from any object that has them (e.g. ``streams.settings.Settings``)."""
-        names = ("max_deviation", "margin_floor", "max_step", "max_step_window_s")
-        return cls(*(float(getattr(s, f)) for f in names))
+        """Take the knobs from any object that has them (e.g. ``streams.settings.Settings``);
+        ``cap_at_uniform`` is off where the object has no such attribute."""
+        d, m, st, w = (float(getattr(s, f)) for f in ("max_deviation", "margin_floor", "max_step", "max_step_window_s"))
+        return cls(d, m, st, w, cap_at_uniform=bool(getattr(s, "cap_at_uniform", False)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,12 +250,13 @@ def explore(price: F, lo: F, hi: F, width: float, u: F) -> tuple[F, F, NDArray[n
 
 
 def band_batch(items: ItemBatch, g: Guardrails, now_ts: float | F = 0.0,
-               prev_price: F | None = None, prev_ts: F | None = None) -> BandBatch:
+               prev_price: F | None = None, prev_ts: F | None = None, uniform_ratio: F | None = None) -> BandBatch:
     """Allowed price bands per row (``prev_price`` nan = no previous price).
 
     ``now_ts`` is the decision's event time, one for all rows or one per row (rows of a batch
     come from triggers at different times); a previous price within ``max_step_window_s`` of it
-    limits the step.
+    limits the step. With ``g.cap_at_uniform`` and ``uniform_ratio`` (uniform price / base per
+    row), the band ends at ``max(base, base * uniform_ratio)`` (rows with a non-finite ratio: no cap).
     """
     n = items.base_price.shape[0]
     lo, hi = items.min_price.copy(), items.max_price.copy()
@@ -262,6 +272,10 @@ def band_batch(items: ItemBatch, g: Guardrails, now_ts: float | F = 0.0,
             fresh = (now_ts - prev_ts <= g.max_step_window_s) & np.isfinite(prev_price) & (prev_price > 0)
         step = (prev_price * (1 - g.max_step), prev_price * (1 + g.max_step))
         guards.append((*step, Reason.CLIP_STEP_LIMIT, fresh))
+    if g.cap_at_uniform and uniform_ratio is not None:
+        ur = np.asarray(uniform_ratio, np.float64)
+        cap = items.base_price * np.maximum(1.0, np.where(np.isfinite(ur), ur, 1.0))
+        guards.append((np.zeros(n), cap, Reason.CLIP_UNIFORM_CAP, np.isfinite(ur) & (ur > 0)))
     for glo, ghi, reason, on in guards:
         nlo, nhi = np.maximum(lo, glo), np.minimum(hi, ghi)
         ok = on & (nlo <= nhi)
@@ -280,15 +294,16 @@ def round_into(price: F, lo: F, hi: F) -> F:
 
 def decide_batch(a: ArrayLike, b: ArrayLike, items: ItemBatch, g: Guardrails, now_ts: float | F = 0.0,
                  prev_price: F | None = None, prev_ts: F | None = None, *, explore_width: float = 0.0,
-                 explore_u: F | None = None) -> BatchDecision:
+                 explore_u: F | None = None, uniform_ratio: F | None = None) -> BatchDecision:
     """Guarded profit-optimal prices for a batch of model outputs ``(a, b)``, one row per item.
 
     With ``explore_width > 0``, each price is drawn around its decision (:func:`explore`, uniforms
     ``explore_u``, one per row), inside the same band; conversion and profit are those of the
-    drawn price, and ``propensity`` its density.
+    drawn price, and ``propensity`` its density. ``uniform_ratio`` (per row) is read only with
+    ``g.cap_at_uniform``: the uniform cap, guard 5.
     """
     a_, b_ = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    bd = band_batch(items, g, now_ts, prev_price, prev_ts)
+    bd = band_batch(items, g, now_ts, prev_price, prev_ts, uniform_ratio)
     with np.errstate(all="ignore"):
         target = optimal_price(a_, b_, items.base_price, items.unit_cost)
         invalid = ~(np.isfinite(a_) & np.isfinite(b_) & (b_ > 0) & np.isfinite(b_ / items.base_price)
@@ -306,6 +321,30 @@ def decide_batch(a: ArrayLike, b: ArrayLike, items: ItemBatch, g: Guardrails, no
             reasons = reasons | np.where(drawn, int(Reason.EXPLORED), 0)
         conv = np.where(invalid, np.nan, conversion(a_, b_, items.base_price, price))
     return BatchDecision(price, conv, (price - items.unit_cost) * conv, reasons, propensity)
+
+
+def decide_uniform(uniform_ratio: ArrayLike, a: ArrayLike, b: ArrayLike, items: ItemBatch, g: Guardrails,
+                   now_ts: float | F = 0.0, prev_price: F | None = None, prev_ts: F | None = None) -> BatchDecision:
+    """The uniform arm's prices: ``base * uniform_ratio`` clipped into the band of guards 1-4 and
+    rounded to cents as :func:`decide_batch` does, reasons ``UNIFORM`` plus the clips (a non-finite
+    or non-positive ratio means the base price); conversion and profit from the model's ``(a, b)``
+    at that price (nan where they are invalid), propensity 1.
+
+    >>> it = ItemBatch.of([ItemTerms("sku-1", 10.0, 6.0, 5.0, 20.0)])
+    >>> d = decide_uniform([0.7], [2.0], [3.0], it, Guardrails())
+    >>> float(d.price[0]), reason_names(int(d.reasons[0]))
+    (8.0, ('CLIP_MAX_DEVIATION', 'UNIFORM'))
+    """
+    r, a_, b_ = (np.asarray(x, np.float64) for x in (uniform_ratio, a, b))
+    bd = band_batch(items, g, now_ts, prev_price, prev_ts)  # no cap: it only bounds personalized prices
+    with np.errstate(all="ignore"):
+        target = items.base_price * np.where(np.isfinite(r) & (r > 0), r, 1.0)
+        reasons = bd.flags | int(Reason.UNIFORM)
+        reasons |= np.where(target < bd.lo, bd.lo_reason, 0) | np.where(target > bd.hi, bd.hi_reason, 0)
+        price = round_into(np.clip(target, bd.lo, bd.hi), bd.lo, bd.hi)
+        valid = np.isfinite(a_) & np.isfinite(b_) & (b_ > 0)
+        conv = np.where(valid, conversion(a_, b_, items.base_price, price), np.nan)
+    return BatchDecision(price, conv, (price - items.unit_cost) * conv, reasons, np.ones_like(price))
 
 
 def _prev(previous: tuple[float, float] | None) -> tuple[F | None, F | None]:

@@ -29,7 +29,7 @@ import orjson
 
 EventType = Literal["view", "click", "add_to_cart", "purchase", "review"]
 EVENT_TYPES: Final[tuple[str, ...]] = ("view", "click", "add_to_cart", "purchase", "review")
-Arm = Literal["control", "treatment"]
+Arm = Literal["control", "uniform", "treatment"]
 
 MAX_PAYLOAD_BYTES: Final = 16_384
 MAX_FUTURE_SKEW_S: Final = 300.0
@@ -250,8 +250,8 @@ def parse_catalog(data: bytes, *, max_bytes: int = MAX_PAYLOAD_BYTES, on_unknown
 def parse_price(data: bytes, *, max_bytes: int = MAX_PAYLOAD_BYTES) -> PriceEvent:
     """Validate one PriceEvent payload (the catalog-side consumer uses this)."""
     obj = _load_object(data, _PRICE, max_bytes)
-    if obj["arm"] not in ("control", "treatment"):
-        raise SchemaError("BAD_VALUE", f"arm must be control or treatment, got {obj['arm'][:40]!r}")
+    if obj["arm"] not in ("control", "uniform", "treatment"):
+        raise SchemaError("BAD_VALUE", f"arm must be control, uniform or treatment, got {obj['arm'][:40]!r}")
     if not all(isinstance(r, str) for r in obj["reasons"]):
         raise SchemaError("WRONG_TYPE", "reasons must be a list of strings")
     version = obj.get("schema_version", 1)

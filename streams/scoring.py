@@ -64,6 +64,10 @@ class Scorer(Protocol):
         never saw."""
         ...
 
+    def uniform_ratio(self, item_ids: Sequence[str]) -> F:
+        """The uniform arm's price / base per id ``[N]``: 1 (the base price) for items it has none for."""
+        ...
+
 
 def _f32(x: ArrayLike, ndim: int, what: str, tail: tuple[int | None, ...]) -> NDArray[np.float32]:
     """As a C-contiguous float32 array, checking rank and the fixed trailing dims."""
@@ -85,6 +89,7 @@ class OnnxScorer:
         if self._retrieve is not None:
             _check_affine(self.retrieve, self._i, bundle.version)
         self._items = bundle.item_table
+        self._uniform = bundle.uniform or {}  # a bundle from before the uniform arm: every item at base
         k = {t.name: t.shape for t in self._rec.get_inputs()}["mask"][1]
         self._k: int | None = k if isinstance(k, int) else None  # fixed slot count, if any
 
@@ -129,6 +134,11 @@ class OnnxScorer:
         get, zero = self._items.get, (0.0,) * len(ITEM_TABLE_FEATURES)
         return np.array([get(i, zero) for i in item_ids], np.float64).reshape(len(item_ids), len(zero))
 
+    def uniform_ratio(self, item_ids: Sequence[str]) -> F:
+        """See :meth:`Scorer.uniform_ratio`: the bundle's uniform table."""
+        get = self._uniform.get
+        return np.fromiter((get(i, 1.0) for i in item_ids), np.float64, len(item_ids))
+
 
 def _check_affine(retrieve: Callable[[ArrayLike], F | None], n_item: int, version: str,
                   tol: float = 1e-4) -> None:
@@ -156,13 +166,15 @@ class DeterministicScorer:
     * ``recommend``: softmax over real slots of ``items @ W_ITEM - 2 price_ratio``;
       padding slots get 0 (a row with no real slot is all 0);
     * ``propensity = sigmoid(m - 1)``; ``item_table`` 0s for every item;
+    * ``uniform_ratio``: ``uniform[id]`` for the ids of the ``uniform`` mapping given, else 1 (base);
     * ``retrieve = items @ W_ITEM``: the first stage ranks exactly as ``recommend``.
     """
 
     W_ITEM = np.array([-0.1, 2.0, -0.5, 1.0, 1.0, 0.5, 0.0])  # ITEM_FEATURE_NAMES order
 
-    def __init__(self, version: str = "deterministic") -> None:
+    def __init__(self, version: str = "deterministic", uniform: dict[str, float] | None = None) -> None:
         self.version = version
+        self.uniform = dict(uniform or {})
 
     def price(self, user: ArrayLike, item: ArrayLike, price_ratio: ArrayLike) -> tuple[F, F, F]:
         """See :meth:`Scorer.price`."""
@@ -192,6 +204,10 @@ class DeterministicScorer:
     def item_table(self, item_ids: Sequence[str]) -> F:
         """See :meth:`Scorer.item_table`."""
         return np.zeros((len(item_ids), len(ITEM_TABLE_FEATURES)))
+
+    def uniform_ratio(self, item_ids: Sequence[str]) -> F:
+        """See :meth:`Scorer.uniform_ratio`."""
+        return np.array([self.uniform.get(i, 1.0) for i in item_ids], np.float64)
 
 
 class ScorerHolder:

@@ -125,9 +125,15 @@ class Settings(BaseSettings):
     margin_floor: float = Field(0.05, ge=0, le=10, description="price >= unit_cost * (1 + margin_floor)")
     max_step: float = Field(0.1, ge=0, le=1, description="largest relative move of one user's price per item")
     max_step_window_s: float = Field(3600.0, ge=0)
+    cap_at_uniform: bool = Field(False, description="a treatment price is never above max(base, the item's uniform "
+                                                    "price) (reason CLIP_UNIFORM_CAP)")
 
     # --- experiment and privacy
     treatment_share: float = Field(0.5, ge=0, le=1)
+    # 0 by default: a running experiment keeps its two-arm split (same salt, same users per arm) until
+    # the uniform arm is asked for; treatment_share + uniform_share <= 1
+    uniform_share: float = Field(0.0, ge=0, le=1, description="share of users shown the uniform arm's one "
+                                                              "learnt price per item")
     experiment_salt: str = "exp-1"
     exploration_width: float = Field(0.0, ge=0, le=0.5,
                                      description="treatment prices drawn log-uniformly within +-this log width "
@@ -154,6 +160,9 @@ class Settings(BaseSettings):
         if self.min_insync_replicas > self.replication_factor:
             raise ValueError(f"PRICING_MIN_INSYNC_REPLICAS={self.min_insync_replicas} is above "
                              f"PRICING_REPLICATION_FACTOR={self.replication_factor}: no write could succeed")
+        if self.treatment_share + self.uniform_share > 1.0 + 1e-9:
+            raise ValueError(f"PRICING_TREATMENT_SHARE={self.treatment_share:g} + PRICING_UNIFORM_SHARE="
+                             f"{self.uniform_share:g} is above 1: the control arm would have a negative share")
         self._check_security()
         if self.producer_compression not in ("none", "gzip") and importlib.util.find_spec("cramjam") is None:
             raise ValueError(f"PRICING_PRODUCER_COMPRESSION={self.producer_compression} needs the cramjam package "

@@ -9,6 +9,8 @@ for them, else the base price), picks the ones it views by taste, price level an
 Each view triggers the worker; the user then sees **the price decided for them for that item**,
 matched on ``decision_id(event_id, item_id)`` from the prices topic. No price within
 ``--price-timeout`` means the base price is shown (arm ``none``) and the timeout is counted. The
+worker's split decides the arm (``PRICING_TREATMENT_SHARE``, ``PRICING_UNIFORM_SHARE``: control,
+uniform and treatment; the demo runs thirds); the market only records the arm each price names. The
 user buys or not by the **true** demand at the shown price (one uniform draws the whole funnel,
 as in the simulator): click, add_to_cart, and at the end of the session purchase (and sometimes
 review) events flow back into the clickstream at the shown price.

@@ -151,8 +151,9 @@ def parser() -> argparse.ArgumentParser:
     """Arguments of ``python -m models.lab.loop_sim``."""
     p = argparse.ArgumentParser(prog="pricing-loop-sim", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                                epilog="Pipeline settings (top-K, guardrails, A/B share, salt): PRICING_* "
-                                       "environment variables (see pricing-settings).")
+                                epilog="Pipeline settings (top-K, guardrails, arm shares, salt): PRICING_* "
+                                       "environment variables (see pricing-settings); three arms as in the demo: "
+                                       "PRICING_TREATMENT_SHARE=0.3334 PRICING_UNIFORM_SHARE=0.3333.")
     d = LoopConfig()
     add_version(p)
     p.add_argument("--train-dir", type=Path, required=True, help="training run whose simulated market to use")

@@ -16,24 +16,35 @@ policies:
 1 = as good as knowing every user's demand), with a user-level bootstrap interval (exposures of
 one user are resampled together; the uniform prices stay fixed, as they would be in a live test).
 
+With the learned uniform prices (:mod:`models.uniform`, from the training exposures, as training
+ships them to the ``uniform`` arm) two more rows: ``uniform-learned``, the uniform arm's prices, and
+with ``--cap-at-uniform`` ``learned-capped``, the learned policy under ``PRICING_CAP_AT_UNIFORM``
+(never above max(base, uniform price)): its efficiency beside the uncapped one is the cap's cost.
+
 ``python -m models.lab.policy_eval --heterogeneity 0`` simulates a market, trains the price model on
 it and prints the table (the "does no harm where it cannot help" check).
+``python -m models.lab.policy_eval --train-dir var/demo/default/train --cap-at-uniform`` judges a
+training run's own price model and ``uniform.json`` (what the bundle ships) on its holdout instead.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
+from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from models.dataset import build_rows, split_rows
 from streams.catalog import Catalog
-from streams.features import FEATURE_NAMES
-from streams.pricing import Guardrails, ItemBatch, band_batch, decide_batch
+from streams.features import FEATURE_NAMES, ITEM_FEATURE_NAMES, ITEM_TABLE_FEATURES
+from streams.pricing import Guardrails, ItemBatch, band_batch, decide_batch, decide_uniform
+from streams.version import add_version
 
 from .simulator import Market, MarketConfig, add_market_args, market_config
 
@@ -153,7 +164,8 @@ def profit_table(market: Market, user: np.ndarray, item: np.ndarray, prices: dic
 def evaluate_policies(market: Market, price_model: Any, user_x: np.ndarray, item_x: np.ndarray,
                       user: np.ndarray, item: np.ndarray, *, guardrails: Guardrails = DEFAULT_GUARDRAILS,
                       ab: AB | None = None, others: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
-                      explore_widths: tuple[float, ...] = (), n_boot: int = 1000, seed: int = 0) -> PolicyReport:
+                      explore_widths: tuple[float, ...] = (), n_boot: int = 1000, seed: int = 0,
+                      uniform_ratio: np.ndarray | None = None, cap_at_uniform: bool = False) -> PolicyReport:
     """The policy table on exposures: features ``user_x [N, U]``, ``item_x [N, 3]`` and the market's
     ``user``/``item`` indices of the same rows.
 
@@ -162,7 +174,9 @@ def evaluate_policies(market: Market, price_model: Any, user_x: np.ndarray, item
     ``others`` maps extra policy names to their own ``(a, b)`` (priced the same way, reported in
     ``extra``), e.g. the true ``beta`` with an estimated ``alpha``. Each of ``explore_widths`` adds
     the learned policy with the worker's exploration at that width (``dither:<w>``): its expected
-    profit is the cost of exploring.
+    profit is the cost of exploring. ``uniform_ratio`` (learned uniform price / base per market item)
+    adds ``uniform-learned`` (the uniform arm's prices), and with ``cap_at_uniform`` ``learned-capped``
+    (the learned policy with the uniform cap, guard 5 of :mod:`streams.pricing`).
     """
     user, item = np.asarray(user), np.asarray(item)
     a, b = ab(user_x, item_x) if ab is not None else model_ab(price_model, user_x, item_x)
@@ -174,6 +188,13 @@ def evaluate_policies(market: Market, price_model: Any, user_x: np.ndarray, item
         prices[name] = decide_prices(market, item, oa, ob, guardrails)
     for w in explore_widths:
         prices[f"dither:{w:g}"] = decide_prices(market, item, a, b, guardrails, explore_width=w, seed=seed)
+    if uniform_ratio is not None:
+        ur = np.asarray(uniform_ratio, np.float64)[item]
+        prices["uniform-learned"] = decide_uniform(ur, a, b, item_batch(market, item), guardrails).price
+        if cap_at_uniform:
+            capped = replace(guardrails, cap_at_uniform=True)
+            prices["learned-capped"] = decide_batch(np.asarray(a, np.float64), np.asarray(b, np.float64),
+                                                    item_batch(market, item), capped, uniform_ratio=ur).price
     rep = profit_table(market, user, item, prices, n_boot=n_boot, seed=seed)
     bd = band_batch(item_batch(market, item), guardrails)
     p = prices["learned"]
@@ -192,18 +213,28 @@ def table(rep: PolicyReport) -> str:
                  f"  learned/uniform {rep.learned_over_uniform:.4f}  ({rep.n_exposures:,} exposures,"
                  f" {rep.n_users:,} users)")
     for k in rep.extra_policies():
+        eff = float(_efficiency(np.array(rep.extra[k]), np.array(rep.uniform), np.array(rep.oracle)))
         if k.startswith("dither:"):
-            eff = float(_efficiency(np.array(rep.extra[k]), np.array(rep.uniform), np.array(rep.oracle)))
             lines.append(f"exploration {k}: efficiency {eff:.3f}, profit {rep.extra[k] / rep.learned - 1:+.2%} "
                          "against the learned policy without it")
+        elif k == "learned-capped":
+            lines.append(f"cap at max(base, learned uniform price): efficiency {eff:.3f} "
+                         f"(uncapped {rep.efficiency:.3f}), profit {rep.extra[k] / rep.learned - 1:+.2%} "
+                         "against the uncapped learned policy")
+        elif k == "uniform-learned":
+            lines.append(f"learned uniform prices (the uniform arm): efficiency {eff:.3f}, "
+                         f"{rep.extra[k] / rep.uniform:.4f} of the true best uniform price's profit, "
+                         f"{rep.extra[k] / rep.base - 1:+.2%} over base")
     return "\n".join(lines)
 
 
 # ---------------------------------------------------------------- command line
 def run(cfg: MarketConfig, holdout_days: float = 3.0, price_cfg: Any = None, progress: bool = False,
-        explore_widths: tuple[float, ...] = ()) -> dict[str, Any]:
-    """Simulate ``cfg``, build rows, train the price model on the pre-holdout rows, evaluate on the holdout."""
+        explore_widths: tuple[float, ...] = (), cap_at_uniform: bool = False) -> dict[str, Any]:
+    """Simulate ``cfg``, build rows, train the price model on the pre-holdout rows, evaluate on the holdout
+    (with the learned uniform prices of the training exposures, and the cap if ``cap_at_uniform``)."""
     from models import price_model as pm
+    from models.uniform import catalog_uniform
 
     t0 = time.perf_counter()
     market = Market(cfg)
@@ -215,8 +246,43 @@ def run(cfg: MarketConfig, holdout_days: float = 3.0, price_cfg: Any = None, pro
                                validation=(data.user[val], data.item[val], data.price_ratio[val], data.label[val]),
                                verbose=2 if progress else 0, feature_names=FEATURE_NAMES)
     u, i = data_market_index(market, data)
+    tr = pm.predict(model, data.user[~hold], data.item[~hold], np.ones(int((~hold).sum())))
+    uni = catalog_uniform(Catalog.of(market.catalog()), data.item_ids, data.row_iid[~hold], tr["a"], tr["b"])
     rep = evaluate_policies(market, model, data.user[hold], data.item[hold], u[hold], i[hold],
-                            explore_widths=explore_widths)
+                            explore_widths=explore_widths, cap_at_uniform=cap_at_uniform,
+                            uniform_ratio=np.array([uni.get(k, 1.0) for k in market.item_ids]))
+    return {"report": rep, "seconds": time.perf_counter() - t0}
+
+
+def run_trained(train_dir: Path, explore_widths: tuple[float, ...] = (),
+                cap_at_uniform: bool = False) -> dict[str, Any]:
+    """The table for a training run (``pricing-train`` on a simulated market): its price model and its
+    ``uniform.json`` on its own holdout exposures (the market re-simulated from the run's knobs)."""
+    import keras
+
+    from export.bundle import parse_item_table, parse_uniform
+    from models import price_model  # noqa: F401  (registers the model's custom layers, if any)
+
+    t0 = time.perf_counter()
+    summary = json.loads((train_dir / "training_summary.json").read_text())
+    known = summary.get("knobs", {}).get("market")
+    if not known:
+        raise SystemExit(f"{train_dir}: training was not on a simulated market (no knobs.market)")
+    market = Market(MarketConfig(**known))
+    data = build_rows(market.simulate(), Catalog.of(market.catalog()))
+    hold, _, _ = split_rows(data.row_ts, datetime.fromisoformat(summary["data"]["holdout_from"]).timestamp())
+    # the item-table features of the holdout rows: the run's table (training-period statistics), as serving
+    table = parse_item_table((train_dir / "item_table.json").read_bytes(), train_dir / "item_table.json")
+    cols = [ITEM_FEATURE_NAMES.index(f) for f in ITEM_TABLE_FEATURES]
+    per_item = np.array([table.get(i, (0.0,) * len(cols)) for i in data.item_ids], np.float64).reshape(-1, len(cols))
+    data.item[:, cols] = per_item[data.row_iid]
+    model = keras.saving.load_model(train_dir / "price_model.keras", compile=False)
+    path = train_dir / "uniform.json"
+    uni = parse_uniform(path.read_bytes(), path) if path.exists() else None
+    u, i = data_market_index(market, data)
+    rep = evaluate_policies(market, model, data.user[hold], data.item[hold], u[hold], i[hold],
+                            explore_widths=explore_widths, cap_at_uniform=cap_at_uniform and uni is not None,
+                            uniform_ratio=None if uni is None else np.array([uni.get(k, 1.0) for k in market.item_ids]))
     return {"report": rep, "seconds": time.perf_counter() - t0}
 
 
@@ -232,15 +298,24 @@ def data_market_index(market: Market, data: Any) -> tuple[np.ndarray, np.ndarray
 def main(argv: list[str] | None = None) -> int:
     """``python -m models.lab.policy_eval``: train the price model on a simulated market and print the table."""
     p = argparse.ArgumentParser(prog="python -m models.lab.policy_eval", description=main.__doc__)
+    add_version(p)
     add_market_args(p)
     p.add_argument("--holdout-days", type=float, default=None)
     p.add_argument("--explore-widths", default="", metavar="W,W",
                    help="also price with the worker's exploration at these widths (PRICING_EXPLORATION_WIDTH)")
+    p.add_argument("--train-dir", type=Path, default=None,
+                   help="judge this training run's price model and uniform.json on its holdout (no training)")
+    p.add_argument("--cap-at-uniform", action="store_true",
+                   help="also price with PRICING_CAP_AT_UNIFORM (never above max(base, learned uniform price)) "
+                        "and print the efficiency with and without it")
     args = p.parse_args(argv)
     cfg = market_config(args)
     widths = tuple(float(w) for w in args.explore_widths.split(",") if w.strip())
-    res = run(cfg, args.holdout_days if args.holdout_days is not None else (0.25 if args.small else 3.0),
-              explore_widths=widths)
+    if args.train_dir is not None:
+        res = run_trained(args.train_dir, widths, args.cap_at_uniform)
+    else:
+        res = run(cfg, args.holdout_days if args.holdout_days is not None else (0.25 if args.small else 3.0),
+                  explore_widths=widths, cap_at_uniform=args.cap_at_uniform)
     print(table(res["report"]))
     print(f"{res['seconds']:.1f} s")
     return 0

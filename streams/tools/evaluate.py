@@ -11,12 +11,16 @@ input becomes two tables, **exposures** (a user saw an item at a price, in an ar
 2. per arm, over users (a user's arm is the arm of their priced exposures; their timed-out
    exposures, shown the base price, stay in it: intention to treat): users, exposures,
    conversion, revenue and profit per user with 95 % bootstrap intervals over users, and the lift
-   of treatment over control with its interval (:func:`arm_stats`, :func:`lift`);
+   of treatment over control with its interval (:func:`arm_stats`, :func:`lift`); with a uniform
+   arm, the lift of uniform over control (repricing) and of treatment over uniform (what
+   personalization adds beyond it);
 3. for simulated runs (the market's truth is known): expected profit per exposure of the shown
    prices, the base price, the best uniform price and the oracle on the *same* exposures, and
    ``efficiency = (treatment - uniform) / (oracle - uniform)`` (:func:`truth_stats`);
 4. fairness: price dispersion by user segment (quartiles of true sensitivity when known, else of
-   activity) and the share of buyers who paid more than the base price (:func:`fairness`).
+   activity) and the share of buyers who paid more than the base price (:func:`fairness`);
+5. welfare: consumer surplus per arm (truth), users better and worse off than at the uniform
+   prices, purchases above the uniform price (:func:`streams.tools.welfare.welfare`).
 
 >>> import numpy as np
 >>> e = Exposures(np.array(["u", "u"]), np.array(["i", "i"]), np.array(["treatment"] * 2),
@@ -46,8 +50,11 @@ from streams.kafka_config import kafka_python_config
 from streams.schemas import SchemaError, decision_id, parse_catalog, parse_click, parse_price
 from streams.settings import Settings
 
+from .stats import bootstrap_sums, percentile_ci
+from .welfare import welfare
+
 F = NDArray[np.float64]
-ARMS = ("control", "treatment")
+ARMS = ("control", "uniform", "treatment")  # uniform: one learnt price per item (absent from two-arm runs)
 
 
 # ---------------------------------------------------------------- the two tables
@@ -57,7 +64,7 @@ class Exposures:
 
     user: NDArray[Any]
     item: NDArray[Any]
-    arm: NDArray[Any]           # control | treatment | none (no price arrived: base price shown)
+    arm: NDArray[Any]           # control | uniform | treatment | none (no price arrived: base price shown)
     price: F
     base_price: F
     unit_cost: F
@@ -121,33 +128,14 @@ def user_arms(exp: Exposures) -> tuple[NDArray[Any], NDArray[Any], NDArray[np.in
     arm of their priced exposures, ``none`` when no price ever arrived for them."""
     users, pos = np.unique(exp.user, return_inverse=True)
     arm = np.full(len(users), "none", dtype=object)
-    for a in ARMS:  # "treatment" second: a tie (never happens with hashed arms) goes to treatment
+    for a in ARMS:  # "treatment" last: a tie (never happens with hashed arms) goes to treatment
         n = np.bincount(pos, exp.arm == a, minlength=len(users))
         other = np.bincount(pos, (exp.arm != a) & (exp.arm != "none"), minlength=len(users))
         arm[(n > 0) & (n >= other)] = a
     return users, arm, pos
 
 
-# ---------------------------------------------------------------- intervals
-def bootstrap_sums(cols: list[F], reps: int, rng: np.random.Generator, chunk: int = 100) -> list[F]:
-    """Replicated sums of per-user columns under resampling users with replacement: ``[reps]`` each."""
-    n = len(cols[0])
-    out = [np.empty(reps) for _ in cols]
-    for a in range(0, reps, chunk):
-        b = min(reps, a + chunk)
-        idx = rng.integers(0, n, (b - a, n)) if n else np.zeros((b - a, 0), int)
-        for o, c in zip(out, cols, strict=True):
-            o[a:b] = c[idx].sum(axis=1)
-    return out
-
-
-def percentile_ci(samples: F, level: float = 0.95) -> tuple[float, float]:
-    """Percentile interval of bootstrap ``samples`` (NaN-safe)."""
-    s = samples[np.isfinite(samples)]
-    if len(s) == 0:
-        return (math.nan, math.nan)
-    q = (1 - level) / 2
-    return float(np.quantile(s, q)), float(np.quantile(s, 1 - q))
+# ---------------------------------------------------------------- intervals: streams.tools.stats
 
 
 # ---------------------------------------------------------------- per arm and lift
@@ -294,7 +282,7 @@ def fairness(exp: Exposures, market: Any | None = None, n: int = 4) -> dict[str,
     seg, name = segments(exp, market, n)
     ratio = exp.price / exp.base_price
     rows = []
-    for a in ("control", "treatment", "none"):
+    for a in (*ARMS, "none"):
         for k in range(n):
             m = (exp.arm == a) & (seg == k)
             if not m.any():
@@ -307,6 +295,8 @@ def fairness(exp: Exposures, market: Any | None = None, n: int = 4) -> dict[str,
     paid: dict[str, Any] = {}
     for a in ARMS:
         m = exp.arm == a
+        if a == "uniform" and not m.any():
+            continue  # a two-arm run
         buyers = np.unique(exp.user[m & exp.bought])
         above = np.unique(exp.user[m & exp.bought & (ratio > 1.0 + 1e-9)])
         users = np.unique(exp.user[m])
@@ -327,11 +317,16 @@ class Evaluation:
     fairness: dict[str, Any]
     counts: dict[str, Any]
     window_s: float
+    # profit per user: "uniform_over_control" (repricing) and "treatment_over_uniform" (what personalization
+    # adds beyond it), (lo, estimate, hi); empty without a uniform arm
+    arm_lift: dict[str, tuple[float, float, float]] = field(default_factory=dict)
+    welfare: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready."""
         return {"arms": {k: v.as_dict() for k, v in self.arms.items()}, "lift": self.lift, "truth": self.truth,
-                "fairness": self.fairness, "counts": self.counts, "window_s": self.window_s}
+                "fairness": self.fairness, "counts": self.counts, "window_s": self.window_s,
+                "arm_lift": self.arm_lift, "welfare": self.welfare}
 
 
 def evaluate(exp: Exposures, pur: Purchases, *, window_s: float = 86400.0, market: Any | None = None,
@@ -340,18 +335,25 @@ def evaluate(exp: Exposures, pur: Purchases, *, window_s: float = 86400.0, marke
     attribute(exp, pur, window_s)
     users, arm_of_user, pos = user_arms(exp)
     user_arm = arm_of_user[pos]
-    arms = {a: arm_stats(exp.take(user_arm == a), a, reps, seed + k) for k, a in enumerate(ARMS)}
+    # the uniform arm only when it had users: a two-arm run reports as before
+    present = tuple(a for a in ARMS if a != "uniform" or (arm_of_user == a).any())
+    arms = {a: arm_stats(exp.take(user_arm == a), a, reps, seed + k) for k, a in enumerate(ARMS) if a in present}
     lifts = {m: lift(arms["treatment"], arms["control"], m)
              for m in ("profit_per_user", "revenue_per_user", "conversion")}
+    arm_lift = {} if "uniform" not in arms else {
+        "uniform_over_control": lift(arms["uniform"], arms["control"]),
+        "treatment_over_uniform": lift(arms["treatment"], arms["uniform"])}
     truth: dict[str, dict[str, Any]] = {}
     if market is not None and exp.user_index is not None:
-        for a in ARMS:
+        for a in present:
             truth[a] = truth_stats(exp.take(user_arm == a), market, reps=min(reps, 1000), seed=seed)
         truth["treatment_by_day"] = by_day(exp.take(user_arm == "treatment"), market)
     counts = {"exposures": len(exp), "users": int(len(users)), "purchases_in": int(len(pur.user)),
               "purchases_attributed": int(np.count_nonzero(exp.bought)) if exp.bought is not None else 0,
               "timeouts": int((exp.arm == "none").sum()), "users_without_arm": int((arm_of_user == "none").sum())}
-    return Evaluation(arms, lifts, truth, fairness(exp, market), counts, window_s)
+    truth_market = market if exp.user_index is not None else None
+    return Evaluation(arms, lifts, truth, fairness(exp, market), counts, window_s, arm_lift,
+                      welfare(exp, user_arm, present, truth_market, reps=min(reps, 1000), seed=seed))
 
 
 # ---------------------------------------------------------------- inputs

@@ -87,7 +87,8 @@ _RULES: Final[dict[str, tuple[str, dict[str, tuple[str, dict[str, Any]]]]]] = {
             "item_id": ("the item priced", {}),
             "price": ("the price to show", {"exclusiveMinimum": 0}),
             "base_price": ("the catalog's base price at decision time", {"exclusiveMinimum": 0}),
-            "arm": ("experiment arm: control shows the base price", {"enum": ["control", "treatment"]}),
+            "arm": ("experiment arm: control shows the base price, uniform the item's one learnt price, "
+                    "treatment the personalized price", {"enum": ["control", "uniform", "treatment"]}),
             "expected_conversion": ("the model's purchase probability at `price`; null if the model output "
                                     "was invalid (MODEL_INVALID)", {}),
             "expected_profit": ("(price - unit_cost) * expected_conversion; null with it", {}),
@@ -95,10 +96,10 @@ _RULES: Final[dict[str, tuple[str, dict[str, tuple[str, dict[str, Any]]]]]] = {
             "reasons": ("why the price is what it is, one or more of: " + ", ".join(_PRICE_REASONS),
                         {"items": {"type": "string"}}),
             "currency": ("ISO 4217 code, the catalog's", {}),
-            "propensity": ("how likely this price was under `policy`: 1 for a point mass (control, greedy), the "
-                           "density of log(price) for a dithered draw; > 0", {"exclusiveMinimum": 0}),
-            "policy": ("how the price was chosen: control, greedy or dither:<w>", {"examples": ["greedy", "control",
-                                                                                              "dither:0.05"]}),
+            "propensity": ("how likely this price was under `policy`: 1 for a point mass (control, uniform, "
+                           "greedy), the density of log(price) for a dithered draw; > 0", {"exclusiveMinimum": 0}),
+            "policy": ("how the price was chosen: control, uniform, greedy or dither:<w>",
+                       {"examples": ["greedy", "control", "uniform", "dither:0.05"]}),
             "schema_version": ("version of this format", {"minimum": 1, "maximum": sch.PRICE_SCHEMA_VERSION}),
         }),
     "DeadLetter": (

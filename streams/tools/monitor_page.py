@@ -37,6 +37,7 @@ PAGE = """<!doctype html>
   <span><i class="sw" style="background:#27ae60"></i>prices</span><span><i class="sw" style="background:#c0392b"></i>dead letters</span></div></section>
  <section class="card"><h2>price / base price, by arm</h2><svg id="ratio" width="100%" height="190"></svg>
   <div class="legend"><span><i class="sw" style="background:#95a5a6"></i>control</span>
+  <span><i class="sw" style="background:#e67e22"></i>uniform</span>
   <span><i class="sw" style="background:#8e44ad"></i>treatment</span></div></section>
  <section class="card"><h2>arms so far</h2><table id="arms"><thead><tr><th>arm</th><th>exposures</th>
   <th>purchases</th><th>conversion</th><th>revenue</th><th>profit</th><th>profit / exposure</th></tr></thead><tbody></tbody></table>
@@ -110,7 +111,7 @@ async function refresh() {
   const t = s.topics;
   if (t) {
     const e = t.ratio_edges, labels = [`<${e[0]}`, ...e.slice(0, -1).map(v => fmt(v, 3)), `>=${e[e.length-1]}`];
-    bars($('ratio'), labels, [t.ratio_counts.control, t.ratio_counts.treatment], ['#95a5a6', '#8e44ad'], 190);
+    bars($('ratio'), labels, [t.ratio_counts.control, t.ratio_counts.uniform, t.ratio_counts.treatment], ['#95a5a6', '#e67e22', '#8e44ad'], 190);
     rows('arms', Object.entries(t.arms).filter(([a, r]) => a !== 'none' || r.exposures).map(([a, r]) => `<tr><td>${a}</td><td>${fmt(r.exposures)}</td><td>${fmt(r.purchases)}</td>` +
       `<td>${r.conversion == null ? '-' : fmt(r.conversion * 100, 2) + ' %'}</td><td>${fmt(r.revenue, 2)}</td><td>${fmt(r.profit, 2)}</td><td>${fmt(r.profit_per_exposure, 3)}</td></tr>`));
     $('arms-note').textContent = `exposures: views with the worker's decision for the viewed item (none: no decision, base price shown); ` +

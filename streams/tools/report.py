@@ -20,7 +20,7 @@ from streams.pricing import conversion
 from streams.schemas import ClickEvent
 from streams.scoring import OnnxScorer
 
-from .evaluate import ARMS, Evaluation, Exposures
+from .evaluate import Evaluation, Exposures
 
 
 def _pct(x: float) -> str:
@@ -35,16 +35,18 @@ def headline(ev: Evaluation) -> dict[str, Any]:
     """The numbers the acceptance criteria talk about."""
     lo, est, hi = ev.lift["profit_per_user"]
     t = ev.truth.get("treatment", {})
+    arm = {k: {"lift": v[1], "ci": (v[0], v[2])} for k, v in ev.arm_lift.items()}
+    w = ev.welfare.get("arms", {})
     return {"profit_lift": est, "profit_lift_ci": (lo, hi), "lift_ci_above_zero": bool(lo > 0),
             "efficiency": t.get("efficiency", math.nan), "efficiency_ci": t.get("efficiency_ci"),
-            "treatment_over_uniform": t.get("over_uniform", math.nan)}
+            "treatment_over_uniform": t.get("over_uniform", math.nan), "arm_lift": arm,
+            "surplus_per_exposure": {a: r.get("surplus", math.nan) for a, r in w.items()}}
 
 
 def arm_rows(ev: Evaluation) -> list[list[str]]:
     """One row per arm: counts, conversion, revenue and profit per user with intervals."""
     rows = []
-    for a in ARMS:
-        s = ev.arms[a]
+    for a, s in ev.arms.items():
         rows.append([a, f"{s.users:,}", f"{s.exposures:,}", f"{s.timeouts:,}", f"{s.purchases:,}",
                      _ci(100 * s.conversion, (100 * s.conversion_ci[0], 100 * s.conversion_ci[1]), "{:.2f}") + " %",
                      _ci(s.revenue_per_user, s.revenue_per_user_ci), _ci(s.profit_per_user, s.profit_per_user_ci),
@@ -61,7 +63,7 @@ TRUTH_HEAD = ["arm", "exposures", "shown", "base", "best uniform", "oracle", "ef
 def truth_rows(ev: Evaluation) -> list[list[str]]:
     """Expected profit per exposure under the true demand, per arm."""
     rows = []
-    for a in ARMS:
+    for a in ev.arms:
         t = ev.truth.get(a)
         if not t or not t.get("n_exposures"):
             continue
@@ -88,6 +90,50 @@ def fairness_rows(ev: Evaluation) -> list[list[str]]:
 
 
 FAIR_HEAD = ["arm", "segment", "users", "exposures", "mean price/base", "sd", "p10-p90", "priced above base"]
+WELFARE_HEAD = ["arm", "surplus/exposure [95% CI]", "at uniform prices", "profit + surplus", "better off",
+                "worse off", "purchases above uniform", "exposures above uniform", "profit / at uniform [95% CI]"]
+
+
+def welfare_rows(ev: Evaluation) -> list[list[str]]:
+    """Per arm: consumer surplus (truth), against the uniform prices, and prices above them."""
+    rows = []
+    share = lambda v: "-" if v is None or not math.isfinite(v) else f"{100 * v:.1f} %"  # noqa: E731
+    num = lambda v: "-" if v is None or not math.isfinite(v) else f"{v:.4f}"  # noqa: E731
+    for a, w in ev.welfare.get("arms", {}).items():
+        cs = w.get("surplus")
+        profit = ev.truth.get(a, {}).get("shown_profit")
+        rows.append([a, _ci(cs, w["surplus_ci"], "{:.4f}") if cs is not None else "-", num(w.get("surplus_at_uniform")),
+                     num(cs + profit) if cs is not None and profit is not None else "-",
+                     share(w.get("better_off")), share(w.get("worse_off")), share(w.get("paid_above_uniform")),
+                     share(w.get("priced_above_uniform")),
+                     _ci(w["profit_over_uniform"], w["profit_over_uniform_ci"], "{:.4f}")
+                     if "profit_over_uniform" in w else "-"])
+    return rows
+
+
+def arm_lift_line(ev: Evaluation) -> str:
+    """Profit per user: uniform over control (repricing) and treatment over uniform (personalization)."""
+    if not ev.arm_lift:
+        return ""
+    u, t = ev.arm_lift["uniform_over_control"], ev.arm_lift["treatment_over_uniform"]
+    return (f"profit per user, three arms: uniform over control (one learnt price per item) {_pct(u[1])} "
+            f"[{_pct(u[0])}, {_pct(u[2])}];  treatment over uniform (what personalization adds) {_pct(t[1])} "
+            f"[{_pct(t[0])}, {_pct(t[2])}]")
+
+
+def _welfare_note(ev: Evaluation) -> str:
+    w = ev.welfare
+    return (f"welfare: consumer surplus per exposure under the true demand (the integral of the buy probability above "
+            f"the price); better/worse off = the arm's users whose surplus on their own exposures is above/below what "
+            f"it would be at the uniform prices; profit / at uniform = expected profit at the shown over at the "
+            f"uniform prices, same exposures; uniform price = {w.get('reference', '-')} "
+            f"({100 * w.get('reference_coverage', math.nan):.0f} % of exposures have one)")
+
+
+def _paid_line(ev: Evaluation, sep: str = ",  ") -> str:
+    paid = ev.fairness["paid_above_base"]
+    return sep.join(f"{a} {paid[a]['buyers_paid_above_base']:,} of {paid[a]['buyers']:,} "
+                    f"({_pct(paid[a]['share_of_buyers'])[1:]})" for a in paid)
 
 
 def _fixed(head: list[str], rows: list[list[str]]) -> str:
@@ -117,14 +163,15 @@ def text_table(ev: Evaluation, meta: dict[str, Any]) -> str:
     out = [f"A/B evaluation: {_describe(meta, ev)}", "", _fixed(ARM_HEAD, arm_rows(ev)), ""]
     out.append("lift of treatment over control: " + ",  ".join(
         f"{m.replace('_', ' ')} {_pct(v[1])} [{_pct(v[0])}, {_pct(v[2])}]" for m, v in ev.lift.items()))
+    if ev.arm_lift:
+        out.append(arm_lift_line(ev))
     if (tr := truth_rows(ev)):
         out += ["", "expected profit per exposure under the true demand, on each arm's own exposures:",
                 _fixed(TRUTH_HEAD, tr), day_line(ev)]
+    if (wr := welfare_rows(ev)):
+        out += ["", _welfare_note(ev), _fixed(WELFARE_HEAD, wr)]
     out += ["", f"fairness: price / base by {ev.fairness['segment_by']}", _fixed(FAIR_HEAD, fairness_rows(ev))]
-    paid = ev.fairness["paid_above_base"]
-    out.append("buyers who paid more than base: " + ",  ".join(
-        f"{a} {paid[a]['buyers_paid_above_base']:,} of {paid[a]['buyers']:,} ({_pct(paid[a]['share_of_buyers'])[1:]})"
-        for a in ARMS))
+    out.append("buyers who paid more than base: " + _paid_line(ev))
     if ev.counts.get("timeouts"):
         out.append(f"no price within the timeout (base price shown): {ev.counts['timeouts']:,} exposures")
     return "\n".join(out)
@@ -137,7 +184,7 @@ def write_report(ev: Evaluation, exp: Exposures, meta: dict[str, Any], out: Path
     out.mkdir(parents=True, exist_ok=True)
     (out / "result.json").write_text(json.dumps({"meta": meta, "headline": headline(ev), **ev.as_dict()},
                                                 indent=2, default=float))
-    plots = [("lift.png", "Profit per user by arm, and the lift of treatment, with 95% intervals", plot_lift(ev, out)),
+    plots = [("lift.png", "Profit per user by arm, and the lifts, with 95% intervals", plot_lift(ev, out)),
              ("prices.png", "Shown price / base price per arm", plot_prices(exp, out, market)),
              ("fairness.png", f"Treatment prices by {ev.fairness['segment_by']}", plot_fairness(ev, out))]
     if market is not None:
@@ -160,13 +207,17 @@ def write_report(ev: Evaluation, exp: Exposures, meta: dict[str, Any], out: Path
                "exposures and the oracle (true profit-optimal price, same guardrail band). "
                "Efficiency = (shown - uniform) / (oracle - uniform).", "", _markdown(TRUTH_HEAD, tr), "",
                day_line(ev), ""]
+    if ev.arm_lift:
+        md[md.index("## Per arm") + 6:md.index("## Per arm") + 6] = [arm_lift_line(ev) + ".", ""]
+    if (wr := welfare_rows(ev)):
+        md += ["## Welfare", "", _welfare_note(ev) + ".", "", _markdown(WELFARE_HEAD, wr), ""]
     md += ["## Fairness", "", f"Shown price / base price by {ev.fairness['segment_by']} (Q1 = lowest).", "",
            _markdown(FAIR_HEAD, fairness_rows(ev)), ""]
     paid = ev.fairness["paid_above_base"]
     md += ["Buyers who paid more than the base price: " + "; ".join(
         f"{a}: {paid[a]['buyers_paid_above_base']:,} of {paid[a]['buyers']:,} buyers "
         f"({_pct(paid[a]['share_of_buyers'])[1:]}), {_pct(paid[a]['share_of_users'])[1:]} of the arm's users"
-        for a in ARMS) + ".", "", "## Plots", ""]
+        for a in paid) + ".", "", "## Plots", ""]
     md += [f"### {title}\n\n![{title}]({name})\n" for name, title, ok in plots if ok]
     md += ["## Counts", "", "```", json.dumps(ev.counts | {k: meta[k] for k in (
         "price_timeouts", "delivery_failures", "price_latency_ms", "events_per_s") if k in meta}, indent=2), "```"]
@@ -195,22 +246,23 @@ def _plt() -> Any:
 def plot_lift(ev: Evaluation, out: Path) -> bool:
     """Profit per user per arm (left) and relative lifts (right), with 95% intervals."""
     plt = _plt()
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
-    for k, a in enumerate(ARMS):
-        s = ev.arms[a]
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
+    colors = {"control": "tab:gray", "uniform": "tab:orange", "treatment": "tab:blue"}
+    for k, (a, s) in enumerate(ev.arms.items()):
         a1.errorbar([k], [s.profit_per_user], yerr=_err(s.profit_per_user, s.profit_per_user_ci),
-                    fmt="o", capsize=8, ms=8, color=("tab:gray", "tab:blue")[k])
-    a1.set_xticks([0, 1], list(ARMS))
-    a1.set_xlim(-0.6, 1.6)
+                    fmt="o", capsize=8, ms=8, color=colors.get(a, "k"))
+    a1.set_xticks(range(len(ev.arms)), list(ev.arms))
+    a1.set_xlim(-0.6, len(ev.arms) - 0.4)
     a1.set_ylabel("profit per user")
     a1.set_title("profit per user")
-    names = list(ev.lift)
-    for k, m in enumerate(names):
-        lo, est, hi = ev.lift[m]
-        a2.errorbar([100 * est], [k], xerr=100 * _err(est, (lo, hi)), fmt="o", capsize=6, color="tab:blue")
+    rows = [(f"{m.replace('_', ' ')}: treatment / control", v) for m, v in ev.lift.items()]
+    rows += [(f"profit per user: {k.replace('_over_', ' / ')}", v) for k, v in ev.arm_lift.items()]
+    for k, (_, (lo, est, hi)) in enumerate(rows):
+        a2.errorbar([100 * est], [k], xerr=100 * _err(est, (lo, hi)), fmt="o", capsize=6,
+                    color="tab:blue" if k < len(ev.lift) else "tab:orange")
     a2.axvline(0, color="k", lw=0.8)
-    a2.set_yticks(range(len(names)), [m.replace("_", " ") for m in names])
-    a2.set_xlabel("lift of treatment over control (%)")
+    a2.set_yticks(range(len(rows)), [r[0] for r in rows], fontsize=8)
+    a2.set_xlabel("lift (%)")
     a2.set_title("lift with 95% interval")
     return _save(fig, plt, out / "lift.png")
 
@@ -225,7 +277,7 @@ def plot_prices(exp: Exposures, out: Path, market: Any | None) -> bool:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 4))
     bins = np.linspace(0.75, 1.25, 51)
-    for a, c in (("control", "tab:gray"), ("treatment", "tab:blue")):
+    for a, c in (("control", "tab:gray"), ("uniform", "tab:orange"), ("treatment", "tab:blue")):
         m = exp.arm == a
         if m.any():
             ax.hist(exp.price[m] / exp.base_price[m], bins, alpha=0.6, color=c, label=f"{a} (shown)", density=True)

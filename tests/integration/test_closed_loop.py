@@ -36,6 +36,7 @@ def loop_env(bootstrap: str, tmp_path: Path, model_dir: Path) -> Iterator[tuple[
         "PRICING_MODEL_DIR": str(model_dir), "PRICING_DATA_DIR": str(tmp_path / "worker"),
         "PRICING_USER_HASH_KEY": "loop-secret", "PRICING_SESSION_TIMEOUT_S": "6",
         "PRICING_METRICS_PORT": "0",  # the default port may be taken by another worker on this machine
+        "PRICING_TREATMENT_SHARE": "0.3334", "PRICING_UNIFORM_SHARE": "0.3333",  # three arms, as the demo
     }
     s = load_settings(settings)
     ensure_topics(s)
@@ -72,7 +73,7 @@ def test_closed_loop_run_is_priced_within_guardrails_and_evaluated(
     assert meta["views"] > 500 and meta["price_timeouts"] <= 0.02 * meta["views"], meta
     exp, pur, _ = load_exposure_log(out)
     arms = set(exp.arm.tolist())
-    assert {"control", "treatment"} <= arms
+    assert {"control", "uniform", "treatment"} <= arms
     assert len(pur.user) > 0
 
     # every shown price inside the guardrails: +-20 % of base, the item's bounds, margin floor
@@ -87,23 +88,29 @@ def test_closed_loop_run_is_priced_within_guardrails_and_evaluated(
     assert (price >= market.cost[i] * (1 + s.margin_floor) - 1e-6).all()
     control = exp.arm == "control"
     assert (exp.price[control] == exp.base_price[control]).all()
+    # the uniform arm: one price per item for every user (the bundle's uniform.json through the guardrails)
+    uni = exp.arm == "uniform"
+    assert all(len(set(exp.price[uni & (exp.item == it)].tolist())) == 1 for it in set(exp.item[uni].tolist()))
 
     # the exposure-log evaluation writes the report
     report = tmp_path / "report"
     shown = run(["-m", "models.lab.evaluate", "--exposures", str(out), "--model-dir", str(model_dir),
                  "--report-dir", str(report), "--resamples", "300"], env, timeout=300).stdout
     assert "lift of treatment over control" in shown and "efficiency" in shown
+    assert "treatment over uniform" in shown and "better off" in shown
     for name in ("report.md", "result.json", "lift.png", "prices.png", "fairness.png", "conversion.png", "demand.png"):
         assert (report / name).stat().st_size > 0, name
     result = json.loads((report / "result.json").read_text())
     assert result["arms"]["treatment"]["users"] > 0 and result["arms"]["control"]["users"] > 0
+    assert result["arms"]["uniform"]["users"] > 0 and set(result["welfare"]["arms"]) == {"control", "uniform",
+                                                                                          "treatment"}
 
     # the generic path (topics only) sees the same exposures and purchases
     kafka = json.loads(run(["-m", "models.lab.evaluate", "--kafka", "--train-dir", str(train_dir), "--no-report",
                             "--json", "--resamples", "300"], env, timeout=300).stdout)
     assert kafka["counts"]["exposures"] == result["counts"]["exposures"]
     assert kafka["counts"]["purchases_in"] == result["counts"]["purchases_in"]
-    for arm in ("control", "treatment"):
+    for arm in ("control", "uniform", "treatment"):
         assert kafka["arms"][arm]["exposures"] == result["arms"][arm]["exposures"]
         assert kafka["arms"][arm]["purchases"] == result["arms"][arm]["purchases"]
         assert kafka["arms"][arm]["profit_per_user"] == pytest.approx(result["arms"][arm]["profit_per_user"])

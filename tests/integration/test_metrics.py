@@ -87,6 +87,8 @@ def test_ready_waits_for_the_catalog_and_the_counters_add_up(bootstrap: str, tmp
         "PRICING_PARTITIONS": "4", "PRICING_MODEL_DIR": str(model_dir), "PRICING_TOP_K": "2",
         "PRICING_USER_HASH_KEY": "it-secret", "PRICING_BATCH_WITHIN_S": "0.05", "PRICING_DATA_DIR": str(tmp_path / "w"),
         "PRICING_METRICS_PORT": str(port), "PRICING_METRICS_HOST": "127.0.0.1", "PRICING_LOG_FORMAT": "json",
+        # three arms; with this key and the default salt the five users fall into all three
+        "PRICING_TREATMENT_SHARE": "0.34", "PRICING_UNIFORM_SHARE": "0.33",
     }
     s = load_settings(settings)
     ensure_topics(s)  # the catalog topic exists but is empty
@@ -139,6 +141,12 @@ def test_ready_waits_for_the_catalog_and_the_counters_add_up(bootstrap: str, tmp
         reasons = by_label(m, "pricing_price_reasons_total", "reason")
         assert reasons == dict(Counter(r for p in prices for r in p.reasons))
         assert reasons.get("CONTROL", 0) == arms.get("control", 0)
+        assert set(arms) == {"control", "uniform", "treatment"}
+        assert reasons.get("UNIFORM", 0) == arms["uniform"] and {p.policy for p in prices if p.arm == "uniform"} == {
+            "uniform"}
+        # the uniform arm: one price per item, whoever the user (the bundle's uniform.json, in the guardrails)
+        assert all(len({p.price for p in prices if p.arm == "uniform" and p.item_id == i}) == 1
+                   for i in {p.item_id for p in prices if p.arm == "uniform"})
         assert m[("pricing_batch_size_sum", ())] == sent == m[("pricing_decision_latency_seconds_count", ())]
         assert m[("pricing_batch_seconds_count", ())] == m[("pricing_batch_size_count", ())] >= 1
         # produced a moment ago: every record's latency is well under a minute

@@ -26,6 +26,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
                "streams"),
     "tools": ("streams.tools.", "streams.tools"),
     "training": ("models.dataset", "models.user_model", "models.price_model", "models.recommend", "models.choice",
+                 "models.uniform",
                  "models.plots", "models.train", "models.offpolicy", "models.elasticity", "models.events_csv",
                  "models.__main__", "models", "export.convert", "export.__main__",
                  "export"),

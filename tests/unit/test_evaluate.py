@@ -223,3 +223,63 @@ def test_session_schedule_spreads_a_users_sessions(market: Market) -> None:
     for s, u in plan:
         starts.setdefault(u, []).append(s)
     assert all(np.all(np.diff(v) >= 3600.0 - 1e-6) for v in starts.values())
+
+
+# ---------------------------------------------------------------- three arms and welfare
+def three_arm_exposures(market: Market, n: int = 6000) -> tuple[Exposures, Purchases]:
+    """Users split by index into control (base), uniform (the true best uniform price) and treatment
+    (the oracle, clipped to the band: above uniform for the less sensitive), buying by the true demand."""
+    u, i = market.population(n, seed=5)
+    arm = np.array(["control", "uniform", "treatment"], object)[u % 3]
+    uni = market.uniform_prices((u, i))[i]
+    price = np.where(arm == "control", market.base[i], np.where(arm == "uniform", uni, market.oracle_price(u, i)))
+    price = np.round(price, 2)
+    e = Exposures(np.array([market.user_ids[k] for k in u], object), np.array([market.item_ids[k] for k in i], object),
+                  arm, price, market.base[i].copy(), market.cost[i].copy(), np.arange(n, dtype=float), u, i)
+    bought = np.random.default_rng(6).random(n) < market.buy_prob(u, i, price)
+    pur = purchases([(e.user[k], e.item[k], float(price[k]), float(k) + 1.0) for k in np.flatnonzero(bought)])
+    return e, pur
+
+
+def test_three_arms_lifts_and_welfare() -> None:
+    market = Market(MarketConfig.small(seed=4, heterogeneity=1.5))
+    e, pur = three_arm_exposures(market)
+    ev = evaluate(e, pur, window_s=60.0, market=market, reps=200)
+    assert list(ev.arms) == ["control", "uniform", "treatment"]
+    lo, est, hi = ev.arm_lift["treatment_over_uniform"]
+    t, u = ev.arms["treatment"], ev.arms["uniform"]
+    assert est == pytest.approx(t.profit_per_user / u.profit_per_user - 1) and lo <= est <= hi
+    w = ev.welfare["arms"]
+    assert w["uniform"]["better_off"] == 0.0 and w["uniform"]["worse_off"] == 0.0  # its own prices
+    assert w["uniform"]["paid_above_uniform"] == 0.0 and w["uniform"]["priced_above_uniform"] == 0.0
+    assert ev.welfare["reference_coverage"] > 0.9
+    # the surplus is the true one, at the shown prices
+    m = ev.welfare
+    k = e.arm == "control"
+    assert w["control"]["surplus"] == pytest.approx(float(np.mean(market.consumer_surplus(
+        e.user_index[k], e.item_index[k], e.price[k]))))
+    lo_cs, hi_cs = w["control"]["surplus_ci"]
+    assert lo_cs <= w["control"]["surplus"] <= hi_cs
+    # personalized prices: some users above the uniform price are worse off, the sensitive ones better off
+    assert 0 < w["treatment"]["worse_off"] < 1 and 0 < w["treatment"]["better_off"] < 1
+    assert w["treatment"]["priced_above_uniform"] > 0 and m["reference"].startswith("the uniform arm")
+    # the oracle earns more than the uniform prices on the same exposures; the uniform arm exactly as much
+    lo_p, hi_p = w["treatment"]["profit_over_uniform_ci"]
+    assert 1.0 < lo_p <= w["treatment"]["profit_over_uniform"] <= hi_p
+    assert w["uniform"]["profit_over_uniform"] == pytest.approx(1.0)
+    from streams.tools.report import text_table
+
+    shown = text_table(ev, {"run_id": "t"})
+    assert "treatment over uniform" in shown and "better off" in shown and "purchases above uniform" in shown
+
+
+def test_two_arm_runs_report_as_before() -> None:
+    market = Market(MarketConfig.small(seed=4))
+    e, pur = three_arm_exposures(market, 1500)
+    two = e.take(e.arm != "uniform")
+    ev = evaluate(two, pur, window_s=60.0, market=market, reps=50)
+    assert list(ev.arms) == ["control", "treatment"] and ev.arm_lift == {}
+    assert ev.welfare["reference"].startswith("the market's best uniform price")  # no uniform arm: the truth's
+    from streams.tools.report import text_table
+
+    assert "three arms" not in text_table(ev, {"run_id": "t"})

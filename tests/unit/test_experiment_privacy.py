@@ -64,3 +64,39 @@ def test_hash_never_contains_the_raw_id(user_id: str) -> None:
     out = UserHasher("secret").hash(user_id)
     assert len(out) == 32 and set(out) <= set("0123456789abcdef")
     assert len(user_id) < 4 or user_id not in out
+
+
+RANK = {"control": 0, "uniform": 1, "treatment": 2}
+
+
+@pytest.mark.parametrize(("t", "u"), [(1 / 3, 1 / 3), (0.2, 0.5), (0.0, 1.0), (0.5, 0.0)])
+def test_three_way_shares_over_100k_users(t: float, u: float) -> None:
+    arms = [assign_arm(x, "exp-1", t, u) for x in USERS]
+    for arm, share in (("treatment", t), ("uniform", u), ("control", 1 - t - u)):
+        got = arms.count(arm) / len(USERS)
+        assert abs(got - share) < 4 * (share * (1 - share) / len(USERS)) ** 0.5 + 1e-12, arm
+
+
+def test_no_uniform_share_is_the_two_arm_split_of_before() -> None:
+    """Old salts keep their split: with uniform share 0 the arm is the old rule, bucket < share."""
+    for share in (0.1, 0.5):
+        assert all(assign_arm(x, "exp-1", share, 0.0) == ("treatment" if bucket(x, "exp-1") < share else "control")
+                   for x in USERS[:20_000])
+
+
+@given(st.floats(0, 1), st.floats(0, 1), st.floats(0, 1), st.floats(0, 1))
+def test_raising_shares_moves_users_only_toward_treatment(t: float, u: float, dt: float, du: float) -> None:
+    """Along control -> uniform -> treatment: with the treatment share and the treatment + uniform total
+    both not lower, no user moves back."""
+    t, u = t, u * (1 - t)
+    t2 = t + dt * (1 - t)
+    u2 = max(u - (t2 - t), 0.0) + du * (1 - t2 - max(u - (t2 - t), 0.0))  # t2 + u2 >= t + u, t2 + u2 <= 1
+    assert t2 >= t and t2 + u2 >= t + u - 1e-12
+    for x in USERS[:300]:
+        assert RANK[assign_arm(x, "s", min(t2, 1.0), min(u2, 1.0 - min(t2, 1.0)))] >= RANK[assign_arm(x, "s", t, u)]
+
+
+@pytest.mark.parametrize(("t", "u"), [(0.6, 0.5), (0.5, -0.1), (0.2, 1.2)])
+def test_impossible_shares_are_refused(t: float, u: float) -> None:
+    with pytest.raises(ValueError, match="uniform_share"):
+        assign_arm("u-1", "exp-1", t, u)

@@ -83,3 +83,26 @@ def test_same_seed_same_run(tmp_path: Path, loop) -> None:
     _, _, out = loop
     run(tmp_path)
     assert (tmp_path / "exposures.jsonl").read_bytes() == (out / "exposures.jsonl").read_bytes()
+
+
+def test_three_arms_in_the_closed_loop(tmp_path: Path) -> None:
+    """Thirds: every arm shows up, the uniform arm shows one price per item (its table's, in cents), and the
+    evaluation reports the three-arm lifts and the welfare of each arm."""
+    market = Market(MarketConfig.small(n_users=90, seed=5))
+    uniform = {iid: 0.9 for iid in market.item_ids}
+    s = load_settings({}, experiment_salt="s", user_hash_key="k", treatment_share=1 / 3, uniform_share=1 / 3)
+    cfg = LoopConfig(days=0.5, duration_s=0.5 * 86400, warm_days=0.5, run_id="t3")
+    sim = InProcessMarket(market, s, cfg, tmp_path, DeterministicScorer(uniform=uniform))
+    asyncio.run(sim.run_in_process(progress_s=1e9))
+    rows = [orjson.loads(line) for line in (tmp_path / "exposures.jsonl").read_bytes().splitlines()]
+    assert {r["arm"] for r in rows} == {"control", "uniform", "treatment"}
+    uni = [r for r in rows if r["arm"] == "uniform"]
+    assert all(r["price"] == pytest.approx(round(0.9 * r["base_price"], 2), abs=0.0101) for r in uni)
+    assert all(len({r["price"] for r in uni if r["item_id"] == i}) == 1 for i in {r["item_id"] for r in uni})
+    exp, pur, meta = load_exposure_log(tmp_path)
+    result = evaluate(exp, pur, market=market_of(meta), reps=50)
+    assert set(result.arm_lift) == {"uniform_over_control", "treatment_over_uniform"}
+    w = result.welfare["arms"]
+    assert set(w) == {"control", "uniform", "treatment"} and w["uniform"]["better_off"] == 0.0
+    assert w["uniform"]["surplus"] == pytest.approx(w["uniform"]["surplus_at_uniform"])  # its own reference
+    assert w["control"]["surplus"] > 0 and w["uniform"]["paid_above_uniform"] == 0.0

@@ -310,3 +310,53 @@ def test_zero_validity_sends_every_price() -> None:
     pipe, table = make(treatment_share=0.0, top_k=2, resend_unchanged_s=0)
     run(pipe, table, [record(0, "view", "i1")])
     assert len(run(pipe, table, [record(1, "view", "i1")]).prices) == 3
+
+
+def _three(**overrides: object) -> tuple[Pipeline, dict[str, bytes]]:
+    pipe, table = make(**overrides)
+    scorer = DeterministicScorer(uniform={"i0": 0.85, "i1": 0.95, "i2": 1.3})  # i2: above the band
+    pipe.scorer = lambda: scorer
+    return pipe, table
+
+
+def test_uniform_arm_shows_the_items_uniform_price_through_the_guardrails() -> None:
+    pipe, table = _three(treatment_share=0.0, uniform_share=1.0, top_k=5, resend_unchanged_s=0)
+    out = run(pipe, table, [record(0, "view", "i1"), record(1, "view", "i2")])
+    prices = [parse_price(v) for _, v in out.prices]
+    assert prices and {p.arm for p in prices} == {"uniform"} and {p.policy for p in prices} == {"uniform"}
+    assert all(p.propensity == 1.0 for p in prices)
+    # base * ratio, in cents; i2 clipped to base * 1.2 = 14.3999... in floating point: the cent inside is 14.39
+    want = {"i0": 8.5, "i1": 10.45, "i2": 14.39, "i3": 13.0, "i4": 14.0, "i5": 15.0}
+    for p in prices:
+        assert p.price == want[p.item_id], p
+        assert "UNIFORM" in p.reasons and ("CLIP_MAX_DEVIATION" in p.reasons) == (p.item_id == "i2")
+    assert out.counts["price.uniform"] == len(prices) and out.counts["reason.UNIFORM"] == len(prices)
+    assert out.counts["reason.CONTROL"] == 0
+
+
+def test_three_arms_split_users_and_count_by_arm() -> None:
+    pipe, table = _three(treatment_share=1 / 3, uniform_share=1 / 3, top_k=0)
+    out = run(pipe, table, [record(k, "view", "i1", user=f"user-{k}") for k in range(300)])
+    arms = [parse_price(v).arm for _, v in out.prices]
+    assert all(abs(arms.count(a) - 100) < 40 for a in ("control", "uniform", "treatment"))
+    assert {a: out.counts[f"price.{a}"] for a in ("control", "uniform", "treatment")} == \
+        {a: arms.count(a) for a in ("control", "uniform", "treatment")}
+    assert out.counts["reason.CONTROL"] == arms.count("control")
+    assert out.counts["reason.UNIFORM"] == arms.count("uniform")
+    uniform = {parse_price(v).price for _, v in out.prices if parse_price(v).arm == "uniform"}
+    assert uniform == {10.45}  # one price for everyone in the arm
+
+
+def test_cap_at_uniform_bounds_treatment_prices() -> None:
+    """DeterministicScorer's optimum for these users is above base; capped, it is at most max(base, uniform)."""
+    evs = [record(k, "view", "i1", user=f"user-{k}") for k in range(40)]
+    free, t1 = _three(treatment_share=1.0, top_k=5, resend_unchanged_s=0)
+    capped, t2 = _three(treatment_share=1.0, top_k=5, resend_unchanged_s=0, cap_at_uniform=True)
+    p_free = [parse_price(v) for _, v in run(free, t1, evs).prices]
+    out = run(capped, t2, evs)
+    p_cap = [parse_price(v) for _, v in out.prices]
+    ratio = {"i0": 0.85, "i1": 0.95, "i2": 1.3}
+    assert any(p.price > p.base_price for p in p_free)  # the cap has something to do
+    for p in p_cap:
+        assert p.arm == "treatment" and p.price <= round(p.base_price * max(1.0, ratio.get(p.item_id, 1.0)), 2) + 1e-9
+    assert out.counts["reason.CLIP_UNIFORM_CAP"] > 0

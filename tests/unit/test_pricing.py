@@ -22,6 +22,7 @@ from streams.pricing import (
     conversion,
     decide,
     decide_batch,
+    decide_uniform,
     lambertw0,
     lambertw_exp,
     optimal_price,
@@ -297,3 +298,76 @@ def test_no_width_means_the_decision_itself() -> None:
     assert d.propensity is not None and d.propensity[0] == 1.0 and not d.reasons[0] & Reason.EXPLORED
     with pytest.raises(ValueError, match="one uniform per row"):
         decide_batch([2.0], [3.0], item, G, explore_width=0.1)
+
+
+# --- the uniform arm and the uniform cap
+
+ratios = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.floats(0.5, 1.5))
+
+
+@settings(max_examples=1000, deadline=None)
+@given(ratios, wild, wild, items(), guardrails, st.none() | st.tuples(money, st.floats(0, 2e5)))
+def test_uniform_prices_never_leave_their_guardrails(r: float, a: float, b: float, item: ItemTerms, g: Guardrails,
+                                                     prev: tuple[float, float] | None) -> None:
+    pp, pts = (np.array([math.nan]), np.array([-math.inf])) if prev is None else \
+        (np.array([prev[0]]), np.array([0.0]))
+    d = decide_uniform([r], [a], [b], ItemBatch.of([item]), g, 0.0 if prev is None else prev[1], pp, pts)
+    p, age = (None, None) if prev is None else prev
+    assert_within(float(d.price[0]), int(d.reasons[0]), item, g, p, age)
+    assert d.reasons[0] & Reason.UNIFORM and not d.reasons[0] & Reason.OPTIMAL
+    assert d.propensity is not None and d.propensity[0] == 1.0
+    lo, hi, _, _ = ref_band(item.base_price, item.unit_cost, item.min_price, item.max_price, g, p, age)
+    target = item.base_price * (r if math.isfinite(r) and r > 0 else 1.0)
+    if lo + 0.01 <= target <= hi - 0.01:  # inside the band: the uniform price itself, to the cent
+        assert abs(float(d.price[0]) - target) <= 0.005 + 1e-9 * target
+        assert set(reason_names(int(d.reasons[0]))) <= {"UNIFORM", "BAND_EMPTY"}  # no clip
+
+
+def test_uniform_price_is_base_times_ratio_in_cents() -> None:
+    items_ = ItemBatch.of([ITEM, ITEM, ITEM])
+    d = decide_uniform([0.913, 1.5, float("nan")], [2.0] * 3, [3.0] * 3, items_, G)
+    assert d.price.tolist() == [9.13, 12.0, 10.0]
+    assert [reason_names(int(f)) for f in d.reasons] == [("UNIFORM",), ("CLIP_MAX_DEVIATION", "UNIFORM"), ("UNIFORM",)]
+    assert d.expected_conversion[0] == pytest.approx(float(conversion(2.0, 3.0, 10.0, 9.13)))
+
+
+@settings(max_examples=1000, deadline=None)
+@given(wild, wild, ratios, items(), guardrails, st.none() | st.tuples(money, st.floats(0, 2e5)))
+def test_the_uniform_cap_holds_whenever_it_meets_the_band(a: float, b: float, r: float, item: ItemTerms,
+                                                          g: Guardrails, prev: tuple[float, float] | None) -> None:
+    """Guard 5: price <= max(base, base * ratio) unless that would empty the band of guards 1-4
+    (then BAND_EMPTY and the band 1-4); guards 1-4 hold as without the cap."""
+    capped = Guardrails(g.max_deviation, g.margin_floor, g.max_step, g.max_step_window_s, cap_at_uniform=True)
+    pp, pts = (np.array([math.nan]), np.array([-math.inf])) if prev is None else \
+        (np.array([prev[0]]), np.array([0.0]))
+    now = 0.0 if prev is None else prev[1]
+    d = decide_batch([a], [b], ItemBatch.of([item]), capped, now, pp, pts, uniform_ratio=np.array([r]))
+    p, age = (None, None) if prev is None else prev
+    lo, hi, held, empty = ref_band(item.base_price, item.unit_cost, item.min_price, item.max_price, g, p, age)
+    price, flags = float(d.price[0]), int(d.reasons[0])
+    assert math.isfinite(price) and lo <= price <= hi and all(glo <= price <= ghi for glo, ghi in held)
+    if math.isfinite(r) and r > 0:
+        cap = item.base_price * max(1.0, r)
+        if lo <= cap:
+            assert price <= cap and bool(flags & Reason.BAND_EMPTY) == empty
+        else:
+            assert flags & Reason.BAND_EMPTY
+    else:  # no uniform price for the row: no cap
+        plain = decide_batch([a], [b], ItemBatch.of([item]), g, now, pp, pts)
+        assert price == float(plain.price[0]) and flags == int(plain.reasons[0])
+
+
+def test_the_cap_clips_with_its_own_reason_and_is_off_unless_asked() -> None:
+    items_ = ItemBatch.of([ITEM, ITEM])
+    r = np.array([0.9, 1.1])
+    capped = Guardrails(cap_at_uniform=True)
+    plain = decide_batch([4.0, 4.0], [2.0, 2.0], items_, G)  # the optimum is far above base: 12.0 (deviation)
+    assert plain.price.tolist() == [12.0, 12.0]
+    assert decide_batch([4.0, 4.0], [2.0, 2.0], items_, G, uniform_ratio=r).price.tolist() == [12.0, 12.0]
+    d = decide_batch([4.0, 4.0], [2.0, 2.0], items_, capped, uniform_ratio=r)
+    assert d.price.tolist() == [10.0, 11.0]  # max(base, uniform): base when the uniform price is below it
+    assert all(reason_names(int(f)) == ("CLIP_UNIFORM_CAP",) for f in d.reasons)
+    low = decide_batch([-2.0], [3.0], ItemBatch.of([ITEM]), capped, uniform_ratio=np.array([0.9]))
+    assert low.price[0] < 10.0 and reason_names(int(low.reasons[0])) != ("CLIP_UNIFORM_CAP",)  # below the cap
+    assert Guardrails.from_settings(SimpleNamespace(max_deviation=0.2, margin_floor=0.05, max_step=0.1,
+                                                    max_step_window_s=3600, cap_at_uniform=True)).cap_at_uniform

@@ -140,3 +140,32 @@ def test_watcher_start_without_a_bundle(tmp_path: Path) -> None:
     assert w.version == "deterministic" and not (tmp_path / CURRENT).exists()
     write_bundle(tmp_path, graphs())
     assert w.maybe_reload(now=0.0) and w.version != "deterministic"
+
+
+def test_uniform_table_is_shipped_hashed_and_verified(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """uniform.json: its own file, in the version hash, checked on load; a bundle without it (exported
+    before the uniform arm) keeps its version, loads, logs it, and prices every item at base."""
+    import json
+
+    from export.bundle import UNIFORM_FILE, load_bundle
+
+    with caplog.at_level(logging.INFO, logger="export.bundle"):
+        old = write_bundle(tmp_path / "old", graphs())
+    assert old.uniform is None and not (old.path / UNIFORM_FILE).exists()
+    assert any("no uniform.json" in r.getMessage() and "base price" in r.getMessage() for r in caplog.records)
+    assert OnnxScorer(old).uniform_ratio(["i1", "i2"]).tolist() == [1.0, 1.0]
+    new = write_bundle(tmp_path / "new", graphs(), uniform={"i1": 0.9, "i2": 1.05})
+    other = write_bundle(tmp_path / "other", graphs(), uniform={"i1": 0.91, "i2": 1.05})
+    assert len({old.version, new.version, other.version}) == 3  # the table is in the version
+    assert OnnxScorer(load_bundle(new.path)).uniform_ratio(["i1", "i2", "unknown"]).tolist() == [0.9, 1.05, 1.0]
+    assert json.loads((new.path / "manifest.json").read_text())["uniform"]["items"] == 2
+    (new.path / UNIFORM_FILE).write_text((new.path / UNIFORM_FILE).read_text().replace("0.9", "0.5"))
+    with pytest.raises(BundleError, match="uniform.json: sha256"):
+        load_bundle(new.path)
+    with pytest.raises(BundleError, match="positive finite"):
+        write_bundle(tmp_path / "bad", graphs(), uniform={"i1": 0.0})
+
+
+def test_deterministic_scorer_uniform_ratio() -> None:
+    s = DeterministicScorer(uniform={"a": 0.9})
+    assert s.uniform_ratio(["a", "b"]).tolist() == [0.9, 1.0]

@@ -68,6 +68,8 @@ def test_feature_windows_comma_or_json(text: str) -> None:
     ({"PRICING_FEATURE_WINDOWS_S": "60,abc"}, "PRICING_FEATURE_WINDOWS_S"),
     ({"PRICING_PARTITIONS": "0"}, "PRICING_PARTITIONS"),
     ({"PRICING_UNKNOWN_FIELDS": "drop"}, "PRICING_UNKNOWN_FIELDS"),
+    ({"PRICING_TREATMENT_SHARE": "0.6", "PRICING_UNIFORM_SHARE": "0.5"}, "PRICING_UNIFORM_SHARE"),
+    ({"PRICING_UNIFORM_SHARE": "1.5"}, "PRICING_UNIFORM_SHARE"),
 ])
 def test_errors_name_the_variable(env: dict[str, str], named: str) -> None:
     with pytest.raises(SettingsError, match=named):
@@ -101,3 +103,13 @@ def test_kubernetes_service_variables_are_allowed() -> None:
 def test_typos_still_refused_next_to_kubernetes_variables(typo: str) -> None:
     with pytest.raises(SettingsError, match=typo):
         load_settings({**KUBERNETES, typo: "1"})
+
+
+def test_three_arm_shares() -> None:
+    """The uniform arm is off by default (a running two-arm experiment keeps its split); thirds are valid,
+    and so is a treatment share plus a uniform share of exactly 1 (no control arm)."""
+    assert load_settings({}).uniform_share == 0.0 and load_settings({}).cap_at_uniform is False
+    s = load_settings({"PRICING_TREATMENT_SHARE": "0.3333", "PRICING_UNIFORM_SHARE": "0.3333",
+                       "PRICING_CAP_AT_UNIFORM": "true"})
+    assert (s.treatment_share, s.uniform_share, s.cap_at_uniform) == (0.3333, 0.3333, True)
+    assert load_settings({"PRICING_TREATMENT_SHARE": "0.7", "PRICING_UNIFORM_SHARE": "0.3"}).uniform_share == 0.3
