@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 BROKER := $(PY) deploy/kafka/broker.py
 STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 
-.PHONY: help venv demo demo-homogeneous kafka-up kafka-down kafka-status kafka-logs topics settings test test-fast test-unit lint bench clean
+.PHONY: help venv demo demo-homogeneous robustness kafka-up kafka-down kafka-status kafka-logs topics settings test test-fast test-unit lint bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -23,6 +23,9 @@ demo: venv  ## the whole loop on a simulated market: broker, history, training, 
 
 demo-homogeneous: venv  ## the demo in a market where all users are alike (personalization must do no harm)
 	@bash deploy/demo.sh --homogeneous
+
+robustness: venv  ## the robustness suite: train, export and loop on 15 markets, judged against their truth (~40 min)
+	$(PY) -m models.lab.robustness --keep-going --out var/robustness
 
 BROKERS ?= 1
 kafka-up: venv  ## start the local Kafka broker (idempotent; BROKERS=3 for a 3-node cluster), create the topics
