@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import time
 from dataclasses import dataclass
 
 from .kafka_config import cli_check_connection, kafka_python_config
@@ -47,12 +48,31 @@ def topic_specs(s: Settings) -> list[TopicSpec]:
 kafka_client_config = kafka_python_config
 
 
-def ensure_topics(s: Settings, specs: list[TopicSpec] | None = None) -> dict[str, str]:
-    """Create missing topics; returns ``{name: "created" | "exists"}``."""
+def ensure_topics(s: Settings, specs: list[TopicSpec] | None = None, *, settle_s: float = 30.0) -> dict[str, str]:
+    """Create missing topics; returns ``{name: "created" | "exists"}``.
+
+    A cluster that is still settling (a broker not yet in the metadata, a controller moving) answers
+    with transient errors: they are retried, with a fresh admin client, for up to ``settle_s`` seconds.
+    """
+    from kafka.errors import KafkaError, UnknownBrokerIdError
+
+    deadline = time.monotonic() + settle_s
+    while True:
+        try:
+            return _ensure_topics(s, topic_specs(s) if specs is None else specs)
+        except KafkaError as exc:
+            # UnknownBrokerIdError is not marked retriable, but here it only means the metadata is behind
+            transient = getattr(exc, "retriable", False) or isinstance(exc, UnknownBrokerIdError)
+            if not transient or time.monotonic() > deadline:
+                raise
+            log.warning("setting up topics: %r while the cluster settles; retrying", exc)
+            time.sleep(1.0)
+
+
+def _ensure_topics(s: Settings, specs: list[TopicSpec]) -> dict[str, str]:
     from kafka.admin import KafkaAdminClient, NewTopic
     from kafka.errors import TopicAlreadyExistsError
 
-    specs = topic_specs(s) if specs is None else specs
     admin = KafkaAdminClient(client_id="pricing-topics", request_timeout_ms=30_000, **kafka_python_config(s))
     try:
         existing = set(admin.list_topics())
