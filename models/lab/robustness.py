@@ -39,7 +39,7 @@ import numpy as np
 from streams.features import FeatureSpec, feature_names
 from streams.scoring import BundleWatcher
 from streams.settings import cli_settings
-from streams.tools.evaluate import bootstrap_sums, load_exposure_log, percentile_ci
+from streams.tools.evaluate import bootstrap_sums, efficiency, load_exposure_log, percentile_ci
 from streams.version import add_version
 
 from .live_market import LoopConfig
@@ -140,12 +140,11 @@ def judge(exp_dir: Path, market: Market, reps: int = 1000, seed: int = 0) -> dic
         return {"value": point[a] / point[b] - 1.0, "ci": percentile_ci(rep[a] / rep[b] - 1.0)}
 
     def eff(ref: str) -> dict[str, Any]:
-        edge = point["oracle"] - point[ref]
-        if edge <= 1e-3 * abs(point[ref]):
-            return {"value": float("nan"), "ci": (float("nan"), float("nan"))}
+        value = efficiency(point["shown"], point[ref], point["oracle"])  # NaN where there is no edge to capture
+        if not np.isfinite(value):
+            return {"value": value, "ci": (float("nan"), float("nan"))}
         with np.errstate(invalid="ignore", divide="ignore"):
-            return {"value": (point["shown"] - point[ref]) / edge,
-                    "ci": percentile_ci((rep["shown"] - rep[ref]) / (rep["oracle"] - rep[ref]))}
+            return {"value": value, "ci": percentile_ci((rep["shown"] - rep[ref]) / (rep["oracle"] - rep[ref]))}
 
     vs_item, vs_base = ratio("shown", "per_item"), ratio("shown", "base")
     return {"n_exposures": int(len(u)), "n_users": int(len(users)), "profit": point,
