@@ -2,7 +2,11 @@
 
 ``pricing-topics`` (or ``python -m streams.topics``) creates what is missing, leaves what
 exists alone (and warns when an existing topic has fewer partitions than configured), then
-lists the topics. Faust creates its own changelog and repartition topics itself.
+lists the topics. It also creates the worker's table changelog (``<app id>-users-changelog``), the
+topic Faust would otherwise create itself when the first worker starts: created that late, the
+consumer group's metadata could still show it without partitions when the worker joined, and the
+worker could not write its table (Faust's ``PartitionsMismatch``, seen on a fresh 3-broker cluster).
+Created here, it also gets ``min.insync.replicas`` like the other topics.
 """
 
 from __future__ import annotations
@@ -29,6 +33,19 @@ class TopicSpec:
     configs: dict[str, str]
 
 
+USERS_TABLE = "users"  # the worker's Faust table of per-user state
+
+
+def changelog_topic(s: Settings, table: str = USERS_TABLE) -> str:
+    """The name Faust gives a table's changelog topic: ``<app id>-<table>-changelog``.
+
+    >>> from streams.settings import load_settings
+    >>> changelog_topic(load_settings({}, app_id="shop"))
+    'shop-users-changelog'
+    """
+    return f"{s.app_id}-{table}-changelog"
+
+
 def topic_specs(s: Settings) -> list[TopicSpec]:
     """The topics this project needs, from the settings."""
     week = str(7 * 24 * 3600 * 1000)
@@ -41,6 +58,8 @@ def topic_specs(s: Settings) -> list[TopicSpec]:
         TopicSpec(s.topic_prices, s.partitions, {"cleanup.policy": "delete", "retention.ms": week, **isr}),
         TopicSpec(s.topic_dead_letter, 1,
                   {"cleanup.policy": "delete", "retention.ms": str(s.dead_letter_retention_ms), **isr}),
+        # the table's changelog, as Faust makes it (compacted, one partition per clickstream partition)
+        TopicSpec(changelog_topic(s), s.partitions, {"cleanup.policy": "compact", **isr}),
     ]
 
 
