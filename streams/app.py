@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import signal
 import sys
 import time
 from collections import Counter
@@ -25,6 +27,7 @@ from .faust_compat import (
     PricingApp,
     PricingTableManager,
     check_versions,
+    hold_back,
     topic_partitions,
     worker_class,
     write_as_of,
@@ -35,10 +38,11 @@ from .kafka_config import aiokafka_config, cli_check_connection, faust_broker, f
 from .logs import faust_logging_config
 from .metrics import WorkerMetrics
 from .pipeline import Pipeline, RawRecord, UnknownFields
-from .runtime import RepeatFilter, ShutdownWatchdog, install_repeat_filter
+from .runtime import EXIT_BATCH_FAILED, RepeatFilter, ShutdownWatchdog, install_repeat_filter
 from .schemas import DeadLetter, SchemaError, dead_letter_bytes, parse_catalog
 from .scoring import BundleWatcher, DeterministicScorer, Scorer
 from .settings import Settings, cli_settings
+from .topics import USERS_TABLE
 from .version import add_version
 
 log = logging.getLogger("pricing.worker")
@@ -58,12 +62,16 @@ Sender = Callable[[str, bytes, bytes], Awaitable[None]]
 
 
 def create_app(s: Settings, *, deterministic_scorer: bool = False,
-               clock: Callable[[], float] = time.time, sender: Sender | None = None) -> faust.App:
+               clock: Callable[[], float] = time.time, sender: Sender | None = None,
+               on_batch_failure: Callable[[BaseException], object] | None = None) -> faust.App:
     """Build the Faust app: clickstream agent, catalog loader, model reload and stats timers.
 
-    ``sender(topic, key, value)`` replaces the Kafka producer in agent tests.
+    ``sender(topic, key, value)`` replaces the Kafka producer in agent tests. ``on_batch_failure(exc)``
+    runs once a batch failed and was held back uncommitted; by default it stops the worker (SIGTERM to
+    itself, a graceful stop), and ``pricing-worker`` then exits with :data:`EXIT_BATCH_FAILED`.
     """
     check_versions()
+    on_batch_failure = on_batch_failure or _stop_self
     # SIGTERM/SIGINT arm the watchdog, then Faust stops gracefully; reconnect errors are rate-limited
     watchdog, repeat = ShutdownWatchdog(s.shutdown_timeout_s), RepeatFilter()
     app = PricingApp(
@@ -85,7 +93,7 @@ def create_app(s: Settings, *, deterministic_scorer: bool = False,
     app.commit_on_stop_timeout_s = app.thread_shutdown_timeout_s = min(10.0, s.shutdown_timeout_s / 3)
     clicks = app.topic(s.topic_clickstream, partitions=s.partitions, key_type=bytes, value_type=bytes,
                        key_serializer="raw", value_serializer="raw")
-    users = app.Table("users", default=None, partitions=s.partitions,
+    users = app.Table(USERS_TABLE, default=None, partitions=s.partitions,
                       key_type=bytes, value_type=bytes)  # bytes types -> raw serializers
     catalog = Catalog()
     catalog_ready = asyncio.Event()
@@ -100,27 +108,41 @@ def create_app(s: Settings, *, deterministic_scorer: bool = False,
             return await sender(topic, key, value)
         return await app.producer.send(topic, key, value, None, None, None)
 
+    async def price_batch(events: list[Any]) -> None:
+        # events: raw clickstream records of one batch, from any partitions we own
+        started = time.perf_counter()
+        out = pipeline.process([RawRecord(e.message.key, e.message.value, e.message.topic,
+                                          e.message.partition, e.message.offset) for e in events],
+                               lambda k: users.get(k.encode()))
+        took = time.perf_counter() - started
+        # one table write per user per batch, routed by the partition of its last event
+        for ukey, (blob, i) in out.records.items():
+            write_as_of(users, ukey.encode(), blob, events[i])
+        pending = [await send(s.topic_dead_letter, k, v) for k, v in out.dead_letters]
+        pending += [await send(s.topic_prices, k, v) for k, v in out.prices]
+        # at-least-once: the batch is acked (its offsets become committable) only after every
+        # price and dead letter it produced is in Kafka
+        await asyncio.gather(*(f for f in pending if f is not None))
+        stats.update(out.counts)
+        metrics.on_batch(out.counts, records=len(events), seconds=took, done_at=time.time(),
+                         record_ts=[e.message.timestamp for e in events])
+
     @app.agent(clicks, name="clickstream")
     async def price_clickstream(stream: faust.StreamT[bytes]) -> None:
         await catalog_ready.wait()
         async for events in stream.take_events(s.batch_size, within=s.batch_within_s):  # type: ignore[attr-defined]
-            # events: raw clickstream records of one batch, from any partitions we own
-            started = time.perf_counter()
-            out = pipeline.process([RawRecord(e.message.key, e.message.value, e.message.topic,
-                                              e.message.partition, e.message.offset) for e in events],
-                                   lambda k: users.get(k.encode()))
-            took = time.perf_counter() - started
-            # one table write per user per batch, routed by the partition of its last event
-            for ukey, (blob, i) in out.records.items():
-                write_as_of(users, ukey.encode(), blob, events[i])
-            pending = [await send(s.topic_dead_letter, k, v) for k, v in out.dead_letters]
-            pending += [await send(s.topic_prices, k, v) for k, v in out.prices]
-            # at-least-once: the batch is acked (its offsets become committable) only after every
-            # price and dead letter it produced is in Kafka; a failed delivery crashes the batch
-            await asyncio.gather(*(f for f in pending if f is not None))
-            stats.update(out.counts)
-            metrics.on_batch(out.counts, records=len(events), seconds=took, done_at=time.time(),
-                             record_ts=[e.message.timestamp for e in events])
+            try:
+                await price_batch(events)
+            except Exception as exc:  # noqa: BLE001 - any failure: keep the batch uncommitted, then stop
+                # Faust would ack (and commit) the batch of a crashed agent and restart the agent on
+                # the next events: the failed batch's triggers would never be priced
+                held = hold_back(app, events)
+                log.critical("a batch of %d events failed: %r. None of it is committed (%d held back); stopping "
+                             "the worker (exit %d) so that a restart prices them again with the same decision ids",
+                             len(events), exc, held, EXIT_BATCH_FAILED, exc_info=exc)
+                app.batch_failure = exc  # type: ignore[attr-defined]
+                on_batch_failure(exc)
+                return
 
     @app.task
     async def load_catalog() -> None:
@@ -154,6 +176,12 @@ def create_app(s: Settings, *, deterministic_scorer: bool = False,
     app.metrics = metrics  # type: ignore[attr-defined]
     app.watchdog, app.repeat_filter = watchdog, repeat  # type: ignore[attr-defined]
     return app
+
+
+def _stop_self(exc: BaseException) -> None:
+    # the same graceful stop as an operator's SIGTERM: the watchdog bounds it, the final commit stops
+    # before the held-back batch
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 async def _follow_catalog(app: faust.App, s: Settings, catalog: Catalog, ready: asyncio.Event,
@@ -228,8 +256,15 @@ def main(argv: list[str] | None = None) -> int:
     web = ["--web-port", str(s.web_port)] if s.web_port else ["--without-web"]
     quiet = ["--quiet"] if s.log_format == "json" else []  # Faust's startup banner is not JSON
     sys.argv = [sys.argv[0], *quiet, "worker", "--loglevel", args.loglevel, *web]
-    app.main()
-    return 0
+    try:
+        app.main()
+    except SystemExit as done:  # mode's worker always leaves through SystemExit
+        code = done.code
+    else:
+        code = 0
+    if getattr(app, "batch_failure", None) is not None:
+        return EXIT_BATCH_FAILED
+    return code if isinstance(code, int) else 1
 
 
 if __name__ == "__main__":

@@ -8,6 +8,9 @@ The worker relies on internals of faust-streaming, mode and aiokafka in these pl
 * routing a table write to the changelog partition of a given event (:func:`write_as_of`), which
   Faust reads from a private context variable;
 * asking an aiokafka consumer outside any group for one topic's metadata (:func:`topic_partitions`);
+* keeping the events of a failed batch from ever being committed (:func:`hold_back`): Faust's
+  ``Stream.take_events`` acknowledges a batch in a ``finally``, so a batch whose body raised (a
+  failed delivery, a table write refused) would otherwise be committed unprocessed;
 * learning that a stop signal arrived, and bounding how long a stop waits for the final offset
   commit and for Faust's consumer thread (:func:`worker_class`, :class:`PricingApp`).
 
@@ -305,6 +308,30 @@ def write_as_of(table: MutableMapping[bytes, bytes], key: bytes, value: bytes, e
     """
     with as_of(event):
         table[key] = value
+
+
+def hold_back(app: Any, events: Any) -> int:
+    """Make sure ``events`` are never acknowledged in this process: Faust's commits stop before the
+    first of them in each partition, so a restart reads them again. Returns how many were held back.
+
+    ``take_events`` acks its batch in a ``finally`` even when the agent's body raised, and an acked
+    offset is committed. Faust's ``Consumer.ack`` records an offset only for a message whose
+    ``acked`` flag is still clear; setting the flag (under Faust's own ``ack_lock``) without
+    recording the offset leaves a gap that no commit passes. The message also leaves the set of
+    unacked messages, so a graceful stop does not wait for it.
+    """
+    from faust.types.tuples import ack_lock
+
+    consumer = app.consumer
+    held = 0
+    with ack_lock:
+        for event in events:
+            message = event.message
+            if not message.acked:
+                message.acked = True
+                consumer._unacked_messages.discard(message)
+                held += 1
+    return held
 
 
 async def topic_partitions(consumer: Any, topic: str) -> set[int]:

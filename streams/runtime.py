@@ -20,6 +20,9 @@ import time
 from collections.abc import Callable
 
 EXIT_FORCED = 70  # EX_SOFTWARE: the process did not stop by itself within the timeout
+# EX_TEMPFAIL: a batch failed (e.g. its prices could not be delivered) and was left uncommitted; a
+# restart prices it again
+EXIT_BATCH_FAILED = 75
 
 log = logging.getLogger("pricing.worker")
 

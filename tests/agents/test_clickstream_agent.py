@@ -97,3 +97,28 @@ async def test_an_added_upstream_field_does_not_stop_pricing(app_and_sent) -> No
     letters = [parse_dead_letter(v) for t, _, v in sent if t == "clickstream-dlq"]
     assert len(prices) == 3 * 3 and {p.user_id for p in prices} == {"alice"}
     assert [dl.error_code for dl in letters] == ["BAD_PRICE"]
+
+
+async def test_a_batch_whose_prices_cannot_be_delivered_stops_the_worker_uncommitted() -> None:
+    # a delivery that fails (brokers gone past the producer's timeout, a record refused) must not let
+    # Faust ack the batch and go on: the batch is held back and the worker asked to stop
+    attempts: list[str] = []
+    failures: list[BaseException] = []
+
+    async def sender(topic: str, key: bytes, value: bytes) -> None:
+        attempts.append(topic)
+        raise RuntimeError("broker gone")
+
+    s = load_settings({}, store="memory://", top_k=2, treatment_share=1.0, partitions=1)
+    app = create_app(s, deterministic_scorer=True, sender=sender, on_batch_failure=failures.append)
+    app.finalize()
+    app.conf.store = "memory://"
+    app.flow_control.resume()
+    app.pricing.catalog.put(CatalogItem("i1", "cat0", 10.0, 4.0, 7.0, 16.0))
+    app.catalog_ready.set()
+    async with app.agents["clickstream"].test_context() as ctx:
+        await ctx.put(key=b"alice", value=click(1))
+        await ctx.put(key=b"alice", value=click(2))
+    assert [str(e) for e in failures] == ["broker gone"]  # once: the agent stopped after the failed batch
+    assert attempts == ["prices"]
+    assert str(app.batch_failure) == "broker gone"

@@ -25,6 +25,7 @@ from streams.faust_compat import (
     PricingTableManager,
     SafeConsumerThread,
     check_versions,
+    hold_back,
     topic_partitions,
     write_as_of,
 )
@@ -212,6 +213,34 @@ def test_a_table_write_names_the_event_whose_partition_routes_it() -> None:
     write_as_of(table, b"u", b"state", event)
     assert table == {b"u": b"state"} and seen == [event]
     assert current_event() is None  # the context is restored after the write
+
+
+def test_a_held_back_batch_is_never_recorded_as_acked_so_no_commit_passes_it() -> None:
+    # Faust's take_events acks its batch in a `finally`, also when the agent's body raised: held
+    # back, those acks record nothing, and the commit offset stops before the batch
+    from faust.types import Message
+
+    app = faust.App("hold-back-test", store="memory://")
+    app.finalize()
+    consumer = app.consumer
+    app.topics._acking_topics.add("clicks")  # what subscribing the agent's stream does
+    tp = TopicPartition("clicks", 0)
+
+    def message(offset: int) -> Message:
+        m = Message(topic="clicks", partition=0, offset=offset, timestamp=0.0, timestamp_type=0, headers=[],
+                    key=b"k", value=b"v", checksum=None)
+        consumer.track_message(m)
+        return m
+
+    done, failed, later = message(0), [message(1), message(2)], message(3)
+    assert consumer.ack(done) is True  # the control: an ordinary ack is recorded
+    assert hold_back(app, [SimpleNamespace(message=m) for m in failed]) == 2
+    assert [consumer.ack(m) for m in failed] == [False, False]  # take_events' finally: no effect
+    assert consumer.ack(later) is True
+    assert sorted(consumer._acked[tp]) == [0, 3]
+    assert consumer._new_offset(tp) == 1  # the next commit: offset 1, the first held-back event
+    assert not any(m in consumer._unacked_messages for m in failed)  # a stop does not wait for them
+    assert hold_back(app, [SimpleNamespace(message=done)]) == 0  # already acked: nothing to hold
 
 
 def test_topic_partitions_asks_for_the_topics_metadata_first() -> None:
