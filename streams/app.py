@@ -37,7 +37,7 @@ from .health import MetricsServerError, faust_snapshot, sample_forever, serve
 from .kafka_config import aiokafka_config, cli_check_connection, faust_broker, faust_credentials
 from .logs import faust_logging_config
 from .metrics import WorkerMetrics
-from .pipeline import Pipeline, RawRecord, UnknownFields
+from .pipeline import Pipeline, RawRecord, UnknownFields, is_history
 from .runtime import EXIT_BATCH_FAILED, RepeatFilter, ShutdownWatchdog, install_repeat_filter
 from .schemas import DeadLetter, SchemaError, dead_letter_bytes, parse_catalog
 from .scoring import BundleWatcher, DeterministicScorer, Scorer
@@ -111,8 +111,8 @@ def create_app(s: Settings, *, deterministic_scorer: bool = False,
     async def price_batch(events: list[Any]) -> None:
         # events: raw clickstream records of one batch, from any partitions we own
         started = time.perf_counter()
-        out = pipeline.process([RawRecord(e.message.key, e.message.value, e.message.topic,
-                                          e.message.partition, e.message.offset) for e in events],
+        out = pipeline.process([RawRecord(e.message.key, e.message.value, e.message.topic, e.message.partition,
+                                          e.message.offset, is_history(e.message.headers)) for e in events],
                                lambda k: users.get(k.encode()))
         took = time.perf_counter() - started
         # one table write per user per batch, routed by the partition of its last event

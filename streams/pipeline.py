@@ -6,7 +6,10 @@ and a table reader in, and writes back what comes out. A batch goes through thes
 1. parse and validate every record -> dead letters for the bad ones (nothing dropped), including a
    shown price implausibly far above the item's catalog base price (``BAD_PRICE``);
 2. fold each event into its user's record (keyed hash of the user id; replays are no-ops);
-3. for trigger events, snapshot the user's features at that event's time;
+3. for trigger events, snapshot the user's features at that event's time; a record marked as
+   history (the Kafka header ``pricing-history: 1``, :data:`HISTORY_HEADER`: a warm-up or a replay
+   of past traffic whose users have long left) only updates its user's state and is not priced
+   (counted as ``skipped.HISTORY``);
 4. score all triggers at once: the bundle's first stage (affine, so one item part per catalog
    and one user part per trigger and category bucket) shortlists ``shortlist`` items out of the
    whole catalog, the recommend model ranks the shortlist and picks the top-K items, the price
@@ -25,6 +28,7 @@ import math
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -62,15 +66,33 @@ log = logging.getLogger("pricing.pipeline")
 PROFILE_COLUMNS = [ITEM_FEATURE_NAMES.index(n) for n in ("cat_affinity", "cat_click_rate", "cat_cart_rate")]
 
 
+# a clickstream record with this Kafka header (value b"1") is history: state only, no price
+HISTORY_HEADER = "pricing-history"
+
+
 @dataclass(frozen=True, slots=True)
 class RawRecord:
-    """A clickstream record as consumed: key, value bytes and its position."""
+    """A clickstream record as consumed: key, value bytes, its position, and whether it is history."""
 
     key: bytes | None
     value: bytes
     topic: str
     partition: int
     offset: int
+    history: bool = False
+
+
+def is_history(headers: Any) -> bool:
+    """Whether a record's Kafka headers (a sequence of ``(name, value)`` pairs, a mapping, or None)
+    mark it as history.
+
+    >>> is_history([("pricing-history", b"1")]), is_history({"pricing-history": b"0"}), is_history(None)
+    (True, False, False)
+    """
+    if not headers:  # the common case, one test
+        return False
+    pairs = headers.items() if isinstance(headers, dict) else headers
+    return any(k == HISTORY_HEADER and v == b"1" for k, v in pairs)
 
 
 @dataclass(slots=True)
@@ -179,6 +201,9 @@ class Pipeline:
             out.records[ukey] = (b"", i)
             out.counts["event." + ev.type] += 1  # by type for the metrics; the sum is the valid events
             if ev.type in self.triggers:
+                if raw.history:  # a past event: its user is gone, and a price now would mislead the log
+                    out.counts["skipped.HISTORY"] += 1
+                    continue
                 triggers.append(_Trigger(ev, ukey, rec, user_features(rec.features, self.spec, ev.ts),
                                          list(rec.features.buckets), replay))
         if triggers:

@@ -48,6 +48,7 @@ import orjson
 from scipy.special import expit
 
 from streams.kafka_config import aiokafka_config, cli_check_connection, kafka_python_config
+from streams.pipeline import HISTORY_HEADER
 from streams.schemas import ClickEvent, PriceEvent, SchemaError, decision_id, dumps, parse_price
 from streams.settings import Settings, cli_settings
 from streams.version import add_version
@@ -55,6 +56,7 @@ from streams.version import add_version
 from .simulator import Market, MarketConfig, add_market_args, interest_prob, market_config
 
 _DAY = 86400.0
+HISTORY = [(HISTORY_HEADER, b"1")]  # the warm-up's events: state only, not priced
 LISTING = 48
 
 
@@ -366,14 +368,16 @@ class LiveMarket:
         models were trained on. The history of the participating users is shifted to end before
         the loop's simulated clock starts, sent as fast as the broker takes it, and the loop starts
         once the worker's consumer group has committed every clickstream partition to its end.
-        These events are not exposures: they are not logged and not evaluated.
+        These events are not exposures: they are not logged and not evaluated, and they carry the
+        worker's history header, so it updates the users' state without pricing them.
         """
         t0 = time.time()
         # end one minute before the earliest possible start of the loop's clock
         events, total = self.warm_events(time.time() - self.cfg.days * _DAY)
         sent, last = 0, time.monotonic()
         for ev in events:
-            await self.producer.send(self.s.topic_clickstream, dumps(ev), key=ev.user_id.encode())
+            # marked as history: the worker folds it into the user's state without pricing it
+            await self.producer.send(self.s.topic_clickstream, dumps(ev), key=ev.user_id.encode(), headers=HISTORY)
             sent += 1
             if time.monotonic() - last > progress_s:
                 print(f"[market] warm-up: sent {sent:,}/{total:,} history events", flush=True)

@@ -29,6 +29,7 @@ from typing import Any
 import orjson
 
 from streams.kafka_config import cli_check_connection, kafka_python_config
+from streams.pipeline import HISTORY_HEADER
 from streams.schemas import dumps
 from streams.settings import Settings, cli_settings
 from streams.version import add_version
@@ -171,6 +172,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "else last (every ts in the past)")
     p.add_argument("--skip", type=int, default=0, help="skip the first N records (resume)")
     p.add_argument("--limit", type=int, help="send at most N records after the skipped ones")
+    p.add_argument("--history", action="store_true",
+                   help="mark every event as history (Kafka header pricing-history: 1): the worker folds it into "
+                        "the user's state but does not price it, e.g. to warm a new deployment with past traffic")
     p.add_argument("--emit-catalog", action="store_true", help="CSV only: publish a catalog derived from the file")
     p.add_argument("--cost-ratio", type=float, default=0.6, help="catalog unit_cost = base_price * this")
     p.add_argument("--band", type=float, default=0.3, help="catalog min/max = base_price * (1 -/+ band)")
@@ -255,7 +259,8 @@ def main(argv: list[str] | None = None) -> int:
         records = islice(read_records(args.path, args.skip), args.limit)
         with tqdm(total=total, unit="ev", disable=True if args.no_progress else None, file=sys.stderr,
                   smoothing=0.1) as bar:
-            replay(records, lambda recs: publish(producer, s.topic_clickstream, recs), summary,
+            mark = [(HISTORY_HEADER, b"1")] if args.history else None
+            replay(records, lambda recs: publish(producer, s.topic_clickstream, recs, headers=mark), summary,
                    Schedule(args.speed, args.rate), args.shift_anchor if args.shift_to_now else None,
                    last_ts, progress=bar.update)
     except KeyboardInterrupt:

@@ -97,8 +97,9 @@ class Delivery:
 
 
 def publish(producer: Any, topic: str, records: Iterable[tuple[bytes | None, bytes]],
-            flush_every: int = 10_000) -> Delivery:
+            flush_every: int = 10_000, headers: list[tuple[str, bytes]] | None = None) -> Delivery:
     """Send ``(key, value)`` records with a kafka-python producer; count deliveries and failures.
+    ``headers`` go on every record (e.g. the worker's history mark, ``streams.pipeline.HISTORY_HEADER``).
 
     A send that raises (buffer full past ``max_block_ms``, broker unreachable) is counted as
     failed and stops publishing: what was handed over is still flushed and counted.
@@ -118,7 +119,7 @@ def publish(producer: Any, topic: str, records: Iterable[tuple[bytes | None, byt
 
     for key, value in records:
         try:
-            futures.append(producer.send(topic, key=key, value=value))
+            futures.append(producer.send(topic, key=key, value=value, headers=headers))
         except Exception as exc:  # noqa: BLE001 - any send error ends the run, reported in the summary
             result.failed += 1
             result.first_error = result.first_error or repr(exc)

@@ -122,3 +122,16 @@ async def test_a_batch_whose_prices_cannot_be_delivered_stops_the_worker_uncommi
     assert [str(e) for e in failures] == ["broker gone"]  # once: the agent stopped after the failed batch
     assert attempts == ["prices"]
     assert str(app.batch_failure) == "broker gone"
+
+
+async def test_a_record_with_the_history_header_builds_state_without_a_price(app_and_sent) -> None:
+    app, sent = app_and_sent
+    async with app.agents["clickstream"].test_context() as ctx:
+        await ctx.put(key=b"alice", value=click(1), headers={"pricing-history": b"1"})
+        await ctx.put(key=b"alice", value=click(2), headers=[("pricing-history", b"1")])
+    assert [t for t, _, _ in sent if t == "prices"] == []
+    record = decode_record(app.users[app.pricing.hasher.hash("alice").encode()])
+    assert record.features.counts[0] > 0  # both views are in the user's state
+    async with app.agents["clickstream"].test_context() as ctx:
+        await ctx.put(key=b"alice", value=click(3))  # live: priced
+    assert len([t for t, _, _ in sent if t == "prices"]) == 3

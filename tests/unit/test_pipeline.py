@@ -360,3 +360,22 @@ def test_cap_at_uniform_bounds_treatment_prices() -> None:
     for p in p_cap:
         assert p.arm == "treatment" and p.price <= round(p.base_price * max(1.0, ratio.get(p.item_id, 1.0)), 2) + 1e-9
     assert out.counts["reason.CLIP_UNIFORM_CAP"] > 0
+
+
+def test_history_records_build_the_state_but_are_not_priced() -> None:
+    from dataclasses import replace
+
+    # the same events, once as history (a warm-up) and once live: the same state, prices only live
+    batch = [record(i, typ) for i, typ in enumerate(["view", "click", "add_to_cart", "purchase"])]
+    live, t_live = make(treatment_share=1.0)
+    warm, t_warm = make(treatment_share=1.0)
+    priced = run(live, t_live, batch)
+    history = run(warm, t_warm, [replace(r, history=True) for r in batch])
+    assert len(priced.prices) > 0 and history.prices == []
+    assert history.counts["skipped.HISTORY"] == 3  # the three triggers; the purchase is not one
+    assert history.counts["event.view"] == 1 and history.counts["event.purchase"] == 1
+    key = warm.hasher.hash("u1")
+    assert decode_record(t_warm[key]).features.counts[0] > 0
+    assert decode_record(t_warm[key]).features == decode_record(t_live[key]).features
+    after = run(warm, t_warm, [record(9)])  # the next live view is priced as usual
+    assert [parse_price(v).item_id for _, v in after.prices][0] == "i1"
