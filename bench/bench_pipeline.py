@@ -398,6 +398,27 @@ class Worker:
                 self.proc.wait()
 
 
+class WorkerGroup:
+    """N worker processes in one consumer group (same app id, a data dir each): Kafka spreads the
+    partitions over them. Same interface as :class:`Worker`; ``cpu()`` is their sum."""
+
+    def __init__(self, env: dict[str, str], run_dir: Path, n: int, variant: str) -> None:
+        self.members = [Worker(env | {"PRICING_DATA_DIR": str(run_dir / f"worker{k}")}, run_dir / f"worker{k}.log",
+                               None, variant) for k in range(n)]
+        self.started = min(w.started for w in self.members)
+
+    def cpu(self) -> float:
+        return sum(w.cpu() for w in self.members)
+
+    def check(self) -> None:
+        for w in self.members:
+            w.check()
+
+    def stop(self) -> None:
+        for w in self.members:
+            w.stop()
+
+
 def _committed(s: Settings) -> int:
     """Clickstream offsets the worker's group (the app id) has committed, summed over partitions."""
     from kafka import KafkaAdminClient
@@ -589,7 +610,8 @@ def run_config(args: argparse.Namespace, model_dir: Path, items: list[CatalogIte
     s = settings_from(env)
     out_topic = f"bench-{tag}-passthrough"
     create_topics(s, extra=[out_topic, out_topic + "-fanout"])
-    res: dict = {"variant": variant, "batch_size": size, "within": within, "top_k": args.top_k, "tag": tag,
+    res: dict = {"variant": variant if args.workers == 1 else f"{variant} x{args.workers}",
+                 "batch_size": size, "within": within, "top_k": args.top_k, "tag": tag,
                  "fetch_ms": s.fetch_max_wait_ms,
                  "load_before": load_str()}
     worker = None
@@ -619,7 +641,8 @@ def run_config(args: argparse.Namespace, model_dir: Path, items: list[CatalogIte
         log(f"[{name}] passthrough {res['passthrough']['rate']:.0f} events/s, with the worker's fan-out "
             f"{res['fanout']['rate']:.0f} events/s; starting the worker")
         prof = CACHE / f"worker-{variant}-{size}-{within:g}.prof" if args.profile_worker else None
-        worker = Worker(env, run_dir / "worker.log", prof, variant)
+        worker = Worker(env, run_dir / "worker.log", prof, variant) if args.workers == 1 else \
+            WorkerGroup(env, run_dir, args.workers, variant)
         if variant in MARKER_VARIANTS:
             res["worker"] = asyncio.run(marker_throughput(s, worker, len(evs), args.timeout))
         else:
@@ -690,6 +713,8 @@ def main(argv: list[str] | None = None) -> int:
                              + "; ".join(f"{k} = {v}" for k, v in VARIANTS.items())
                              + " (later configs run stock only)")
     parser.add_argument("--run-worker", metavar="VARIANT", help=argparse.SUPPRESS)
+    parser.add_argument("--workers", type=int, default=1,
+                        help="worker processes in one group (one per core is the way to use more cores)")
     parser.add_argument("--top-k", type=int, default=3, help="PRICING_TOP_K")
     parser.add_argument("--shortlist", type=int, default=48,
                         help="PRICING_SHORTLIST of the scoring-cost and stock runs (the variant `before` uses 0)")
