@@ -307,6 +307,7 @@ VARIANTS = {
     "lz4": "stock with PRICING_PRODUCER_COMPRESSION=lz4 (default none)",
     "null": "Faust worker with Pipeline.process replaced by a stub that writes the same records "
             "(1+top_k copies of the input per trigger, one table write per user): Faust + Kafka cost only",
+    "null1": "like null but one record per trigger (as if a trigger's prices travelled in one record)",
     "table": "like null but no prices (one small marker record per batch): Faust consume + table writes",
     "consume": "like null but neither prices nor table writes (one marker per batch): Faust consume only",
     "patched": "stock + candidate speed-ups monkeypatched in (schemas.dumps via orjson's native dataclass "
@@ -335,9 +336,9 @@ def _patch(variant: str) -> None:
         pl.dumps = orjson.dumps  # type: ignore[assignment]  # orjson serialises slotted dataclasses natively
         pl.reason_names = functools.lru_cache(maxsize=256)(pricing.reason_names)  # type: ignore[assignment]
         pl.assign_arm = functools.lru_cache(maxsize=1 << 16)(pl.assign_arm)  # type: ignore[assignment]
-    elif variant == "null":
+    elif variant in ("null", "null1"):
         def process(self: Pipeline, batch: list[RawRecord], load: Callable[[str], bytes | None]) -> object:
-            out, copies = pl.BatchOutput(), 1 + self.s.top_k
+            out, copies = pl.BatchOutput(), 1 + self.s.top_k if variant == "null" else 1
             for i, raw in enumerate(batch):
                 if orjson.loads(raw.value)["type"] in self.triggers:
                     out.prices.extend([(raw.key or b"", raw.value)] * copies)
@@ -403,8 +404,9 @@ class WorkerGroup:
     partitions over them. Same interface as :class:`Worker`; ``cpu()`` is their sum."""
 
     def __init__(self, env: dict[str, str], run_dir: Path, n: int, variant: str) -> None:
-        self.members = [Worker(env | {"PRICING_DATA_DIR": str(run_dir / f"worker{k}")}, run_dir / f"worker{k}.log",
-                               None, variant) for k in range(n)]
+        # a data dir and a metrics port each (two processes cannot serve the same port)
+        self.members = [Worker(env | {"PRICING_DATA_DIR": str(run_dir / f"worker{k}"), "PRICING_METRICS_PORT": "0"},
+                               run_dir / f"worker{k}.log", None, variant) for k in range(n)]
         self.started = min(w.started for w in self.members)
 
     def cpu(self) -> float:
@@ -417,6 +419,25 @@ class WorkerGroup:
     def stop(self) -> None:
         for w in self.members:
             w.stop()
+
+
+def _wait_stable(s: Settings, n: int, worker: Worker | WorkerGroup, timeout: float) -> None:
+    """Until the worker group (the app id) is Stable with ``n`` members: the rebalance is behind us."""
+    from kafka import KafkaAdminClient
+
+    admin = KafkaAdminClient(bootstrap_servers=s.kafka_bootstrap)
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            worker.check()
+            g = admin.describe_groups([s.app_id]).get(s.app_id, {})
+            if g.get("group_state") == "Stable" and len(g.get("members", ())) == n:
+                time.sleep(2.0)  # table recovery and the seek after the assignment
+                return
+            time.sleep(0.5)
+    finally:
+        admin.close()
+    raise RuntimeError(f"worker group {s.app_id} not stable with {n} members after {timeout:.0f} s")
 
 
 def _committed(s: Settings) -> int:
@@ -628,21 +649,30 @@ def run_config(args: argparse.Namespace, model_dir: Path, items: list[CatalogIte
         evs = maker.events(np.linspace(t - 3600, t - 60, args.events))
         n_trig = sum(e.type in s.triggers for e in evs)
         res["triggers"] = n_trig
+        prof = CACHE / f"worker-{variant}-{size}-{within:g}.prof" if args.profile_worker else None
+
+        def start() -> Worker | WorkerGroup:
+            return Worker(env, run_dir / "worker.log", prof, variant) if args.workers == 1 else \
+                WorkerGroup(env, run_dir, args.workers, variant)
+
+        if args.start_first:  # the group settles first: no rebalance inside the measured window
+            worker = start()
+            _wait_stable(s, args.workers, worker, 120.0)
+            log(f"[{name}] {args.workers} worker(s) assigned; pre-loading (no passthrough runs)")
         log(f"[{name}] pre-loading {len(evs)} events ({n_trig} triggers, {args.users} users) into "
             f"{s.topic_clickstream}")
         asyncio.run(produce_all(s.kafka_bootstrap, s.topic_clickstream, records(evs)))
-        res["passthrough"] = asyncio.run(passthrough(s.kafka_bootstrap, s.topic_clickstream, out_topic,
-                                                     len(evs), f"bench-{tag}-passthrough",
-                                                     linger_ms=s.producer_linger_ms))
-        res["fanout"] = asyncio.run(passthrough(s.kafka_bootstrap, s.topic_clickstream, out_topic + "-fanout",
-                                                len(evs), f"bench-{tag}-fanout",
-                                                fanout=(frozenset(s.triggers), 1 + args.top_k),
-                                                linger_ms=s.producer_linger_ms))
-        log(f"[{name}] passthrough {res['passthrough']['rate']:.0f} events/s, with the worker's fan-out "
-            f"{res['fanout']['rate']:.0f} events/s; starting the worker")
-        prof = CACHE / f"worker-{variant}-{size}-{within:g}.prof" if args.profile_worker else None
-        worker = Worker(env, run_dir / "worker.log", prof, variant) if args.workers == 1 else \
-            WorkerGroup(env, run_dir, args.workers, variant)
+        if worker is None:
+            res["passthrough"] = asyncio.run(passthrough(s.kafka_bootstrap, s.topic_clickstream, out_topic,
+                                                         len(evs), f"bench-{tag}-passthrough",
+                                                         linger_ms=s.producer_linger_ms))
+            res["fanout"] = asyncio.run(passthrough(s.kafka_bootstrap, s.topic_clickstream, out_topic + "-fanout",
+                                                    len(evs), f"bench-{tag}-fanout",
+                                                    fanout=(frozenset(s.triggers), 1 + args.top_k),
+                                                    linger_ms=s.producer_linger_ms))
+            log(f"[{name}] passthrough {res['passthrough']['rate']:.0f} events/s, with the worker's fan-out "
+                f"{res['fanout']['rate']:.0f} events/s; starting the worker")
+            worker = start()
         if variant in MARKER_VARIANTS:
             res["worker"] = asyncio.run(marker_throughput(s, worker, len(evs), args.timeout))
         else:
@@ -715,6 +745,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-worker", metavar="VARIANT", help=argparse.SUPPRESS)
     parser.add_argument("--workers", type=int, default=1,
                         help="worker processes in one group (one per core is the way to use more cores)")
+    parser.add_argument("--start-first", action="store_true",
+                        help="start the worker(s) and wait for a stable group before pre-loading (no passthrough "
+                             "runs): the rebalance of a multi-worker group stays out of the measured window")
     parser.add_argument("--top-k", type=int, default=3, help="PRICING_TOP_K")
     parser.add_argument("--shortlist", type=int, default=48,
                         help="PRICING_SHORTLIST of the scoring-cost and stock runs (the variant `before` uses 0)")

@@ -167,10 +167,12 @@ class FakeProducer:
     """A kafka-python producer stand-in: records what is sent, futures fail on request."""
 
     def __init__(self, fail: bool = False) -> None:
-        self.fail, self.sent = fail, []
+        self.fail, self.sent, self.headers = fail, [], []
 
-    def send(self, topic: str, key: bytes | None = None, value: bytes = b"") -> Any:
+    def send(self, topic: str, key: bytes | None = None, value: bytes = b"",
+             headers: list[tuple[str, bytes]] | None = None) -> Any:
         self.sent.append((topic, key, value))
+        self.headers.append(headers)
         exc = RuntimeError("broker said no") if self.fail else None
         return type("F", (), {"exception": exc, "failed": lambda self: exc is not None})()
 
@@ -196,6 +198,18 @@ def test_cli_sends_catalog_then_clicks_and_reports(monkeypatch: pytest.MonkeyPat
     assert summary["read"] == 20 and summary["next_skip"] == 22 and summary["catalog_items"] == 5
     assert len(clicks) == summary["sent"] == 20 - summary["skipped"]["remove_from_cart"]
     assert all(k is None or k == orjson.loads(v)["user_id"].encode() for k, v in clicks)
+    assert set(map(str, producer.headers)) == {"None"}  # live events: no history mark
+
+
+def test_cli_history_marks_every_click_but_not_the_catalog(monkeypatch: pytest.MonkeyPatch) -> None:
+    producer = FakeProducer()
+    monkeypatch.setitem(main.__globals__, "cli_check_connection", lambda *a, **k: None)
+    monkeypatch.setattr(kafka, "KafkaProducer", lambda **cfg: producer)
+    assert main([str(SAMPLE), "--emit-catalog", "--topic", "clicks", "--catalog-topic", "cat", "--limit", "10",
+                 "--history", "--no-progress"]) == 0
+    marks = {t: {str(h) for (tt, _, _), h in zip(producer.sent, producer.headers, strict=True) if tt == t}
+             for t in ("cat", "clicks")}
+    assert marks == {"cat": {"None"}, "clicks": {str([("pricing-history", b"1")])}}
 
 
 def test_cli_exit_codes(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
