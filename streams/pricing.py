@@ -137,7 +137,8 @@ def shrink_toward(target: F, anchor: F, w: F) -> F:
     """
     with np.errstate(all="ignore"):
         step = np.where(w > 0, w * (np.log(target) - np.log(anchor)), 0.0)  # w 0 is the anchor, even for target inf
-        return np.asarray(np.exp(np.log(anchor) + step), np.float64)
+        out = np.exp(np.log(anchor) + step)
+        return np.asarray(np.where(np.isnan(out), anchor, out), np.float64)  # inf - inf: no direction, the anchor
 
 
 class Reason(enum.IntFlag):
@@ -352,6 +353,7 @@ def decide_batch(a: ArrayLike, b: ArrayLike, items: ItemBatch, g: Guardrails, no
         if shrink is not None:
             ur = np.ones_like(target) if uniform_ratio is None else np.asarray(uniform_ratio, np.float64)
             anchor = items.base_price * np.where(np.isfinite(ur) & (ur > 0), ur, 1.0)
+            anchor = np.where(np.isfinite(anchor) & (anchor > 0), anchor, items.base_price)  # a ratio that overflows
             w = np.clip(np.where(np.isfinite(shrink), shrink, 0.0), 0.0, 1.0)
             target = np.where(invalid | (target <= 0), target, shrink_toward(target, anchor, w))
         target = np.where(invalid, items.base_price, target)
