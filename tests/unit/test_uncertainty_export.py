@@ -100,3 +100,19 @@ def test_a_spread_output_of_the_wrong_shape_is_refused() -> None:
     sig["outputs"].append({"name": "t_noise_var", "dtype": "float32", "shape": [None, 2]})
     with pytest.raises(BundleError, match="t_noise_var"):
         check_contract("price", sig, 3, 2)
+
+
+def test_the_spread_outputs_leave_the_served_prices_bit_identical() -> None:
+    """The same weights without the spread outputs (the graph as it was before them): onnxruntime gives
+    the very same p_buy, a and b."""
+    from export import convert
+    from export.bundle import make_session
+
+    merged, user, item, _ = _ensemble()
+    pruned = keras.Model(merged.inputs, {k: merged.get_layer(k).output for k in ("p_buy", "a", "b")})
+    rng = np.random.default_rng(4)
+    feed = {"user": user, "item": item, "price_ratio": rng.uniform(0.8, 1.2, (len(user), 1)).astype(np.float32)}
+    got = [make_session(convert.keras_to_onnx(m, "price").SerializeToString()).run(["p_buy", "a", "b"], feed)
+           for m in (merged, pruned)]
+    for with_spread, without in zip(*got, strict=True):
+        assert with_spread.tobytes() == without.tobytes()
