@@ -6,6 +6,8 @@ Layout::
     <model_dir>/<version>/manifest.json version, created_at, feature names + spec, models, parity
     <model_dir>/<version>/user.onnx     X [N,U] -> probabilities [N,2]
     <model_dir>/<version>/price.onnx    user, item, price_ratio [N,1] -> p_buy, a, b [N,1]
+                                        (+ t_var, t_noise_var, t_signal_var [N,1], optional: the ensemble's
+                                        spread for the uncertainty guard; bundles without them price unguarded)
     <model_dir>/<version>/recommend.onnx user, items [N,K,I], price_ratio, mask [N,K] -> probs [N,K]
     <model_dir>/<version>/retrieve.onnx item [N,I] -> score [N,1]   (optional: the recommend model's
                                         first stage, affine in item; bundles without it rank every item)
@@ -61,7 +63,10 @@ CONTRACT: dict[str, tuple[dict[str, tuple[Any, ...]], dict[str, tuple[Any, ...]]
                    "mask": ("N", "K")}, {"probs": ("N", "K")}),
     "retrieve": ({"item": ("N", "I")}, {"score": ("N", 1)}),
 }
-
+# Optional outputs: absent in bundles exported before them; where present they must have these dims.
+OPTIONAL_OUTPUTS: dict[str, dict[str, tuple[Any, ...]]] = {
+    "price": {"t_var": ("N", 1), "t_noise_var": ("N", 1), "t_signal_var": ("N", 1)},
+}
 
 _DTYPES = {"tensor(float)": "float32", "tensor(double)": "float64", "tensor(int64)": "int64"}
 
@@ -106,7 +111,8 @@ def check_contract(name: str, sig: Mapping[str, list[dict[str, Any]]], n_user: i
     if missing := set(want_out) - set(outs):
         raise BundleError(f"model {name!r}: outputs {sorted(missing)} missing (has {sorted(outs)})")
     sizes: dict[str, Any] = {"N": None, "U": n_user, "I": n_item}
-    for tname, dims in [*want_in.items(), *want_out.items()]:
+    optional = [(k, v) for k, v in OPTIONAL_OUTPUTS.get(name, {}).items() if k in outs]
+    for tname, dims in [*want_in.items(), *want_out.items(), *optional]:
         t = ins.get(tname) or outs[tname]
         if t["dtype"] != "float32" or len(t["shape"]) != len(dims):
             raise BundleError(f"model {name!r}: {tname} is {t['dtype']}{t['shape']}, contract "

@@ -87,6 +87,10 @@ SLOPE_FEATURES = ("view_level_in_category", "view_log_base_price", "view_decay_1
 B_EPS = 1e-3
 B_MAX = 100.0  # cap on the slope (true sensitivities in the simulator stay below ~30)
 OUTPUTS = ("p_buy", "a", "b")
+# the uncertainty outputs of an ensemble (members > 1), read by serving's guard (streams.pricing.shrink_weight):
+# per row the members' variance of t and the noise variance of t it stands for; per graph (a constant column)
+# the variance of the true user slope across rows, the empirical-Bayes prior (set_spread_prior)
+SPREAD_OUTPUTS = ("t_var", "t_noise_var", "t_signal_var")
 CALIBRATION_PRIOR_SD = np.array([0.5, 0.25, 0.25, 0.25])  # u shift, u scale, t shift, t scale, around identity
 ITEM_SLOPE = ITEM_FEATURE_NAMES.index("item_log_slope")
 
@@ -197,6 +201,7 @@ def build_price_model(user: np.ndarray, item: np.ndarray, cfg: PriceModelConfig 
                                                           bias=float(np.log(b0)))))
     u = us[0] if members == 1 else layers.Average(name="u_mean")(us)
     t = ts[0] if members == 1 else layers.Average(name="t_mean")(ts)
+    spread = _spread_outputs(ts, t) if members > 1 else {}
     if s_raw is not None:
         t = layers.Add(name="t_item")([t, s_raw])
     b = layers.ReLU(max_value=B_MAX, name="b_cap")(layers.Activation("exponential", name="b_exp")(t))
@@ -204,8 +209,87 @@ def build_price_model(user: np.ndarray, item: np.ndarray, cfg: PriceModelConfig 
     a = layers.Add(name="a")([u, b])
     logit_ = layers.Subtract(name="logit")([a, layers.Multiply(name="b_price")([b, p_in])])
     p_buy = layers.Activation("sigmoid", name="p_buy")(logit_)
-    return keras.Model({"user": u_in, "item": i_in, "price_ratio": p_in}, {"p_buy": p_buy, "a": a, "b": b},
-                       name="price_model")
+    return keras.Model({"user": u_in, "item": i_in, "price_ratio": p_in},
+                       {"p_buy": p_buy, "a": a, "b": b, **spread}, name="price_model")
+
+
+def _spread_outputs(ts: list[keras.KerasTensor], t: keras.KerasTensor) -> dict[str, keras.KerasTensor]:
+    """The members' disagreement on the user slope, ``t_var = mean_k (t_k - t)^2`` per row (the item's
+    ``s`` is the same for every member and cancels), ``t_noise_var = k * t_var`` and the constant column
+    ``t_signal_var``; ``k`` and the constant are set by :func:`set_spread_prior`. Branches off ``t``: the
+    averaged ``u`` and ``t`` are the same tensors as without them. Stock layers only (a variance, not an
+    sd: there is no sqrt layer)."""
+    sq = []
+    for k, tk in enumerate(ts):
+        d = layers.Subtract(name=f"m{k}_t_dev")([tk, t])
+        sq.append(layers.Multiply(name=f"m{k}_t_dev2")([d, d]))
+    v = layers.Average(name="t_var")(sq)
+    noise = layers.Dense(1, kernel_initializer="ones", bias_initializer="zeros", trainable=False, name="t_noise_var")
+    signal = layers.Dense(1, kernel_initializer="zeros", bias_initializer="zeros", trainable=False,
+                          name="t_signal_var")  # 0 * t + constant: a per-graph figure carried as a column
+    return {"t_var": v, "t_noise_var": noise(v), "t_signal_var": signal(t)}
+
+
+def _slope_parts(model: keras.Model, user: np.ndarray, item: np.ndarray,
+                 batch_size: int = 8192) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per row the ensemble's ``u`` and user slope ``t`` (before the item's ``s``), and ``t_var``."""
+    probe = keras.Model(model.inputs, [model.get_layer(n).output for n in ("u_mean", "t_mean", "t_var")])
+    out = probe.predict(inputs(user, item, np.ones(len(user))), batch_size=batch_size, verbose=0)
+    u, t, v = (np.asarray(x, np.float64).ravel() for x in out)
+    return u, t, v
+
+
+def slope_reliability(u: np.ndarray, t: np.ndarray, s: np.ndarray, price_ratio: np.ndarray,
+                      label: np.ndarray) -> float:
+    """The held-out reliability of the user slope's deviations, in [0, 1]: the maximum likelihood
+    ``lam`` of ``logit = alpha + beta u + exp(gamma + tm + lam (t - tm) + s) (1 - price_ratio)`` (``tm`` the
+    rows' mean of ``t``), clipped. Regression dilution: with ``t = truth + noise``, the best predictor of
+    the truth is ``tm + lam (t - tm)`` with ``lam = signal var / (signal + noise var)``, so ``1 - lam`` is
+    the share of the slope's spread that the rows do not back."""
+    d = 1.0 - np.asarray(price_ratio, np.float64).ravel()
+    y = np.asarray(label, np.float64).ravel()
+    tm = float(t.mean())
+    dev = t - tm
+
+    def nll(w: np.ndarray) -> tuple[float, np.ndarray]:
+        e = np.exp(np.minimum(w[2] + tm + w[3] * dev + s, np.log(B_MAX)))
+        z = w[0] + w[1] * u + (e + B_EPS) * d
+        g = expit(z) - y
+        de = g * d * e * (e < B_MAX)
+        grad = np.array([g.sum(), (g * u).sum(), de.sum(), (de * dev).sum()]) / len(y)
+        return float((np.logaddexp(0.0, z) - y * z).mean()), grad
+
+    res = minimize(nll, np.array([0.0, 1.0, 0.0, 1.0]), jac=True, method="L-BFGS-B",
+                   bounds=[(-5, 5), (0.2, 5), (-3, 3), (-2, 4)])
+    return float(np.clip(res.x[3], 0.0, 1.0))
+
+
+def set_spread_prior(model: keras.Model, user: np.ndarray, item: np.ndarray,
+                     validation: tuple[np.ndarray, ...] | None = None) -> dict[str, float]:
+    """Set the guard's prior in place and return it ({} for a model without the spread outputs).
+
+    ``V``, the variance of the ensemble's user slope over the ``user``/``item`` (training) rows, splits
+    into signal and noise: with ``validation`` rows (user, item, price_ratio, label) by their
+    :func:`slope_reliability` ``lam`` (signal ``lam V``, noise ``(1 - lam) V``); without, by the members'
+    mean variance ``v`` as the noise (members trained on the same rows share their overfit, so this says
+    too little). The noise is spread over rows in proportion to the members' disagreement:
+    ``t_noise_var = noise / v * t_var``; ``t_signal_var`` is the signal."""
+    if not set(SPREAD_OUTPUTS) <= {layer.name for layer in model.layers}:
+        return {}
+    _, t, v = _slope_parts(model, user, item)
+    cross, v_mean = float(np.var(t)), max(float(np.mean(v)), 1e-12)
+    if validation is not None and np.ptp(np.asarray(validation[3])) > 0:
+        uv, tv, _ = _slope_parts(model, validation[0], validation[1])
+        has_s = any(layer.name == "t_item" for layer in model.layers)
+        sv = np.asarray(validation[1], np.float64)[:, ITEM_SLOPE] if has_s else np.zeros_like(tv)
+        lam = slope_reliability(uv, tv, sv, validation[2], validation[3])
+        signal, noise = lam * cross, (1.0 - lam) * cross
+    else:
+        lam, signal, noise = float("nan"), max(cross - v_mean, 0.0), v_mean
+    model.get_layer("t_noise_var").set_weights([np.array([[noise / v_mean]], np.float32), np.zeros(1, np.float32)])
+    model.get_layer("t_signal_var").set_weights([np.zeros((1, 1), np.float32), np.array([signal], np.float32)])
+    prior = {"t_cross_var": cross, "t_members_var": v_mean, "t_signal_var": signal, "t_noise_var": noise}
+    return prior if lam != lam else {**prior, "slope_reliability": lam}  # no reliability without held-out rows
 
 
 def inputs(user: np.ndarray, item: np.ndarray, price_ratio: np.ndarray) -> dict[str, np.ndarray]:
@@ -290,6 +374,7 @@ def ensemble(members: list[keras.Model], user: np.ndarray, item: np.ndarray, cfg
             if target == layer.name and k > 0:
                 continue  # shared layer, already taken from the first member
             merged.get_layer(target).set_weights(layer.get_weights())
+    set_spread_prior(merged, user, item)
     return merged
 
 
@@ -317,6 +402,8 @@ def fit_price_model(user: np.ndarray, item: np.ndarray, price_ratio: np.ndarray,
     infos = [m.calibration for m in fits]
     model.calibration = {k: float(np.mean([i[k] for i in infos])) for k in infos[0]}  # type: ignore[attr-defined]
     model.calibration["members"] = float(cfg.members)  # type: ignore[attr-defined]
+    # the guard's prior, from the held-out rows where there are some; into the training summary (fit_...)
+    model.calibration.update(set_spread_prior(model, user, item, validation))  # type: ignore[attr-defined]
     return model
 
 

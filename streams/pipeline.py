@@ -43,7 +43,16 @@ from .features import (
     update,
     user_features,
 )
-from .pricing import Guardrails, ItemBatch, Reason, conversion, decide_batch, decide_uniform, reason_names
+from .pricing import (
+    Guardrails,
+    ItemBatch,
+    Reason,
+    conversion,
+    decide_batch,
+    decide_uniform,
+    reason_names,
+    shrink_weight,
+)
 from .privacy import UserHasher
 from .schemas import (
     ClickEvent,
@@ -339,7 +348,14 @@ class Pipeline:
         tk, ij = np.array([r[0] for r in rows]), np.array([r[1] for r in rows])
         base, cost = cols.base_price[ij], cols.unit_cost[ij]
         item_x = self._item_x(scorer, profiles, tk, ij)
-        a, b, _ = scorer.price(users[tk], item_x, np.ones(len(rows), np.float32))
+        # the uncertainty guard reads the model's spread from the same call (bundles without one: no guard)
+        price_spread = getattr(scorer, "price_spread", None) if self.s.uncertainty_scale > 0 else None
+        if price_spread is not None:
+            a, b, _, spread = price_spread(users[tk], item_x, np.ones(len(rows), np.float32))
+        else:
+            (a, b, _), spread = scorer.price(users[tk], item_x, np.ones(len(rows), np.float32)), None
+        shrink = shrink_weight(spread.signal_var, spread.noise_var, self.s.uncertainty_scale) \
+            if spread is not None else None
         prev = [trig[k].record.prices.get(cols.ids[j]) for k, j in rows]
         dids = [decision_id(trig[k].ev.event_id, cols.ids[j]) for k, j in rows]
         width = self.s.exploration_width
@@ -351,14 +367,14 @@ class Pipeline:
                 for t in trig]
         row_arm = np.array([arms[k] for k, _ in rows])
         # the uniform price per row: the uniform arm's price, and the cap of PRICING_CAP_AT_UNIFORM
-        need_uniform = self.guardrails.cap_at_uniform or bool(np.any(row_arm == "uniform"))
+        need_uniform = self.guardrails.cap_at_uniform or shrink is not None or bool(np.any(row_arm == "uniform"))
         uratio = scorer.uniform_ratio([cols.ids[j] for j in ij]) if need_uniform else None
         # each row is decided at its own trigger's event time; with exploration, the draw is seeded by
         # the decision id, so a replayed event is priced the same
         dec = decide_batch(a, b, items, self.guardrails, now_ts=now_ts, prev_price=prev_price, prev_ts=prev_ts,
                            explore_width=width,
                            explore_u=np.array([bucket(d, self._explore_salt) for d in dids]) if width > 0 else None,
-                           uniform_ratio=uratio)
+                           uniform_ratio=uratio, shrink=shrink)
         uni = decide_uniform(uratio, a, b, items, self.guardrails, now_ts, prev_price, prev_ts) \
             if uratio is not None and np.any(row_arm == "uniform") else None
         flags = np.where(row_arm == "uniform", uni.reasons if uni is not None else 0, dec.reasons)

@@ -19,6 +19,12 @@ would empty the band is skipped (reason ``BAND_EMPTY``); the band keeps the guar
 The ``uniform`` arm's price (:func:`decide_uniform`) is ``base * uniform_ratio`` put through the
 same band and rounding: reason ``UNIFORM`` plus the clips that moved it.
 
+Uncertainty guard (``shrink``, before the band): where the model is unsure of a user's slope, the
+optimum is shrunk in log space toward the item's uniform price (``base * uniform_ratio``; base where
+there is none), ``log p = log p_uniform + w (log p* - log p_uniform)`` with the empirical-Bayes weight
+:func:`shrink_weight` ``w`` in [0, 1]: 1 keeps the personalized price, 0 is the uniform one. The
+guardrails then apply to the shrunk price as to any other.
+
 The price is the clipped optimum (base price if the model output is invalid), rounded to whole
 cents inside the band (ceil at the lower edge, floor at the upper); if the band holds no whole
 cent, the nearest band edge. It is always finite and always inside the band.
@@ -100,6 +106,39 @@ def optimal_price(a: ArrayLike, b: ArrayLike, base: ArrayLike, cost: ArrayLike) 
         c = np.asarray(cost, dtype=np.float64)
         w = lambertw_exp(np.asarray(a) - bp * c - 1.0)
         return np.asarray(c + (1.0 + w) / bp, dtype=np.float64)
+
+
+def shrink_weight(signal_var: ArrayLike, noise_var: ArrayLike, scale: float) -> F:
+    """Weight of the personalized price against the uniform one, per row: ``tau2 / (tau2 + scale * noise)``
+    with ``tau2 = signal_var`` (the true user slopes' variance) and ``noise_var`` (the noise variance of
+    this row's slope estimate), the posterior weight of a normal estimate under a normal prior. ``scale``
+    0 is no guard (weight 1); where there is no signal (``tau2 <= 0``) or the inputs are not finite and
+    non-negative, the weight is 0 (the uniform price: no harm first).
+
+    >>> [round(float(w), 3) for w in shrink_weight([0.1, 0.1, 0.0], [0.0, 0.1, 0.1], 1.0)]
+    [1.0, 0.5, 0.0]
+    """
+    tau2, noise = np.asarray(signal_var, np.float64), np.asarray(noise_var, np.float64)
+    if not scale > 0:
+        return np.ones(np.broadcast(tau2, noise).shape)
+    with np.errstate(all="ignore"):
+        w = tau2 / (tau2 + scale * noise)
+    ok = np.isfinite(tau2) & np.isfinite(noise) & (tau2 > 0) & (noise >= 0)
+    return np.asarray(np.where(ok, np.clip(w, 0.0, 1.0), 0.0), np.float64)
+
+
+def shrink_toward(target: F, anchor: F, w: F) -> F:
+    """``exp(log anchor + w (log target - log anchor))``: ``target`` pulled toward ``anchor`` in log space
+    (both positive); ``w`` 1 keeps ``target``, 0 gives ``anchor``.
+
+    >>> p = shrink_toward(np.array([12.0, 12.0]), np.array([10.0, 10.0]), np.array([0.5, 0.0]))
+    >>> [round(float(x), 4) for x in p]
+    [10.9545, 10.0]
+    """
+    with np.errstate(all="ignore"):
+        step = np.where(w > 0, w * (np.log(target) - np.log(anchor)), 0.0)  # w 0 is the anchor, even for target inf
+        out = np.exp(np.log(anchor) + step)
+        return np.asarray(np.where(np.isnan(out), anchor, out), np.float64)  # inf - inf: no direction, the anchor
 
 
 class Reason(enum.IntFlag):
@@ -294,13 +333,16 @@ def round_into(price: F, lo: F, hi: F) -> F:
 
 def decide_batch(a: ArrayLike, b: ArrayLike, items: ItemBatch, g: Guardrails, now_ts: float | F = 0.0,
                  prev_price: F | None = None, prev_ts: F | None = None, *, explore_width: float = 0.0,
-                 explore_u: F | None = None, uniform_ratio: F | None = None) -> BatchDecision:
+                 explore_u: F | None = None, uniform_ratio: F | None = None,
+                 shrink: F | None = None) -> BatchDecision:
     """Guarded profit-optimal prices for a batch of model outputs ``(a, b)``, one row per item.
 
     With ``explore_width > 0``, each price is drawn around its decision (:func:`explore`, uniforms
     ``explore_u``, one per row), inside the same band; conversion and profit are those of the
-    drawn price, and ``propensity`` its density. ``uniform_ratio`` (per row) is read only with
-    ``g.cap_at_uniform``: the uniform cap, guard 5.
+    drawn price, and ``propensity`` its density. ``uniform_ratio`` (per row) is read with
+    ``g.cap_at_uniform`` (the uniform cap, guard 5) and with ``shrink``: the weight per row of the
+    personalized optimum against the uniform price (:func:`shrink_weight`, the uncertainty guard;
+    rows without a finite positive ratio shrink toward base), applied before the guardrails.
     """
     a_, b_ = np.asarray(a, np.float64), np.asarray(b, np.float64)
     bd = band_batch(items, g, now_ts, prev_price, prev_ts, uniform_ratio)
@@ -308,6 +350,12 @@ def decide_batch(a: ArrayLike, b: ArrayLike, items: ItemBatch, g: Guardrails, no
         target = optimal_price(a_, b_, items.base_price, items.unit_cost)
         invalid = ~(np.isfinite(a_) & np.isfinite(b_) & (b_ > 0) & np.isfinite(b_ / items.base_price)
                     & ~np.isnan(target))
+        if shrink is not None:
+            ur = np.ones_like(target) if uniform_ratio is None else np.asarray(uniform_ratio, np.float64)
+            anchor = items.base_price * np.where(np.isfinite(ur) & (ur > 0), ur, 1.0)
+            anchor = np.where(np.isfinite(anchor) & (anchor > 0), anchor, items.base_price)  # a ratio that overflows
+            w = np.clip(np.where(np.isfinite(shrink), shrink, 0.0), 0.0, 1.0)
+            target = np.where(invalid | (target <= 0), target, shrink_toward(target, anchor, w))
         target = np.where(invalid, items.base_price, target)
         reasons = bd.flags | np.where(invalid, int(Reason.MODEL_INVALID), 0)
         reasons |= np.where(target < bd.lo, bd.lo_reason, 0) | np.where(target > bd.hi, bd.hi_reason, 0)

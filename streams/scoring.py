@@ -23,7 +23,7 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -33,6 +33,17 @@ from streams.features import FEATURE_NAMES, ITEM_FEATURE_NAMES, ITEM_TABLE_FEATU
 
 F = NDArray[np.float64]
 log = logging.getLogger(__name__)
+
+
+SPREAD_OUTPUTS = ("t_noise_var", "t_signal_var")  # the price graph's outputs the uncertainty guard reads
+
+
+class Spread(NamedTuple):
+    """How sure the price model is of each row's user slope: the noise variance of the estimate and the
+    true slopes' variance across users (the prior), per row (:func:`streams.pricing.shrink_weight`)."""
+
+    noise_var: F
+    signal_var: F
 
 
 @runtime_checkable
@@ -68,6 +79,9 @@ class Scorer(Protocol):
         """The uniform arm's price / base per id ``[N]``: 1 (the base price) for items it has none for."""
         ...
 
+    # Optional (read with getattr): ``price_spread(user, item, price_ratio) -> (a, b, p, Spread | None)``,
+    # :meth:`price` plus the model's uncertainty in the same call; None where the model has none.
+
 
 def _f32(x: ArrayLike, ndim: int, what: str, tail: tuple[int | None, ...]) -> NDArray[np.float32]:
     """As a C-contiguous float32 array, checking rank and the fixed trailing dims."""
@@ -90,6 +104,13 @@ class OnnxScorer:
             _check_affine(self.retrieve, self._i, bundle.version)
         self._items = bundle.item_table
         self._uniform = bundle.uniform or {}  # a bundle from before the uniform arm: every item at base
+        outs = {o.name for o in self._price.get_outputs()}
+        # a bundle exported before the guard (or of a one-member model) has no spread: serving prices as before
+        self.has_spread = set(SPREAD_OUTPUTS) <= outs
+        if not self.has_spread:
+            log.info("bundle %s: the price model has no %s outputs; the uncertainty guard "
+                     "(PRICING_UNCERTAINTY_SCALE) does not act on it (retrain and export an ensemble for it)",
+                     bundle.version, "/".join(SPREAD_OUTPUTS))
         k = {t.name: t.shape for t in self._rec.get_inputs()}["mask"][1]
         self._k: int | None = k if isinstance(k, int) else None  # fixed slot count, if any
 
@@ -99,6 +120,16 @@ class OnnxScorer:
                 "price_ratio": np.ascontiguousarray(price_ratio, np.float32).reshape(-1, 1)}
         p, a, b = self._price.run(["p_buy", "a", "b"], feed)
         return a.astype(np.float64).ravel(), b.astype(np.float64).ravel(), p.astype(np.float64).ravel()
+
+    def price_spread(self, user: ArrayLike, item: ArrayLike, price_ratio: ArrayLike) -> tuple[F, F, F, Spread | None]:
+        """:meth:`price` and the model's :class:`Spread` from one onnxruntime call (None: the bundle has none)."""
+        if not self.has_spread:
+            return (*self.price(user, item, price_ratio), None)
+        feed = {"user": _f32(user, 2, "user", (self._u,)), "item": _f32(item, 2, "item", (self._i,)),
+                "price_ratio": np.ascontiguousarray(price_ratio, np.float32).reshape(-1, 1)}
+        p, a, b, noise, signal = (x.astype(np.float64).ravel()
+                                  for x in self._price.run(["p_buy", "a", "b", *SPREAD_OUTPUTS], feed))
+        return a, b, p, Spread(noise, signal)
 
     def recommend(self, user: ArrayLike, items: ArrayLike, price_ratio: ArrayLike, mask: ArrayLike) -> F:
         """See :meth:`Scorer.recommend`; fewer than the model's fixed K slots are padded."""
@@ -167,14 +198,18 @@ class DeterministicScorer:
       padding slots get 0 (a row with no real slot is all 0);
     * ``propensity = sigmoid(m - 1)``; ``item_table`` 0s for every item;
     * ``uniform_ratio``: ``uniform[id]`` for the ids of the ``uniform`` mapping given, else 1 (base);
-    * ``retrieve = items @ W_ITEM``: the first stage ranks exactly as ``recommend``.
+    * ``retrieve = items @ W_ITEM``: the first stage ranks exactly as ``recommend``;
+    * ``price_spread``: ``price`` and the ``spread`` given as ``(noise_var, signal_var)`` on every row
+      (None: no spread, as a bundle without one).
     """
 
     W_ITEM = np.array([-0.1, 2.0, -0.5, 1.0, 1.0, 0.5, 0.0])  # ITEM_FEATURE_NAMES order
 
-    def __init__(self, version: str = "deterministic", uniform: dict[str, float] | None = None) -> None:
+    def __init__(self, version: str = "deterministic", uniform: dict[str, float] | None = None,
+                 spread: tuple[float, float] | None = None) -> None:
         self.version = version
         self.uniform = dict(uniform or {})
+        self.spread = spread
 
     def price(self, user: ArrayLike, item: ArrayLike, price_ratio: ArrayLike) -> tuple[F, F, F]:
         """See :meth:`Scorer.price`."""
@@ -182,6 +217,13 @@ class DeterministicScorer:
         a = 1.0 + 0.5 * t + 0.5 * np.asarray(item, np.float64)[:, 1]
         b = 2.0 + 0.5 * t
         return a, b, _sigmoid(a - b * np.asarray(price_ratio, np.float64).ravel())
+
+    def price_spread(self, user: ArrayLike, item: ArrayLike, price_ratio: ArrayLike) -> tuple[F, F, F, Spread | None]:
+        """See :meth:`OnnxScorer.price_spread`."""
+        a, b, p = self.price(user, item, price_ratio)
+        if self.spread is None:
+            return a, b, p, None
+        return a, b, p, Spread(np.full(len(a), float(self.spread[0])), np.full(len(a), float(self.spread[1])))
 
     def recommend(self, user: ArrayLike, items: ArrayLike, price_ratio: ArrayLike, mask: ArrayLike) -> F:
         """See :meth:`Scorer.recommend`."""

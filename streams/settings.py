@@ -127,6 +127,11 @@ class Settings(BaseSettings):
     max_step_window_s: float = Field(3600.0, ge=0)
     cap_at_uniform: bool = Field(False, description="a treatment price is never above max(base, the item's uniform "
                                                     "price) (reason CLIP_UNIFORM_CAP)")
+    uncertainty_scale: float = Field(
+        0.0, ge=0, le=100, description="the uncertainty guard: a treatment price is shrunk in log space toward the "
+                                       "item's uniform price with weight signal / (signal + scale * noise) from the "
+                                       "bundle's price model (an ensemble exported with its spread); 0 = off, 1 = "
+                                       "the empirical-Bayes weight as estimated")
 
     # --- experiment and privacy
     treatment_share: float = Field(0.5, ge=0, le=1)
