@@ -125,7 +125,12 @@ class PriceEvent:
 
 @dataclass(frozen=True, slots=True)
 class DeadLetter:
-    """A rejected record: the original bytes (base64 on the wire), where it came from, and why."""
+    """A rejected record: the original bytes (base64 on the wire), where it came from, and why.
+
+    ``original_size`` is set when ``original`` holds only the first bytes of a record too large to
+    carry whole (:data:`DEAD_LETTER_MAX_ORIGINAL`): the whole record stays in its source topic at
+    ``topic``/``partition``/``offset``.
+    """
 
     original: bytes
     topic: str
@@ -134,6 +139,14 @@ class DeadLetter:
     error_code: str
     message: str
     ts: float
+    original_size: int | None = None
+
+
+# The most original bytes a dead letter carries: base64 makes them 4/3 as large, and a dead letter must
+# stay well under Kafka's default message limit (1 MiB), or the broker refuses it and the batch that
+# produced it can never be committed. A larger original is cut to its first bytes; its full size and
+# its position in the source topic are in the letter.
+DEAD_LETTER_MAX_ORIGINAL: Final[int] = 256 * 1024
 
 
 # field name -> (accepted python types, required)
@@ -159,7 +172,7 @@ _PRICE: Final[dict[str, tuple[tuple[type, ...], bool]]] = {
 }
 _DEAD: Final[dict[str, tuple[tuple[type, ...], bool]]] = {
     "original_b64": (_STR, True), "topic": (_STR, True), "partition": ((int,), True), "offset": ((int,), True),
-    "error_code": (_STR, True), "message": (_STR, True), "ts": (_NUM, True),
+    "error_code": (_STR, True), "message": (_STR, True), "ts": (_NUM, True), "original_size": ((int,), False),
 }
 
 
@@ -277,15 +290,28 @@ def dumps(record: ClickEvent | CatalogItem | PriceEvent) -> bytes:
     return orjson.dumps(record)
 
 
-def dead_letter_bytes(letter: DeadLetter) -> bytes:
-    """Serialize a dead letter; the original bytes travel base64-encoded (``original_b64``)."""
+def dead_letter_bytes(letter: DeadLetter, max_original: int = DEAD_LETTER_MAX_ORIGINAL) -> bytes:
+    """Serialize a dead letter; the original bytes travel base64-encoded (``original_b64``). An original
+    longer than ``max_original`` bytes travels cut to its first ``max_original``, with its full size in
+    ``original_size``.
+
+    >>> d = parse_dead_letter(dead_letter_bytes(DeadLetter(b"x" * 10, "t", 0, 7, "OVERSIZE", "m", 1.0), 4))
+    >>> d.original, d.original_size
+    (b'xxxx', 10)
+    """
     import base64
 
-    return orjson.dumps({
-        "original_b64": base64.b64encode(bytes(letter.original)).decode("ascii"),
+    original = bytes(letter.original)
+    size = letter.original_size if letter.original_size is not None else len(original)
+    cut = len(original) > max_original
+    body: dict[str, object] = {
+        "original_b64": base64.b64encode(original[:max_original] if cut else original).decode("ascii"),
         "topic": letter.topic, "partition": letter.partition, "offset": letter.offset,
         "error_code": letter.error_code, "message": letter.message, "ts": letter.ts,
-    })
+    }
+    if cut or letter.original_size is not None:
+        body["original_size"] = size
+    return orjson.dumps(body)
 
 
 def parse_dead_letter(data: bytes, *, max_bytes: int = 2**31) -> DeadLetter:
@@ -302,5 +328,8 @@ def parse_dead_letter(data: bytes, *, max_bytes: int = 2**31) -> DeadLetter:
     for name, hi in (("partition", MAX_PARTITION), ("offset", MAX_OFFSET)):
         if not 0 <= obj[name] <= hi:
             raise SchemaError("BAD_VALUE", f"{name} must be within 0..{hi}, got {obj[name]}")
+    size = obj.get("original_size")
+    if size is not None and not 0 <= size <= MAX_OFFSET:
+        raise SchemaError("BAD_VALUE", f"original_size must be within 0..{MAX_OFFSET}, got {size}")
     return DeadLetter(base64.b64decode(obj["original_b64"]), obj["topic"], obj["partition"],
-                      obj["offset"], obj["error_code"], obj["message"], _finite("ts", obj["ts"]))
+                      obj["offset"], obj["error_code"], obj["message"], _finite("ts", obj["ts"]), size)

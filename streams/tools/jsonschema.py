@@ -105,7 +105,8 @@ _RULES: Final[dict[str, tuple[str, dict[str, tuple[str, dict[str, Any]]]]]] = {
     "DeadLetter": (
         "A rejected record (dead-letter topic, key = the original key). Its size is not limited by the "
         "reader: the original may itself be oversize.", {
-            "original_b64": ("the original bytes, canonical padded base64",
+            "original_b64": ("the original bytes, canonical padded base64; only the first "
+                             f"{sch.DEAD_LETTER_MAX_ORIGINAL} of them when `original_size` is present",
                              {"pattern": sch.BASE64_PATTERN, "contentEncoding": "base64"}),
             "topic": ("where the original came from", {}),
             "partition": ("its partition", {"minimum": 0, "maximum": sch.MAX_PARTITION}),
@@ -113,6 +114,9 @@ _RULES: Final[dict[str, tuple[str, dict[str, tuple[str, dict[str, Any]]]]]] = {
             "error_code": ("why it was rejected", {"examples": list(_DEAD_REASONS)}),
             "message": ("the reason, for humans", {}),
             "ts": ("when it was rejected, epoch seconds", {"minimum": 0}),
+            "original_size": ("present when the original was too large to carry whole: its full size in bytes "
+                              "(`original_b64` holds its first bytes; the whole record is at `topic`/`partition`/"
+                              "`offset` for the topic's retention)", {"minimum": 0, "maximum": sch.MAX_OFFSET}),
         }),
 }
 

@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streams.schemas import (
+    DEAD_LETTER_MAX_ORIGINAL,
     CatalogItem,
     ClickEvent,
     DeadLetter,
@@ -132,3 +133,18 @@ def test_dead_letter_keeps_original_bytes(original: bytes, message: str) -> None
     back = parse_dead_letter(dead_letter_bytes(letter))
     assert back == letter
     assert math.isfinite(back.ts)
+
+
+def test_a_dead_letter_of_a_record_near_the_broker_limit_still_fits_under_it() -> None:
+    # a 900 KiB clickstream record is accepted by a default topic (1 MiB); carried whole, base64 would make
+    # its dead letter 1.2 MiB, which the broker refuses, and the batch could never be committed
+    original = bytes(range(256)) * (900 * 4)
+    wire = dead_letter_bytes(DeadLetter(original, "clickstream", 1, 9, "OVERSIZE", "too big", NOW))
+    assert len(wire) < 512 * 1024
+    back = parse_dead_letter(wire)
+    assert back.original == original[:DEAD_LETTER_MAX_ORIGINAL] and back.original_size == len(original)
+    assert (back.topic, back.partition, back.offset) == ("clickstream", 1, 9)  # where the whole record is
+    small = parse_dead_letter(dead_letter_bytes(DeadLetter(b"{bad", "clickstream", 0, 1, "NOT_JSON", "m", NOW)))
+    assert small.original == b"{bad" and small.original_size is None  # carried whole: no size field
+    with pytest.raises(SchemaError, match="original_size"):
+        parse_dead_letter(wire.replace(b'"original_size":', b'"original_size":-'))
