@@ -432,7 +432,8 @@ def _fit_member(user: np.ndarray, item: np.ndarray, price_ratio: np.ndarray, lab
                        shuffle=True, verbose=verbose)
     info: dict[str, float] = {"u0": u0, "b0": b0, "epochs_run": float(len(hist.history["loss"]))}
     if cfg.calibrate and validation is not None and np.ptp(np.asarray(validation[3])) > 0:
-        info.update(calibrate(model, *validation[:4], slope=cfg.calibrate_slope))
+        vu, vi, vp, vy = validation[:4]
+        info.update(calibrate(model, vu, vi, vp, vy, slope=cfg.calibrate_slope))
     model.calibration = info  # type: ignore[attr-defined]
     return model
 
