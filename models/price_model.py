@@ -108,6 +108,9 @@ class PriceModelConfig:
     patience: int = 6
     pooled_init: bool = True                # output biases from a pooled logistic fit
     calibrate: bool = True                  # ML affine calibration of t and u on validation rows
+    # calibrate the slope (t) as well as u; off for decision logs, whose validation rows' price contrast is
+    # the A/B arms', read through features the policy itself shifted (models.train, docs/training-data.md)
+    calibrate_slope: bool = True
     b_user_only: bool = True                # slope tower sees the user features only
     members: int = 3                        # independently trained members, averaged in one graph
     slope_features: tuple[str, ...] = SLOPE_FEATURES  # the slope tower's user features; () = all of them
@@ -322,8 +325,9 @@ def _sub_models(model: keras.Model) -> keras.Model:
 
 
 def calibrate(model: keras.Model, user: np.ndarray, item: np.ndarray, price_ratio: np.ndarray,
-              label: np.ndarray) -> dict[str, float]:
-    """Fit ``u_calib``/``b_calib`` (affine 1->1 each) by maximum likelihood on the given rows, in place."""
+              label: np.ndarray, slope: bool = True) -> dict[str, float]:
+    """Fit ``u_calib``/``b_calib`` (affine 1->1 each) by maximum a posteriori on the given rows, in place;
+    ``slope=False`` keeps ``b_calib`` at the identity and fits ``u_calib`` alone."""
     u, t = _sub_models(model).predict(inputs(user, item, price_ratio), batch_size=8192, verbose=0)
     u, t = np.asarray(u, np.float64).ravel(), np.asarray(t, np.float64).ravel()
     has_s = any(layer.name == "t_item" for layer in model.layers)
@@ -350,8 +354,8 @@ def calibrate(model: keras.Model, user: np.ndarray, item: np.ndarray, price_rati
         z = (w - w0) / CALIBRATION_PRIOR_SD
         return loss + 0.5 * float(z @ z) / len(y), grad + z / CALIBRATION_PRIOR_SD / len(y)
 
-    res = minimize(posterior, w0, jac=True, method="L-BFGS-B",
-                   bounds=[(-5, 5), (0.2, 5), (-10, 10), (0.2, 5)])
+    t_bounds = [(-10, 10), (0.2, 5)] if slope else [(0.0, 0.0), (1.0, 1.0)]  # equal bounds: t held fixed
+    res = minimize(posterior, w0, jac=True, method="L-BFGS-B", bounds=[(-5, 5), (0.2, 5), *t_bounds])
     w = res.x
     before = nll(np.array([0.0, 1.0, 0.0, 1.0]))[0]
     model.get_layer("u_calib").set_weights([np.array([[w[1]]], np.float32), np.array([w[0]], np.float32)])
@@ -428,7 +432,8 @@ def _fit_member(user: np.ndarray, item: np.ndarray, price_ratio: np.ndarray, lab
                        shuffle=True, verbose=verbose)
     info: dict[str, float] = {"u0": u0, "b0": b0, "epochs_run": float(len(hist.history["loss"]))}
     if cfg.calibrate and validation is not None and np.ptp(np.asarray(validation[3])) > 0:
-        info.update(calibrate(model, *validation[:4]))
+        vu, vi, vp, vy = validation[:4]
+        info.update(calibrate(model, vu, vi, vp, vy, slope=cfg.calibrate_slope))
     model.calibration = info  # type: ignore[attr-defined]
     return model
 

@@ -104,7 +104,8 @@ def train_on_loop(loop_dir: Path, market: Market, out: Path, holdout_days: float
     tv = price_variation(data, treated, user_columns=feature_mask(FEATURE_NAMES, cfg.ignore))
     knobs = {"source": str(loop_dir), "decisions": joined, "rows_from": meta["sim_start"], "market": asdict(market.cfg)}
     summary = train_all(log, catalog, out, market=market, holdout_days=holdout_days, price_cfg=cfg,
-                        rec_epochs=rec_epochs, plots=False, progress=False, knobs=knobs, data=data)
+                        rec_epochs=rec_epochs, plots=False, progress=False, knobs=knobs, data=data,
+                        decisions=joined)
     (out / "training_summary.json").write_text(json.dumps(summary, indent=2, default=float))
     return summary, tv
 

@@ -70,11 +70,13 @@ class InProcessMarket(LiveMarket):
         self._prices: Any = None     # prices.jsonl: every decision of the loop, as the prices topic holds them
         self._warm: Any = None       # warm_events.jsonl: the warm-up history (features at the loop's start)
 
-    def _process(self, events: list[ClickEvent]) -> None:
-        """Events through the pipeline as one batch; prices become known, as the follower does."""
+    def _process(self, events: list[ClickEvent], history: bool = False) -> None:
+        """Events through the pipeline as one batch; prices become known, as the follower does.
+        ``history``: the warm-up, marked as the live loop marks it (state only, not priced)."""
         raws = []
         for ev in events:
-            raws.append(RawRecord(ev.user_id.encode(), dumps(ev), self.s.topic_clickstream, 0, self.offset))
+            raws.append(RawRecord(ev.user_id.encode(), dumps(ev), self.s.topic_clickstream, 0, self.offset,
+                                  history=history))
             self.offset += 1
         out = self.pipeline.process(raws, self.table.get)
         for key, (blob, _) in out.records.items():
@@ -98,7 +100,8 @@ class InProcessMarket(LiveMarket):
         return self.decisions.pop(decision_id(ev.event_id, ev.item_id), None), 0.0
 
     def warm_up(self, sim_start: float, batch: int = 256) -> dict[str, Any]:
-        """``warm_days`` of simulated history through the pipeline, ending a minute before ``sim_start``."""
+        """``warm_days`` of simulated history through the pipeline as history (state only, not priced, as
+        the live loop sends it), ending a minute before ``sim_start``."""
         t0 = time.time()
         events, total = self.warm_events(sim_start)
         pending: list[ClickEvent] = []
@@ -107,10 +110,10 @@ class InProcessMarket(LiveMarket):
                 self._warm.write(dumps(ev) + b"\n")
             pending.append(ev)
             if len(pending) == batch:
-                self._process(pending)
+                self._process(pending, history=True)
                 pending = []
         if pending:
-            self._process(pending)
+            self._process(pending, history=True)
         self.decisions.clear()
         return {"events": total, "days": self.cfg.warm_days, "wall_s": round(time.time() - t0, 1)}
 

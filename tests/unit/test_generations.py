@@ -63,5 +63,15 @@ def test_two_generations_with_and_without_exploration(tmp_path: Path) -> None:
                  for w in g1 if not g1[w]["failure"]}
     for s in summaries.values():
         assert s["knobs"]["decisions"]["matched"] > 0 and s["knobs"]["rows_from"] > 0
+        # decision logs: the slope keeps the towers' level, uncalibrated (models.train.DECISION_LOG_CONFIG)
+        assert s["data"]["from_decisions"] and not s["price_model_config"]["calibrate_slope"]
+    g0 = json.loads((out / "gen0" / "train" / "training_summary.json").read_text())
+    assert not g0["data"]["from_decisions"] and g0["price_model_config"]["calibrate_slope"]  # history: as before
+    import keras
+
+    for w in summaries:
+        weights = keras.saving.load_model(out / f"w{w:g}" / "gen1" / "train" / "price_model.keras").get_layer(
+            "b_calib").get_weights()
+        assert [x.ravel().tolist() for x in weights] == [[1.0], [0.0]]
     explored, plain = g1[0.05]["variation_treatment"], g1[0.0]["variation_treatment"]
     assert explored["residual_sd"] > 0 and explored["residual_sd"] > plain["residual_sd"]

@@ -106,3 +106,14 @@ def test_three_arms_in_the_closed_loop(tmp_path: Path) -> None:
     assert set(w) == {"control", "uniform", "treatment"} and w["uniform"]["better_off"] == 0.0
     assert w["uniform"]["surplus"] == pytest.approx(w["uniform"]["surplus_at_uniform"])  # its own reference
     assert w["control"]["surplus"] > 0 and w["uniform"]["paid_above_uniform"] == 0.0
+
+
+def test_the_warm_up_builds_state_without_prices(tmp_path: Path) -> None:
+    """As the live loop marks it (pricing-history header): no decision, so no listing starts personalised."""
+    market = Market(MarketConfig.small(n_users=60, seed=5))
+    cfg = LoopConfig(days=0.5, duration_s=0.5 * 86400, warm_days=0.5, run_id="t")
+    sim = InProcessMarket(market, load_settings({}, experiment_salt="s", user_hash_key="k"), cfg, tmp_path,
+                          DeterministicScorer())
+    warm = sim.warm_up(market.cfg.start_ts + 2 * 86400)
+    assert warm["events"] > 0 and sim.known == {} and sim.decisions == {}
+    assert len(sim.table) > 0  # the users' state was built
