@@ -24,7 +24,7 @@ from streams.kafka_config import kafka_python_config
 from streams.schemas import CatalogItem, ClickEvent, decision_id, dumps, parse_price
 from streams.settings import load_settings
 from streams.tools.source import keyed, publish
-from streams.topics import ensure_topics
+from streams.topics import changelog_topic, ensure_topics
 
 REPO = Path(__file__).resolve().parents[2]
 CATALOG = [CatalogItem(f"i{k}", f"cat{k % 3}", 10.0 + k, 4.0 + k / 2, 8.0 + k * 0.8, 12.0 + k * 1.2)
@@ -121,7 +121,7 @@ def test_kill_9_one_of_three_brokers_while_events_flow(local_brokers, tmp_path: 
         _wait_priced(s, lambda: want, 180, worker_log)
         assert worker.poll() is None, worker_log()
         # Faust created its changelog with the settings' replication factor
-        assert _replication(admin, f"{s.app_id}-users-changelog") == {3}
+        assert _replication(admin, changelog_topic(s)) == {3}
         print(f"cluster: {len(sent)} events, {len(want)} triggers priced through a kill -9 of node 2")
     finally:
         stop.set()

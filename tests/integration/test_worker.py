@@ -27,7 +27,7 @@ from streams.schemas import CatalogItem, ClickEvent, decision_id, dumps, parse_d
 from streams.settings import Settings, load_settings
 from streams.state import decode_record
 from streams.tools.source import keyed, publish
-from streams.topics import ensure_topics
+from streams.topics import changelog_topic, ensure_topics
 
 REPO = Path(__file__).resolve().parents[2]
 NOW = time.time()
@@ -184,7 +184,7 @@ def read_all(s: Settings, topic: str) -> list:
 def final_states(s: Settings, ref: dict[bytes, object], timeout: float = 60.0) -> dict[bytes, bytes]:
     """Latest value per key of the worker's user-table changelog, once every user of ``ref`` is there
     with its newest event folded in (or what is there after ``timeout``: the caller's asserts say what is off)."""
-    topic = f"{s.app_id}-users-changelog"
+    topic = changelog_topic(s)
     deadline = time.monotonic() + timeout
     while True:
         latest: dict[bytes, bytes] = {}

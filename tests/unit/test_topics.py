@@ -41,3 +41,16 @@ def test_retrying_stops_at_the_deadline(monkeypatch: pytest.MonkeyPatch) -> None
     with pytest.raises(UnknownBrokerIdError):
         topics.ensure_topics(Settings(), settle_s=0.0)
     assert len(calls) == 1
+
+
+def test_the_changelog_pricing_topics_creates_is_the_one_the_worker_writes() -> None:
+    from streams.app import create_app
+    from streams.settings import load_settings
+    from streams.topics import changelog_topic, topic_specs
+
+    s = load_settings({}, store="memory://", app_id="shop-eu")
+    app = create_app(s, deterministic_scorer=True)
+    app.finalize()
+    faust_name = app.tables["users"].changelog_topic.get_topic_name()
+    assert faust_name == changelog_topic(s) == "shop-eu-users-changelog"
+    assert changelog_topic(s) in {spec.name for spec in topic_specs(s)}
