@@ -16,7 +16,9 @@ Every interval is a 95 % bootstrap over users. Nothing is tuned per market: the 
 (:data:`GRID`) and the loop's size are fixed here, and every row uses the same defaults
 (``PriceModelConfig``, ``Settings``). A change to the models or the pricing is judged on the
 whole table, never on one row. ``--markets`` runs a subset; ``--large`` doubles the users and adds
-days (about twice as long).
+days (about twice as long). :data:`SHOP_GRID` adds rows of a second, structurally different
+generator (:mod:`models.lab.shop_market`): their history is written to files and trained with
+``pricing-train --events --catalog``, as a shop would, and they are tabled and averaged apart.
 Writes ``suite.md`` and ``suite.json`` to ``--out``, and each market's training run,
 bundle and loop under ``--out/<market>``.
 """

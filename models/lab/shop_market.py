@@ -147,6 +147,9 @@ class ShopMarket:
         self.view_rate = seg["views"] * np.exp(0.2 * z[4])
         self.click_prob, self.abandon, self.re_view = seg["click"], seg["abandon"], seg["re_view"]
         self.impulse = seg["impulse"].astype(bool)
+        # what evaluation's fairness table calls the true price sensitivity: the scale of the slope in log
+        # price, 1 / the WTP spread (the category's factor aside)
+        self.beta = 1.0 / self.spread_user
         self._seed = int(rng.integers(2**31))
         self.user_ids = [f"shopper{k:06d}" for k in range(n)]
         self.item_ids = [f"sku{k:05d}" for k in range(ni)]

@@ -126,3 +126,16 @@ def test_a_shop_row_trains_through_events_and_catalog_and_is_judged(tmp_path: Pa
     assert np.isfinite(row["efficiency_vs_per_item"]["value"]) and row["oracle_edge_over_per_item"] > 0
     types = {json.loads(line)["type"] for line in (d / "loop" / "events.jsonl").read_text().splitlines()}
     assert {"view", "click", "add_to_cart", "purchase"} <= types
+
+
+def test_a_loop_meta_rebuilds_the_generator_it_names() -> None:
+    """pricing-sim-evaluate and the loop's --evaluate rebuild the truth from the run's meta.json."""
+    from dataclasses import asdict
+
+    from models.lab.evaluate import market_of
+    from models.lab.simulator import Market, MarketConfig
+
+    shop = market_of({"market": asdict(SHOP.cfg)})
+    assert isinstance(shop, ShopMarket) and np.array_equal(shop.base, SHOP.base)
+    assert np.allclose(shop.beta, 1.0 / SHOP.spread_user)
+    assert isinstance(market_of({"market": asdict(MarketConfig.small())}), Market)
