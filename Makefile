@@ -24,7 +24,7 @@ demo: venv  ## the whole loop on a simulated market: broker, history, training, 
 demo-homogeneous: venv  ## the demo in a market where all users are alike (personalization must do no harm)
 	@bash deploy/demo.sh --homogeneous
 
-robustness: venv  ## the robustness suite: train, export and loop on 15 markets, judged against their truth (~40 min)
+robustness: venv  ## the robustness suite: train, export and loop on 15 markets + 4 of a second generator, judged against their truth (~45 min)
 	$(PY) -m models.lab.robustness --keep-going --out var/robustness
 
 BROKERS ?= 1

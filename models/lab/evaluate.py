@@ -10,12 +10,16 @@ from typing import Any
 
 from streams.tools.evaluate_cmd import main as evaluate_main
 
+from .market_api import SimMarket
+from .shop_market import ShopConfig, ShopMarket
 from .simulator import Market, MarketConfig
 
 
-def market_of(meta: dict[str, Any]) -> Market | None:
+def market_of(meta: dict[str, Any]) -> SimMarket | None:
     """The simulated market a run's meta describes (its truth), or None for a non-simulated run."""
     cfg = meta.get("market") or meta.get("knobs", {}).get("market")
+    if cfg and "segments" in cfg:  # only the second generator's config has segments
+        return ShopMarket(ShopConfig(**cfg))
     return Market(MarketConfig(**cfg)) if cfg else None
 
 

@@ -53,6 +53,9 @@ from streams.schemas import ClickEvent, PriceEvent, SchemaError, decision_id, du
 from streams.settings import Settings, cli_settings
 from streams.version import add_version
 
+from .market_api import SimMarket
+from .shop_market import ShopMarket
+from .shop_session import shop_session
 from .simulator import Market, MarketConfig, add_market_args, interest_prob, market_config
 
 _DAY = 86400.0
@@ -113,7 +116,7 @@ class SimClock:
             await asyncio.sleep(delay)
 
 
-def session_schedule(market: Market, users: np.ndarray, days: float,
+def session_schedule(market: SimMarket, users: np.ndarray, days: float,
                      rng: np.random.Generator) -> list[tuple[float, int]]:
     """``(start offset in simulated seconds, user index)`` of every session, sorted by start.
 
@@ -156,7 +159,7 @@ class Counts:
 class LiveMarket:
     """One closed-loop run: schedules sessions, sends events, matches prices, logs exposures."""
 
-    def __init__(self, market: Market, s: Settings, cfg: LoopConfig, out: Path) -> None:
+    def __init__(self, market: SimMarket, s: Settings, cfg: LoopConfig, out: Path) -> None:
         self.m, self.s, self.cfg, self.out = market, s, cfg, out
         self.run_id = cfg.run_id or uuid.uuid4().hex[:8]
         self.counts = Counts()
@@ -232,7 +235,11 @@ class LiveMarket:
 
     async def session(self, k: int, u: int, start: float, clock: SimClock) -> None:
         """One browsing session of user ``u``: views priced live, the funnel by the true demand."""
+        if isinstance(self.m, ShopMarket):  # the second generator's users behave as its history does
+            await shop_session(self, k, u, start, clock)
+            return
         m, rng = self.m, np.random.default_rng([self.cfg.seed, k])
+        assert isinstance(m, Market)
         uid, sid = m.user_ids[u], f"{self.run_id}-s{k}"
         n_view = int(min(1 + rng.poisson(max(m.view_rate[u] - 1, 0)), m.cfg.max_views))
         t, rows, bought = start, [], []
@@ -566,7 +573,7 @@ async def _until_signal(run: Any) -> dict[str, Any]:
         return {"interrupted": True}
 
 
-def publish_catalog(market: Market, s: Settings) -> None:
+def publish_catalog(market: SimMarket, s: Settings) -> None:
     """The market's catalog to the (compacted) catalog topic, keyed by item id."""
     from kafka import KafkaProducer
 

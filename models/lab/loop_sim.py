@@ -42,7 +42,8 @@ from streams.tools.report import text_table
 from streams.version import add_version
 
 from .live_market import LiveMarket, LoopConfig, SimClock, market_from_args
-from .simulator import Market, add_market_args
+from .market_api import SimMarket
+from .simulator import add_market_args
 
 _DAY = 86400.0
 
@@ -57,7 +58,7 @@ class _InstantClock(SimClock):
 class InProcessMarket(LiveMarket):
     """:class:`LiveMarket` with :class:`Pipeline` in place of Kafka and the worker."""
 
-    def __init__(self, market: Market, s: Settings, cfg: LoopConfig, out: Path, scorer: Scorer) -> None:
+    def __init__(self, market: SimMarket, s: Settings, cfg: LoopConfig, out: Path, scorer: Scorer) -> None:
         super().__init__(market, s, cfg, out)
         catalog = Catalog()
         for item in market.catalog():

@@ -46,6 +46,7 @@ from streams.features import FEATURE_NAMES, ITEM_FEATURE_NAMES, ITEM_TABLE_FEATU
 from streams.pricing import Guardrails, ItemBatch, band_batch, decide_batch, decide_uniform
 from streams.version import add_version
 
+from .market_api import SimMarket
 from .simulator import Market, MarketConfig, add_market_args, market_config
 
 POLICIES = ("base", "uniform", "oracle", "learned")
@@ -286,7 +287,7 @@ def run_trained(train_dir: Path, explore_widths: tuple[float, ...] = (),
     return {"report": rep, "seconds": time.perf_counter() - t0}
 
 
-def data_market_index(market: Market, data: Any) -> tuple[np.ndarray, np.ndarray]:
+def data_market_index(market: SimMarket, data: Any) -> tuple[np.ndarray, np.ndarray]:
     """Market user and item indices of the exposure rows of ``TrainingData``."""
     uidx = {u: k for k, u in enumerate(market.user_ids)}
     iidx = {i: k for k, i in enumerate(market.item_ids)}

@@ -16,7 +16,9 @@ Every interval is a 95 % bootstrap over users. Nothing is tuned per market: the 
 (:data:`GRID`) and the loop's size are fixed here, and every row uses the same defaults
 (``PriceModelConfig``, ``Settings``). A change to the models or the pricing is judged on the
 whole table, never on one row. ``--markets`` runs a subset; ``--large`` doubles the users and adds
-days (about twice as long).
+days (about twice as long). :data:`SHOP_GRID` adds rows of a second, structurally different
+generator (:mod:`models.lab.shop_market`): their history is written to files and trained with
+``pricing-train --events --catalog``, as a shop would, and they are tabled and averaged apart.
 Writes ``suite.md`` and ``suite.json`` to ``--out``, and each market's training run,
 bundle and loop under ``--out/<market>``.
 """
@@ -36,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from models.dataset import write_jsonl
 from streams.features import FeatureSpec, feature_names
 from streams.scoring import BundleWatcher
 from streams.settings import cli_settings
@@ -44,6 +47,8 @@ from streams.version import add_version
 
 from .live_market import LoopConfig
 from .loop_sim import InProcessMarket
+from .market_api import SimMarket
+from .shop_market import ShopConfig, ShopMarket
 from .simulator import Market, MarketConfig
 
 _DAY = 86400.0
@@ -68,6 +73,15 @@ GRID: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("weak-signal", "behaviour reveals traits weakly (reveal 0.5)", {"reveal": 0.5}),
     ("cold-start", "30 % of users have no history", {"cold_share": 0.3}),
 )
+# The second generator (models.lab.shop_market: intent x willingness to pay, latent segments), frozen
+# the same way. Its rows train from files, as a shop does, and are averaged apart from GRID's.
+SHOP_GRID: tuple[tuple[str, str, dict[str, Any]], ...] = (
+    ("shop", "segments; intent x WTP (seed 0)", {}),
+    ("shop-seed-1", "the same shop, another seed", {"seed": 1}),
+    ("shop-narrow", "WTP spreads x 0.4: a sharp price response", {"spread_scale": 0.4}),
+    ("shop-alike", "segments differ in intent and browsing only", {"segments": "alike"}),
+)
+SHOP_NAMES = frozenset(g[0] for g in SHOP_GRID)
 
 
 @dataclass(frozen=True)
@@ -92,6 +106,20 @@ def market_config(knobs: dict[str, Any], size: SuiteSize) -> MarketConfig:
     return replace(MarketConfig(n_users=size.n_users, n_items=size.n_items, days=size.history_days), **knobs)
 
 
+def shop_config(knobs: dict[str, Any], size: SuiteSize) -> ShopConfig:
+    """The second generator's row at the suite's size."""
+    return replace(ShopConfig(n_users=size.n_users, n_items=size.n_items, days=size.history_days), **knobs)
+
+
+def write_history(market: SimMarket, d: Path) -> tuple[Path, Path]:
+    """The market's history and catalog as a shop hands them over: wire-schema JSONL files."""
+    d.mkdir(parents=True, exist_ok=True)
+    events, catalog = d / "events.jsonl.gz", d / "catalog.jsonl"
+    write_jsonl(events, market.simulate().events())
+    write_jsonl(catalog, market.catalog())
+    return events, catalog
+
+
 def _cli(cfg: MarketConfig) -> list[str]:
     """``pricing-train`` options that rebuild ``cfg`` (every field that differs from the defaults)."""
     d, out = MarketConfig(), []
@@ -111,7 +139,7 @@ def _run(cmd: list[str], log: Path) -> None:
         raise RuntimeError(f"{' '.join(cmd[:3])} failed (exit {rc}); {log}:\n{tail}")
 
 
-def judge(exp_dir: Path, market: Market, reps: int = 1000, seed: int = 0) -> dict[str, Any]:
+def judge(exp_dir: Path, market: SimMarket, reps: int = 1000, seed: int = 0) -> dict[str, Any]:
     """The treatment exposures of a loop judged against ``market``'s truth (see the module doc)."""
     exp, _, meta = load_exposure_log(exp_dir)
     t = exp.take(exp.arm == "treatment")
@@ -161,10 +189,17 @@ def run_market(name: str, knobs: dict[str, Any], size: SuiteSize, out: Path, *, 
     """Train, export and loop one market; returns its judged row (times included)."""
     d = out / name
     d.mkdir(parents=True, exist_ok=True)
-    cfg = market_config(knobs, size)
     py, t0 = sys.executable, time.time()
+    market: SimMarket
+    if name in SHOP_NAMES:  # the second generator: its history as files, trained as a shop would
+        market = ShopMarket(shop_config(knobs, size))
+        events, catalog = write_history(market, d / "data")
+        source = ["--events", str(events), "--catalog", str(catalog)]
+    else:
+        market = Market(market_config(knobs, size))
+        source = _cli(market.cfg)
     _run([py, "-m", "models.train", "--out", str(d / "train"), "--quiet", "--no-plots",
-          "--holdout-days", str(size.holdout_days), *_cli(cfg)], d / "train.log")
+          "--holdout-days", str(size.holdout_days), *source], d / "train.log")
     t_train = time.time() - t0
     _run([py, "-m", "export", "--train-dir", str(d / "train"), "--model-dir", str(d / "models"), "--no-progress"],
          d / "export.log")
@@ -172,7 +207,6 @@ def run_market(name: str, knobs: dict[str, Any], size: SuiteSize, out: Path, *, 
     scorer = BundleWatcher(d / "models", 1e9, feature_names(FeatureSpec.from_settings(s)), threads=1).scorer
     loop = LoopConfig(days=size.loop_days, duration_s=size.loop_days * _DAY, seed=seed, run_id=name,
                       warm_days=size.warm_days)
-    market = Market(cfg)
     t1 = time.time()
     sim = InProcessMarket(market, s, loop, d / "loop", scorer)
     with open(os.devnull, "w") as quiet:
@@ -182,7 +216,8 @@ def run_market(name: str, knobs: dict[str, Any], size: SuiteSize, out: Path, *, 
         finally:
             sys.stdout = stdout
     row = judge(d / "loop", market)
-    row.update({"market": name, "knobs": knobs, "train_s": round(t_train, 1), "loop_s": round(time.time() - t1, 1),
+    row.update({"market": name, "generator": "shop" if name in SHOP_NAMES else "simulator", "knobs": knobs,
+                "train_s": round(t_train, 1), "loop_s": round(time.time() - t1, 1),
                 "total_s": round(time.time() - t0, 1)})
     (d / "row.json").write_text(json.dumps(row, indent=2, default=float))
     return row
@@ -225,8 +260,9 @@ def parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_version(p)
     p.add_argument("--out", type=Path, default=Path("var/robustness"), help="where each market's runs and the table go")
-    p.add_argument("--markets", default="", help="comma-separated subset of the grid (default: all); "
-                                                  f"names: {', '.join(g[0] for g in GRID)}")
+    p.add_argument("--markets", default="", help="comma-separated subset of the grids (default: all); names: "
+                                                  f"{', '.join(g[0] for g in GRID)}; second generator: "
+                                                  f"{', '.join(g[0] for g in SHOP_GRID)}")
     p.add_argument("--quick", action="store_true", help="the default size (2,000 users, 200 items, 8 days)")
     p.add_argument("--large", action="store_true", help="4,000 users, 300 items, 10 days: about twice as long")
     p.add_argument("--seed", type=int, default=0, help="the loops' randomness")
@@ -237,11 +273,11 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m models.lab.robustness`` (``pricing-robustness``)."""
     args = parser().parse_args(argv)
-    grid = {g[0]: g for g in GRID}
+    grid = {g[0]: g for g in GRID + SHOP_GRID}
     names = [n for n in args.markets.split(",") if n] or list(grid)
     unknown = [n for n in names if n not in grid]
     if unknown:
-        parser().error(f"unknown markets {unknown}; the grid has {list(grid)}")
+        parser().error(f"unknown markets {unknown}; the grids have {list(grid)}")
     size = LARGE if args.large else QUICK
     args.out.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
@@ -259,8 +295,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[robustness] {k + 1}/{len(names)} {n}: efficiency vs per item {e:.2f}, "
               f"no harm {row.get('no_harm')}, {row.get('total_s', 0):.0f} s (elapsed {time.time() - t0:.0f} s)",
               flush=True)
-    what = {g[0]: g[1] for g in GRID}
-    text = table(rows, what)
+    what = {g[0]: g[1] for g in GRID + SHOP_GRID}
+    first, second = [r for r in rows if r["market"] not in SHOP_NAMES], [r for r in rows if r["market"] in SHOP_NAMES]
+    parts = [table(first, what)] if first else []
+    if second:  # averaged apart: a different generator, not more rows of the same one
+        parts.append("Second generator (models.lab.shop_market: intent x willingness to pay, latent segments; "
+                     "trained from its history files with --events/--catalog):\n\n" + table(second, what))
+    text = "\n\n".join(parts)
     (args.out / "suite.md").write_text(f"`python -m models.lab.robustness{' --large' if args.large else ''}` "
                                        f"({size}), {time.time() - t0:.0f} s\n\n{text}\n")
     (args.out / "suite.json").write_text(json.dumps({"size": asdict(size), "rows": rows}, indent=2, default=float))
