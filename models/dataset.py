@@ -441,6 +441,42 @@ def apply_decisions(log: EventLog, prices: Iterable[PriceEvent]) -> tuple[EventL
     return replace(log, price=price), stats
 
 
+def decided_views(log: EventLog, prices: Iterable[PriceEvent]) -> np.ndarray:
+    """Per event of ``log``: True for a view the worker priced (its decision is among ``prices``)."""
+    if log.event_ids is None:
+        raise ValueError("the event log has no event ids: decisions cannot be joined to it")
+    ids = {p.decision_id for p in prices}
+    out = np.zeros(len(log.etype), bool)
+    for n in np.flatnonzero(log.etype == VIEW).tolist():
+        out[n] = decision_id(log.event_ids[n], log.item_ids[int(log.item[n])]) in ids
+    return out
+
+
+def freeze_user_features(data: TrainingData, rows: np.ndarray) -> tuple[TrainingData, int]:
+    """``data`` with the user features of the exposure ``rows`` (a mask) frozen per user at the user's
+    first such row (in event time); returns it and the number of users frozen.
+
+    In a worker's log the prices a user was shown change what they view, click and buy, so their
+    features after the first priced view depend on their arm: at equal features a treatment user is
+    not a control user, and the arm contrast, from which the slope is learnt, reads the difference
+    as price response (a collider: both the arm and the user's type set the features). The
+    features a user had when the log first priced them were set before any of its prices, so the
+    arm is independent of them. The price model then learns from the user as the log found them.
+    Valid when the arm was drawn afresh for the log's window (the user's earlier prices, if any,
+    did not depend on it). Session and choice rows are left as they are.
+    """
+    idx = np.arange(len(data.row_uid))
+    sel = np.flatnonzero(rows)
+    if len(sel) == 0:
+        return data, 0
+    sel = sel[np.argsort(data.row_ts[sel], kind="stable")]
+    uids, first = np.unique(data.row_uid[sel], return_index=True)
+    anchor = np.full(int(data.row_uid.max()) + 1, -1)
+    anchor[uids] = sel[first]
+    idx[sel] = anchor[data.row_uid[sel]]
+    return replace(data, user=data.user[idx]), int(len(uids))
+
+
 def price_variation(data: TrainingData, rows: np.ndarray, ridge: float = 1.0,
                     user_columns: np.ndarray | None = None) -> dict[str, float]:
     """How much of the exposures' price variation is left once the features are accounted for.

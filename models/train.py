@@ -38,8 +38,10 @@ from .dataset import (
     TrainingData,
     apply_decisions,
     build_rows,
+    decided_views,
     fill_item_lift,
     fill_item_slope,
+    freeze_user_features,
     holdout_mask,
     price_variation,
     read_catalog,
@@ -124,14 +126,17 @@ calibrated. See docs/training-data.md, "Retraining on the worker's own logs"."""
 def train_all(log: EventLog, catalog: Catalog, out: Path, *, market: Market | None = None,
               holdout_days: float = 3.0, price_cfg: Any = None, rec_epochs: int = 30, rec_linear: bool = False,
               plots: bool = True, progress: bool = True, knobs: dict[str, Any] | None = None,
-              data: TrainingData | None = None, decisions: dict[str, Any] | None = None) -> dict[str, Any]:
+              data: TrainingData | None = None, decisions: dict[str, Any] | None = None,
+              decided: np.ndarray | None = None) -> dict[str, Any]:
     """Build rows (or take ``data``, built from ``log``), fit the three models, evaluate on the time
     holdout, write ``out``; returns the summary.
 
     ``decisions`` are :func:`models.dataset.apply_decisions`' counts when ``log`` carries the worker's
     decided prices. If it matched any view, the rows are decision logs and the price model's slope is
     not calibrated on the validation rows (:data:`DECISION_LOG_CONFIG`); a randomised history trains
-    exactly as without it."""
+    exactly as without it. ``decided`` (per event of ``log``, :func:`models.dataset.decided_views`)
+    marks the views the worker priced: their user features are frozen at each user's first priced
+    view (:func:`models.dataset.freeze_user_features`)."""
     from . import price_model as pm
     from .user_model import fit_user_model, predict_user
 
@@ -151,8 +156,11 @@ def train_all(log: EventLog, catalog: Catalog, out: Path, *, market: Market | No
     s_hold, c_hold = (holdout_mask(t, cutoff) for t in (data.sess_ts, data.ch_ts))
     cfg = price_cfg or pm.PriceModelConfig()
     from_decisions = bool(decisions and decisions.get("matched", 0) > 0)
+    frozen_users = 0
     if from_decisions:
         cfg = replace(cfg, **DECISION_LOG_CONFIG)
+        if decided is not None and data.row_log is not None:
+            data, frozen_users = freeze_user_features(data, decided[data.row_log])
     variation = price_variation(data, fit, user_columns=pm.feature_mask(FEATURE_NAMES, cfg.ignore))
     lift = fill_item_lift(data, ~hold, ~c_hold)  # from the training period only: the holdout stays unseen
     cats = [getattr(catalog.get(i), "category", None) for i in data.item_ids]
@@ -213,6 +221,7 @@ def train_all(log: EventLog, catalog: Catalog, out: Path, *, market: Market | No
         _plots(out / "plots", data, hold, ph, metrics, price, user_model, market, rec_stats, truth_beta, s_hold)
     summary = _summary(log, data, hold, s_hold, c_hold, cutoff, metrics, timings, cfg, knobs, rec is not None)
     summary["data"]["from_decisions"] = from_decisions
+    summary["data"]["features_frozen_users"] = frozen_users  # users whose priced rows read their first one's features
     (out / "training_summary.json").write_text(json.dumps(summary, indent=2, default=float))
     return summary
 
@@ -443,6 +452,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         parser().error(str(e))
     t0 = time.perf_counter()
+    decided: np.ndarray | None = None
     if args.events:
         try:
             log, catalog, knobs = _load_events(args)
@@ -451,7 +461,9 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         market = Market.from_truth(args.truth) if args.truth else None
         if args.prices:
-            log, joined = apply_decisions(log, read_prices(args.prices))
+            prices = read_prices(args.prices)
+            log, joined = apply_decisions(log, prices)
+            decided = decided_views(log, prices)
             knobs["decisions"] = {"prices": str(args.prices), **joined}
             print(f"decisions: {joined['matched']:,} of {joined['views']:,} views priced by the worker "
                   f"(arms {joined['arms']}, policies {joined['policies']})", file=sys.stderr)
@@ -467,7 +479,7 @@ def main(argv: list[str] | None = None) -> int:
         summary = train_all(log, catalog, args.out, market=market, holdout_days=holdout,
                             price_cfg=price_cfg, rec_epochs=args.rec_epochs,
                             rec_linear=args.rec_linear, plots=not args.no_plots, progress=not args.quiet, knobs=knobs,
-                            decisions=knobs.get("decisions"))
+                            decisions=knobs.get("decisions"), decided=decided)
     except TrainingDataError as exc:
         print(f"pricing-train: error: {exc}", file=sys.stderr)
         return 2

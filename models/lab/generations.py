@@ -34,7 +34,16 @@ import numpy as np
 
 from export.bundle import BundleError
 from export.convert import ParityError
-from models.dataset import EventLog, apply_decisions, build_rows, price_variation, read_events, read_prices, rows_from
+from models.dataset import (
+    EventLog,
+    apply_decisions,
+    build_rows,
+    decided_views,
+    price_variation,
+    read_events,
+    read_prices,
+    rows_from,
+)
 from models.train import CONFOUNDED_RESIDUAL_SD, TrainingDataError, train_all
 from streams.catalog import Catalog
 from streams.features import FEATURE_NAMES, FeatureSpec, feature_names
@@ -105,7 +114,7 @@ def train_on_loop(loop_dir: Path, market: Market, out: Path, holdout_days: float
     knobs = {"source": str(loop_dir), "decisions": joined, "rows_from": meta["sim_start"], "market": asdict(market.cfg)}
     summary = train_all(log, catalog, out, market=market, holdout_days=holdout_days, price_cfg=cfg,
                         rec_epochs=rec_epochs, plots=False, progress=False, knobs=knobs, data=data,
-                        decisions=joined)
+                        decisions=joined, decided=decided_views(log, prices))
     (out / "training_summary.json").write_text(json.dumps(summary, indent=2, default=float))
     return summary, tv
 
