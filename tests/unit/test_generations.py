@@ -65,8 +65,11 @@ def test_two_generations_with_and_without_exploration(tmp_path: Path) -> None:
         assert s["knobs"]["decisions"]["matched"] > 0 and s["knobs"]["rows_from"] > 0
         # decision logs: the slope keeps the towers' level, uncalibrated (models.train.DECISION_LOG_CONFIG)
         assert s["data"]["from_decisions"] and not s["price_model_config"]["calibrate_slope"]
+        # and every priced row reads its user's features at the first priced view (the arm did not set them)
+        assert s["data"]["features_frozen_users"] > 0
     g0 = json.loads((out / "gen0" / "train" / "training_summary.json").read_text())
     assert not g0["data"]["from_decisions"] and g0["price_model_config"]["calibrate_slope"]  # history: as before
+    assert g0["data"]["features_frozen_users"] == 0
     import keras
 
     for w in summaries:

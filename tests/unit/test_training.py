@@ -266,6 +266,31 @@ def test_decisions_replace_the_listing_price_of_the_views_they_priced(tmp_path: 
                      "policies": {"dither:0.1": 1, "control": 1}}
     rows = build_rows(joined, CATALOG)
     assert rows.price_ratio[0] == pytest.approx(0.91)               # the exposure is at the decided price
+    from models.dataset import decided_views
+
+    mask = decided_views(joined, read_prices(path))
+    assert [e.event_id for e, k in zip(joined.events(), mask, strict=True) if k] == ["e0", "e5"]
+
+
+def test_priced_rows_read_the_features_of_the_users_first_priced_view() -> None:
+    from models.dataset import freeze_user_features
+
+    m = Market(MarketConfig.small(seed=3))
+    data = build_rows(m.simulate(), Catalog.of(m.catalog()))
+    rng = np.random.default_rng(0)
+    priced = rng.random(len(data.row_ts)) < 0.5
+    frozen, n_users = freeze_user_features(data, priced)
+    assert n_users == len(np.unique(data.row_uid[priced])) > 10
+    assert np.array_equal(frozen.user[~priced], data.user[~priced])          # unpriced rows: their own features
+    assert np.array_equal(frozen.item, data.item) and np.array_equal(frozen.label, data.label)
+    changed = 0
+    for u in np.unique(data.row_uid[priced]):
+        rows = np.flatnonzero(priced & (data.row_uid == u))
+        first = rows[np.argmin(data.row_ts[rows])]
+        assert np.all(frozen.user[rows] == data.user[first])                 # every priced row: the first one's
+        changed += int(np.any(data.user[rows] != data.user[first]))
+    assert changed > 10                                                      # features do move between views
+    assert freeze_user_features(data, np.zeros(len(priced), bool))[1] == 0
 
 
 def test_price_variation_tells_a_policy_history_from_a_randomised_one() -> None:
