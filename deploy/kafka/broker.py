@@ -673,6 +673,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="broker.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    try:
+        kafka = f"Apache Kafka {kafka_version()} (pom.xml)"
+    except (BrokerError, OSError, ET.ParseError) as exc:  # --version must still answer
+        kafka = f"Kafka version unknown: {exc}"
+    parser.add_argument("--version", action="version", version=f"%(prog)s: {kafka}")
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="start the broker(s) if needed; print the bootstrap address")
     up.add_argument("--brokers", type=int, default=None, help="nodes of a local KRaft cluster (default 1)")

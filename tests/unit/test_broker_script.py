@@ -35,3 +35,10 @@ def test_cluster_ids_are_22_url_safe_characters(broker) -> None:
         cid = broker.base64_uuid()
         assert len(cid) == 22 and not cid.startswith("-")
         assert set(cid) <= set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+
+
+def test_version_names_the_pinned_kafka(broker, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        broker.main(["--version"])
+    assert exc.value.code == 0
+    assert capsys.readouterr().out.strip() == f"broker.py: Apache Kafka {broker.kafka_version()} (pom.xml)"
