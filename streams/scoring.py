@@ -269,7 +269,8 @@ class BundleWatcher(ScorerHolder):
 
     Raises :class:`~export.bundle.BundleError` at start if no valid bundle exists and no
     ``fallback`` scorer is given. A bundle that fails verification is logged once and skipped;
-    the scorer in use is kept.
+    the scorer in use is kept. It is tried again when its files change (a bundle copied in by hand
+    while CURRENT already named it loads once the copy completes).
     """
 
     def __init__(self, model_dir: str | os.PathLike[str], reload_s: float = 30.0,
@@ -279,7 +280,7 @@ class BundleWatcher(ScorerHolder):
         self.model_dir, self.reload_s, self.threads = Path(model_dir), reload_s, threads
         self.names, self.item_names = tuple(feature_names), tuple(item_feature_names)
         self._checked_at = -float("inf")
-        self._rejected: str | None = None
+        self._rejected: tuple[str, tuple[tuple[str, int, int], ...]] | None = None  # version, its files then
         self.loaded_at: float | None = None  # wall time the bundle in use was loaded; None: the fallback
         try:
             super().__init__(self._load(read_current(self.model_dir)))
@@ -296,6 +297,14 @@ class BundleWatcher(ScorerHolder):
         bundle = load_bundle(self.model_dir / version, names=self.names, item_names=self.item_names)
         return OnnxScorer(bundle, self.threads)
 
+    def _files(self, version: str) -> tuple[tuple[str, int, int], ...]:
+        """Name, size and mtime of each file of the version's directory (empty if unreadable)."""
+        try:
+            return tuple(sorted((e.name, e.stat().st_size, e.stat().st_mtime_ns)
+                                for e in os.scandir(self.model_dir / version) if e.is_file()))
+        except OSError:
+            return ()
+
     def maybe_reload(self, now: float) -> bool:
         """Check CURRENT if ``reload_s`` passed since the last check (``now`` is a monotonic
         clock reading from the caller); swap in a newer bundle. Returns True on a swap."""
@@ -307,13 +316,17 @@ class BundleWatcher(ScorerHolder):
         except (BundleError, OSError) as exc:
             log.warning("cannot read %s/CURRENT: %s; keeping model %s", self.model_dir, exc, self.version)
             return False
-        if version is None or version in (self.version, self._rejected):
+        if version is None or version == self.version:
+            return False
+        files = self._files(version)
+        if self._rejected == (version, files):
             return False
         try:
             scorer = self._load(version)
         except (BundleError, OSError) as exc:
-            self._rejected = version  # log once per bad version, not every check
-            log.error("rejected model bundle %s: %s; keeping model %s", version, exc, self.version)
+            self._rejected = (version, files)  # log once per bad version and state of its files
+            log.error("rejected model bundle %s: %s; keeping model %s (tried again when its files change)",
+                      version, exc, self.version)
             return False
         old, self.scorer = self.version, scorer  # the swap: one reference, fully loaded
         self.loaded_at = time.time()

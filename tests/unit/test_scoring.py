@@ -133,6 +133,22 @@ def test_watcher_keeps_the_old_model_on_a_broken_bundle(model_dir: Path,
     assert "recommend.onnx: sha256" in errors[0] and f"keeping model {old}" in errors[0]
 
 
+def test_watcher_tries_a_rejected_bundle_again_once_its_files_change(model_dir: Path,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    """A bundle copied in by hand after CURRENT already named it: rejected while incomplete, loaded once whole."""
+    w = BundleWatcher(model_dir, reload_s=1.0)
+    old = w.version
+    late = write_bundle(model_dir, graphs(shift=0.25))
+    whole = (late.path / "price.onnx").read_bytes()
+    (late.path / "price.onnx").write_bytes(whole[: len(whole) // 2])  # the copy is half way
+    point_current(model_dir, late.version)
+    with caplog.at_level(logging.ERROR, logger="streams.scoring"):
+        assert w.maybe_reload(now=0.0) is False and w.maybe_reload(now=5.0) is False
+    assert w.version == old and len([r for r in caplog.records if r.levelno == logging.ERROR]) == 1
+    (late.path / "price.onnx").write_bytes(whole)  # the copy completes
+    assert w.maybe_reload(now=10.0) is True and w.version == late.version
+
+
 def test_watcher_start_without_a_bundle(tmp_path: Path) -> None:
     with pytest.raises(BundleError, match="no CURRENT file"):
         BundleWatcher(tmp_path)
