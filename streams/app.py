@@ -146,7 +146,7 @@ def create_app(s: Settings, *, deterministic_scorer: bool = False,
 
     @app.task
     async def load_catalog() -> None:
-        await _follow_catalog(app, s, catalog, catalog_ready, send, clock)
+        await _follow_catalog(app, s, catalog, catalog_ready, send, clock, metrics.count)
 
     if watcher is not None:
         @app.timer(s.model_reload_s)
@@ -185,8 +185,10 @@ def _stop_self(exc: BaseException) -> None:
 
 
 async def _follow_catalog(app: faust.App, s: Settings, catalog: Catalog, ready: asyncio.Event,
-                          send: Callable[[str, bytes, bytes], Any], clock: Callable[[], float]) -> None:
-    """Read the whole compacted catalog topic (outside the group) forever; set ``ready`` when caught up."""
+                          send: Callable[[str, bytes, bytes], Any], clock: Callable[[], float],
+                          count: Callable[[dict[str, int]], None] = lambda _: None) -> None:
+    """Read the whole compacted catalog topic (outside the group) forever; set ``ready`` when caught up.
+    A record that does not parse is dead-lettered and counted (``catalog_dead_letter.<code>``)."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
     consumer = AIOKafkaConsumer(group_id=None, enable_auto_commit=False, auto_offset_reset="earliest",
@@ -220,6 +222,7 @@ async def _follow_catalog(app: faust.App, s: Settings, catalog: Catalog, ready: 
                         log.warning("catalog record %s:%d rejected: %s", tp.partition, m.offset, exc)
                         letter = DeadLetter(m.value, tp.topic, tp.partition, m.offset, exc.code, exc.reason, clock())
                         await send(s.topic_dead_letter, m.key or b"", dead_letter_bytes(letter))
+                        count({f"catalog_dead_letter.{exc.code}": 1})
     finally:
         await consumer.stop()
 

@@ -44,6 +44,8 @@ _COUNTERS = {
     "reason": ("pricing_price_reasons", "price decisions by reason (a treatment price can carry several; control "
                "prices carry CONTROL)", "reason"),
     "skipped": ("pricing_skipped_triggers", "trigger events whose own item was not priced, by reason", "reason"),
+    "catalog_dead_letter": ("pricing_catalog_dead_letters", "catalog records rejected and sent to the dead-letter "
+                            "topic, by error code (the item keeps its last valid record)", "code"),
     "": ("pricing_pipeline_counts", "pipeline counts with no metric of their own", "key"),
 }
 
@@ -141,6 +143,16 @@ class WorkerMetrics(Collector):
         ts = np.array(record_ts, np.float64)  # a missing timestamp (None) becomes NaN
         ts = ts[ts > 0]  # records without a timestamp are left out
         self.latency.observe_many(np.maximum(done_at - ts, 0.0))  # clocks of producer and worker may differ
+
+    def count(self, counts: Mapping[str, int]) -> None:
+        """Counts from outside a scoring batch (e.g. ``catalog_dead_letter.<code>`` from the catalog loader).
+
+        >>> m = WorkerMetrics()
+        >>> m.count({"catalog_dead_letter.MISSING_FIELD": 2})
+        >>> m.value("pricing_catalog_dead_letters_total", code="MISSING_FIELD"), m.value("pricing_records_total")
+        (2.0, 0.0)
+        """
+        self._totals.update(counts)
 
     def _counters(self) -> Iterator[Metric]:
         totals = dict(self._totals)  # one C-level copy: safe while the loop thread adds to it

@@ -109,7 +109,8 @@ def test_ready_waits_for_the_catalog_and_the_counters_add_up(bootstrap: str, tmp
         assert code == 503 and orjson.loads(body)["missing"] == {"catalog": "catalog is empty"}, body
 
         producer = KafkaProducer(bootstrap_servers=bootstrap)
-        publish(producer, s.topic_catalog, [(c.item_id.encode(), dumps(c)) for c in CATALOG])
+        # one catalog record that does not parse: dead-lettered and counted apart from the clickstream's
+        publish(producer, s.topic_catalog, [(c.item_id.encode(), dumps(c)) for c in CATALOG] + [(b"i-bad", b"{oops")])
         wait_for("/ready 200 after the catalog", lambda: get(base + "/ready")[0] == 200, 30, log)
 
         good = [ClickEvent(f"e{k}-{u}", NOW - 3000 + k, f"user-{u}", f"s{u}", TYPES[(k + u) % len(TYPES)],
@@ -152,6 +153,7 @@ def test_ready_waits_for_the_catalog_and_the_counters_add_up(bootstrap: str, tmp
         # produced a moment ago: every record's latency is well under a minute
         assert m[("pricing_decision_latency_seconds_bucket", (("le", "60.0"),))] == sent
         assert m[("pricing_catalog_items", ())] == len(CATALOG)
+        assert by_label(m, "pricing_catalog_dead_letters_total", "code") == {"NOT_JSON": 1}
         assert by_label(m, "pricing_model_info", "version") == {read_current(model_dir): 1.0}
         assert 0 <= m[("pricing_model_age_seconds", ())] < 600
         assert m[("pricing_recovering", ())] == 0
