@@ -246,15 +246,7 @@ class LiveMarket:
         for j, i in enumerate(self._listing(u, rng, n_view)):
             t += 20.0 + rng.exponential(40.0)
             await clock.sleep_until(t)
-            iid, base = m.item_ids[i], float(m.base[i])
-            view = ClickEvent(f"{sid}-v{j}", t, uid, sid, "view", iid, round(self._listed(uid, i), 2))
-            pe, ms = await self._price_for(view)
-            self.counts.views += 1
-            if pe is None:
-                self.counts.price_timeouts += 1
-            else:
-                self.counts.latency_ms.append(ms)
-            price = pe.price if pe is not None else base
+            view, pe, ms, price = await self.priced_view(sid, uid, j, i, t)
             p_buy = float(m.buy_prob(np.array([u]), np.array([i]), np.array([price]))[0])
             draw = rng.random()
             buy, interest = draw < p_buy, draw < float(interest_prob(np.array(p_buy)))
@@ -285,6 +277,20 @@ class LiveMarket:
         for row in rows:
             self._exposures.write(orjson.dumps(row) + b"\n")
         self.counts.sessions += 1
+
+    async def priced_view(self, sid: str, uid: str, j: int, i: int,
+                          t: float) -> tuple[ClickEvent, PriceEvent | None, float, float]:
+        """The ``j``-th view of session ``sid`` (item index ``i``, at ``t``) sent and priced live, counted;
+        returns the view, its price event (None on a timeout), the latency and the price shown (base
+        when the price timed out)."""
+        view = ClickEvent(f"{sid}-v{j}", t, uid, sid, "view", self.m.item_ids[i], round(self._listed(uid, i), 2))
+        pe, ms = await self._price_for(view)
+        self.counts.views += 1
+        if pe is None:
+            self.counts.price_timeouts += 1
+        else:
+            self.counts.latency_ms.append(ms)
+        return view, pe, ms, (pe.price if pe is not None else float(self.m.base[i]))
 
     def _exposure(self, u: int, i: int, view: ClickEvent, pe: PriceEvent | None, price: float,
                   p_buy: float, buy: bool, ms: float) -> dict[str, Any]:

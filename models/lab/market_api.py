@@ -44,3 +44,27 @@ class SimMarket(Protocol):
     def uniform_prices(self, population: tuple[np.ndarray, np.ndarray], points: int = 201) -> np.ndarray: ...
     def pick_score(self, user: np.ndarray, cand: np.ndarray, ratio: np.ndarray) -> np.ndarray: ...
     def simulate(self, days: float | None = None, chunk: int = 20_000) -> EventLog: ...
+
+
+def expected_profit(market: SimMarket, policy: Any, population: tuple[np.ndarray, np.ndarray]) -> float:
+    """Mean expected profit per (user, item) exposure of ``population`` under ``policy(user, item) -> price``."""
+    user, item = population
+    price = np.asarray(policy(user, item), dtype=np.float64)
+    return float(np.mean((price - market.cost[item]) * market.buy_prob(user, item, price)))
+
+
+def uniform_prices(market: SimMarket, population: tuple[np.ndarray, np.ndarray], points: int = 201) -> np.ndarray:
+    """Best single price per item (one price for all users) for ``population``, by a grid of ``points``
+    prices over the item's band; base for items not in it."""
+    user, item = population
+    out = market.base.copy()
+    lo, hi = market.price_band(np.arange(market.cfg.n_items))
+    order = np.argsort(item, kind="stable")
+    bounds = np.searchsorted(item[order], np.arange(market.cfg.n_items + 1))
+    for i in np.flatnonzero(np.diff(bounds)):
+        us = user[order[bounds[i]:bounds[i + 1]]][:, None]
+        grid = np.linspace(lo[i], hi[i], points)
+        prob = market.buy_prob(us, np.full_like(us, i), grid[None, :])
+        out[i] = grid[np.argmax(((grid - market.cost[i]) * prob).sum(axis=0))]
+    return out
+

@@ -41,6 +41,8 @@ from scipy.special import expit, ndtr
 from models.dataset import EventLog
 from streams.schemas import EVENT_TYPES, CatalogItem
 
+from . import market_api
+
 CATEGORIES = ("apparel", "home", "tech", "outdoor", "health", "media", "baby", "auto", "office", "crafts")
 SEGMENT_KINDS = ("distinct", "alike")
 _DAY = 86400.0
@@ -209,23 +211,11 @@ class ShopMarket:
 
     def expected_profit(self, policy: Any, population: tuple[np.ndarray, np.ndarray]) -> float:
         """Mean expected profit per exposure of ``population`` under ``policy(user, item) -> price``."""
-        user, item = population
-        price = np.asarray(policy(user, item), dtype=np.float64)
-        return float(np.mean((price - self.cost[item]) * self.buy_prob(user, item, price)))
+        return market_api.expected_profit(self, policy, population)
 
     def uniform_prices(self, population: tuple[np.ndarray, np.ndarray], points: int = 201) -> np.ndarray:
         """Best single price per item for ``population`` (grid search); base for items not in it."""
-        user, item = population
-        out = self.base.copy()
-        lo, hi = self.price_band(np.arange(self.cfg.n_items))
-        order = np.argsort(item, kind="stable")
-        bounds = np.searchsorted(item[order], np.arange(self.cfg.n_items + 1))
-        for i in np.flatnonzero(np.diff(bounds)):
-            us = user[order[bounds[i]:bounds[i + 1]]][:, None]
-            grid = np.linspace(lo[i], hi[i], points)
-            prob = self.buy_prob(us, np.full_like(us, i), grid[None, :])
-            out[i] = grid[np.argmax(((grid - self.cost[i]) * prob).sum(axis=0))]
-        return out
+        return market_api.uniform_prices(self, population, points)
 
     def population(self, n: int, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
         """``n`` (user, item) exposures drawn the way users browse."""

@@ -32,15 +32,8 @@ async def shop_session(live: Any, k: int, u: int, start: float, clock: Any) -> N
     for j, i in enumerate(live._listing(u, rng, n_view)):
         t += 20.0 + rng.exponential(40.0)
         await clock.sleep_until(t)
-        iid, base = m.item_ids[i], float(m.base[i])
-        view = ClickEvent(f"{sid}-v{j}", t, uid, sid, "view", iid, round(live._listed(uid, i), 2))
-        pe, ms = await live._price_for(view)
-        live.counts.views += 1
-        if pe is None:
-            live.counts.price_timeouts += 1
-        else:
-            live.counts.latency_ms.append(ms)
-        price = pe.price if pe is not None else base
+        view, pe, ms, price = await live.priced_view(sid, uid, j, i, t)
+        iid = view.item_id
         f = {key: v.item() for key, v in m.funnel(np.array(u), np.array(i), np.array(price), rng).items()}
         if f["click"]:
             tc = t + rng.uniform(3, 8)

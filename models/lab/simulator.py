@@ -52,6 +52,8 @@ from scipy.special import expit, lambertw, logit, ndtr, ndtri
 from models.dataset import EventLog
 from streams.schemas import CatalogItem
 
+from . import market_api
+
 CATEGORIES = ("shoes", "electronics", "books", "toys", "garden", "beauty", "kitchen", "sports",
               "fashion", "grocery", "music", "pets")
 Policy = Callable[[np.ndarray, np.ndarray], np.ndarray]
@@ -274,24 +276,11 @@ class Market:
 
     def expected_profit(self, policy: Policy, population: tuple[np.ndarray, np.ndarray]) -> float:
         """Mean expected profit per (user, item) exposure of ``population`` under ``policy``."""
-        user, item = population
-        price = np.asarray(policy(user, item), dtype=np.float64)
-        return float(np.mean((price - self.cost[item]) * self.buy_prob(user, item, price)))
+        return market_api.expected_profit(self, policy, population)
 
     def uniform_prices(self, population: tuple[np.ndarray, np.ndarray], points: int = 201) -> np.ndarray:
         """Best single price per item (one price for all users) for ``population``, by grid search."""
-        user, item = population
-        out = self.base.copy()
-        lo, hi = self.price_band(np.arange(self.cfg.n_items))
-        order = np.argsort(item, kind="stable")
-        bounds = np.searchsorted(item[order], np.arange(self.cfg.n_items + 1))
-        for i in np.flatnonzero(np.diff(bounds)):
-            us = user[order[bounds[i]:bounds[i + 1]]]
-            grid = np.linspace(lo[i], hi[i], points)
-            ii = np.full_like(us, i)
-            prob = self.demand(self.base_logit(us, ii)[:, None], self.sensitivity(us, ii)[:, None], grid / self.base[i])
-            out[i] = grid[np.argmax(((grid - self.cost[i]) * prob).sum(axis=0))]
-        return out
+        return market_api.uniform_prices(self, population, points)
 
     def population(self, n: int, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
         """``n`` (user, item) exposures drawn the way users browse (taste-weighted items)."""
