@@ -46,7 +46,7 @@ def test_alike_users_leave_nothing_to_capture_and_say_so(alike: dict[str, Any]) 
 def test_a_strong_signal_gives_a_clearly_positive_ceiling(strong: dict[str, Any]) -> None:
     assert strong["oracle_edge_over_uniform"] > 0.03
     assert strong["ceiling"]["ci"][0] > 0.3 and strong["ceiling"]["value"] < 1.0
-    assert strong["r2"] > 0.3
+    assert strong["r2"] > 0.3 and 0.0 < strong["r2_within_item"] <= strong["r2"] + 0.1
     # the oracle's own deviation, unshrunk, is the oracle: efficiency exactly 1, and no factor does better
     assert strong["oracle_shrunk"]["lambda"] == 1.0
     assert strong["oracle_shrunk"]["value"] == pytest.approx(1.0, abs=1e-9)
@@ -76,3 +76,12 @@ def test_main_writes_the_table_for_both_generators(tmp_path: Path, monkeypatch: 
     md, rows = (tmp_path / "ceiling.md").read_text(), json.loads((tmp_path / "ceiling.json").read_text())["rows"]
     assert [r["market"] for r in rows] == ["het-2", "shop-alike"] and "Second generator" in md
     assert np.isfinite(rows[0]["ceiling"]["value"]) and math.isnan(rows[1]["ceiling"]["value"])
+
+
+def test_within_item_r2_ignores_what_the_item_explains() -> None:
+    item = np.repeat(np.arange(4), 50)
+    personal = np.random.default_rng(0).normal(size=200)
+    target = 3.0 * item + personal
+    assert ceiling.within_item_r2(target, personal - 7.0 * item, item) == pytest.approx(1.0)
+    assert ceiling.within_item_r2(target, 3.0 * item, item) == pytest.approx(0.0)
+    assert math.isnan(ceiling.within_item_r2(3.0 * item, personal, item))
