@@ -238,12 +238,17 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--large", action="store_true", help="the suite's --large size (4,000 users, 300 items, 10 days)")
     p.add_argument("--seed", type=int, default=0, help="the regressor's and the bootstrap's randomness")
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap replicates over users")
+    p.add_argument("--threads", type=int, default=1,
+                   help="OpenMP threads of the regressor (on a busy machine more than one can be many times slower)")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m models.lab.ceiling``."""
     args = parser().parse_args(argv)
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(args.threads)
     grid = {g[0]: g for g in GRID + SHOP_GRID}
     names = [n for n in args.markets.split(",") if n] or list(grid)
     unknown = [n for n in names if n not in grid]
