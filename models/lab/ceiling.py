@@ -228,7 +228,7 @@ def table(rows: list[dict[str, Any]], what: dict[str, str]) -> str:
 
 def parser() -> argparse.ArgumentParser:
     """Arguments of ``python -m models.lab.ceiling``."""
-    p = argparse.ArgumentParser(prog="python -m models.lab.ceiling", description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog="pricing-ceiling", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_version(p)
     p.add_argument("--out", type=Path, default=Path("var/ceiling"), help="where ceiling.md and ceiling.json go")

@@ -60,8 +60,8 @@ def test_help_and_version(capsys: pytest.CaptureFixture[str]) -> None:
             ceiling.main([flag])
         assert e.value.code == 0
     out = capsys.readouterr().out
-    assert "usage: python -m models.lab.ceiling" in out and "--markets" in out
-    assert f"python -m models.lab.ceiling {__version__}" in out
+    assert "usage: pricing-ceiling" in out and "--markets" in out
+    assert f"pricing-ceiling {__version__}" in out
     with pytest.raises(SystemExit) as e:
         ceiling.main(["--markets", "nope"])
     assert e.value.code == 2
