@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 BROKER := $(PY) deploy/kafka/broker.py
 STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 
-.PHONY: help venv demo demo-homogeneous robustness kafka-up kafka-down kafka-status kafka-logs topics settings test test-fast test-unit lint bench clean
+.PHONY: help venv demo demo-homogeneous robustness ceiling kafka-up kafka-down kafka-status kafka-logs topics settings test test-fast test-unit lint bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -26,6 +26,9 @@ demo-homogeneous: venv  ## the demo in a market where all users are alike (perso
 
 robustness: venv  ## the robustness suite: train, export and loop on 15 markets + 4 of a second generator, judged against their truth (~45 min)
 	$(PY) -m models.lab.robustness --keep-going --out var/robustness
+
+ceiling: venv  ## per robustness row, what the features carry: a learner handed the optimal prices in training (~7 min, no training)
+	$(PY) -m models.lab.ceiling --out var/ceiling
 
 BROKERS ?= 1
 kafka-up: venv  ## start the local Kafka broker (idempotent; BROKERS=3 for a 3-node cluster), create the topics
