@@ -123,6 +123,23 @@ it, 0.71 without; 0.65 and 0.77 at exploration width 0.05; a randomised history 
 calibrated. See docs/training-data.md, "Retraining on the worker's own logs"."""
 
 
+def fill_item_table(data: TrainingData, catalog: Catalog, train: np.ndarray, ch_train: np.ndarray,
+                    cfg: Any) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """Fill the item features learnt from the rows (conversion lift, slope multiplier) in place, from the
+    ``train`` (exposure) and ``ch_train`` (choice) rows only, so a holdout stays unseen; returns the
+    per-item lift, slope and the slope fit's summary. ``cfg`` is the price model's config (its
+    ``ignore`` mask and seed)."""
+    from .price_model import feature_mask
+
+    lift = fill_item_lift(data, train, ch_train)
+    cats = [getattr(catalog.get(i), "category", None) for i in data.item_ids]
+    names = sorted({c for c in cats if c is not None})
+    item_cat = np.array([names.index(c) if c is not None else -1 for c in cats])
+    slope, info = fill_item_slope(data, train, ch_train, item_cat, feature_mask(FEATURE_NAMES, cfg.ignore),
+                                  seed=cfg.seed)
+    return lift, slope, info
+
+
 def train_all(log: EventLog, catalog: Catalog, out: Path, *, market: Market | None = None,
               holdout_days: float = 3.0, price_cfg: Any = None, rec_epochs: int = 30, rec_linear: bool = False,
               plots: bool = True, progress: bool = True, knobs: dict[str, Any] | None = None,
@@ -162,12 +179,7 @@ def train_all(log: EventLog, catalog: Catalog, out: Path, *, market: Market | No
         if decided is not None and data.row_log is not None:
             data, frozen_users = freeze_user_features(data, decided[data.row_log])
     variation = price_variation(data, fit, user_columns=pm.feature_mask(FEATURE_NAMES, cfg.ignore))
-    lift = fill_item_lift(data, ~hold, ~c_hold)  # from the training period only: the holdout stays unseen
-    cats = [getattr(catalog.get(i), "category", None) for i in data.item_ids]
-    names = sorted({c for c in cats if c is not None})
-    item_cat = np.array([names.index(c) if c is not None else -1 for c in cats])
-    slope, slope_info = fill_item_slope(data, ~hold, ~c_hold, item_cat,
-                                        pm.feature_mask(FEATURE_NAMES, cfg.ignore), seed=cfg.seed)
+    lift, slope, slope_info = fill_item_table(data, catalog, ~hold, ~c_hold, cfg)
     # items the training period saw, and those of a category it saw (they get the category's slope)
     listed = (np.bincount(data.row_iid[~hold], minlength=len(data.item_ids)) > 0) | (slope != 0)
     item_table = {data.item_ids[int(k)]: [float(lift[k]), float(slope[k])] for k in np.flatnonzero(listed)}

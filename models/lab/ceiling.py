@@ -49,14 +49,14 @@ from typing import Any, cast
 
 import numpy as np
 
-from models.dataset import EventLog, TrainingData, build_rows, fill_item_lift, fill_item_slope, holdout_mask, split_rows
+from models.dataset import EventLog, TrainingData, build_rows, holdout_mask, split_rows
 from streams.catalog import Catalog
 from streams.features import FEATURE_NAMES, FeatureSpec
 from streams.pricing import band_batch
 from streams.tools.evaluate import NO_EDGE
 from streams.version import add_version
 
-from .market_api import SimMarket
+from .market_api import SimMarket, expected_profit
 from .policy_eval import (
     DEFAULT_GUARDRAILS,
     data_market_index,
@@ -65,7 +65,17 @@ from .policy_eval import (
     profit_table,
     uniform_policy_prices,
 )
-from .robustness import GRID, LARGE, QUICK, SHOP_GRID, SHOP_NAMES, SuiteSize, market_config, shop_config
+from .robustness import (
+    LARGE,
+    QUICK,
+    SHOP_NAMES,
+    SuiteSize,
+    add_markets_arg,
+    by_generator,
+    market_config,
+    pick_markets,
+    shop_config,
+)
 from .shop_market import ShopMarket
 from .simulator import Market
 
@@ -89,7 +99,8 @@ def training_rows(market: SimMarket, holdout_days: float, seed: int = 0) -> tupl
     training period only, out of fold for the training rows. The second generator's history goes
     through wire events first, as the suite trains it from files (``--events --catalog``).
     ``seed`` is ``PriceModelConfig.seed`` (the slope fill's folds)."""
-    from models.price_model import PriceModelConfig, feature_mask
+    from models.price_model import PriceModelConfig
+    from models.train import fill_item_table
 
     log = market.simulate()
     if isinstance(market, ShopMarket):
@@ -99,12 +110,7 @@ def training_rows(market: SimMarket, holdout_days: float, seed: int = 0) -> tupl
     cutoff = float(log.ts.max()) - holdout_days * 86400.0
     hold, _, _ = split_rows(data.row_ts, cutoff)
     c_hold = holdout_mask(data.ch_ts, cutoff)
-    cfg = PriceModelConfig()
-    fill_item_lift(data, ~hold, ~c_hold)
-    cats = [getattr(catalog.get(i), "category", None) for i in data.item_ids]
-    names = sorted({c for c in cats if c is not None})
-    item_cat = np.array([names.index(c) if c is not None else -1 for c in cats])
-    fill_item_slope(data, ~hold, ~c_hold, item_cat, feature_mask(FEATURE_NAMES, cfg.ignore), seed=cfg.seed)
+    fill_item_table(data, catalog, ~hold, ~c_hold, PriceModelConfig())
     return data, hold
 
 
@@ -161,10 +167,9 @@ def ceiling_row(market: SimMarket, holdout_days: float, *, seed: int = 0, n_boot
     uh, ih = u[hold], i[hold]
     bd = band_batch(item_batch(m, ih), DEFAULT_GUARDRAILS)
     ceiling = np.clip(uni_h * np.exp(pred), bd.lo, bd.hi)
-    cost = market.cost[ih]
 
     def profit(p: np.ndarray) -> float:
-        return float(np.mean((p - cost) * market.buy_prob(uh, ih, p)))
+        return expected_profit(market, lambda *_: p, (uh, ih))
 
     pu, po = profit(uni_h), profit(oracle[hold])
     defined = np.isfinite(_eff(po, pu, po))
@@ -232,9 +237,7 @@ def parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_version(p)
     p.add_argument("--out", type=Path, default=Path("var/ceiling"), help="where ceiling.md and ceiling.json go")
-    p.add_argument("--markets", default="", help="comma-separated subset of the suite's rows (default: all); names: "
-                                                  f"{', '.join(g[0] for g in GRID)}; second generator: "
-                                                  f"{', '.join(g[0] for g in SHOP_GRID)}")
+    add_markets_arg(p)
     p.add_argument("--large", action="store_true", help="the suite's --large size (4,000 users, 300 items, 10 days)")
     p.add_argument("--seed", type=int, default=0, help="the regressor's and the bootstrap's randomness")
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap replicates over users")
@@ -249,11 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(args.threads)
-    grid = {g[0]: g for g in GRID + SHOP_GRID}
-    names = [n for n in args.markets.split(",") if n] or list(grid)
-    unknown = [n for n in names if n not in grid]
-    if unknown:
-        parser().error(f"unknown markets {unknown}; the grids have {list(grid)}")
+    grid, names = pick_markets(parser(), args.markets)
     size = LARGE if args.large else QUICK
     args.out.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
@@ -266,8 +265,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[ceiling] {k + 1}/{len(names)} {n}: ceiling efficiency {_f(row['ceiling']['value'])}, "
               f"R^2 {_f(row['r2'])}; rows {row['rows_s']:.0f} s, fit {row['fit_s']:.0f} s, "
               f"total {row['total_s']:.0f} s (elapsed {time.time() - t0:.0f} s)", file=sys.stderr, flush=True)
-    what = {g[0]: g[1] for g in GRID + SHOP_GRID}
-    first, second = [r for r in rows if r["market"] not in SHOP_NAMES], [r for r in rows if r["market"] in SHOP_NAMES]
+    what = {n: g[1] for n, g in grid.items()}
+    first, second = by_generator(rows)
     parts = [table(first, what)] if first else []
     if second:  # averaged apart, as the suite does
         parts.append("Second generator (models.lab.shop_market):\n\n" + table(second, what))

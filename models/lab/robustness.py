@@ -254,15 +254,36 @@ def table(rows: list[dict[str, Any]], what: dict[str, str]) -> str:
     return "\n".join(lines)
 
 
+def add_markets_arg(p: argparse.ArgumentParser) -> None:
+    """``--markets``: a comma-separated subset of the suite's rows (:func:`pick_markets`)."""
+    p.add_argument("--markets", default="", help="comma-separated subset of the grids (default: all); names: "
+                                                  f"{', '.join(g[0] for g in GRID)}; second generator: "
+                                                  f"{', '.join(g[0] for g in SHOP_GRID)}")
+
+
+def pick_markets(p: argparse.ArgumentParser, markets: str) -> tuple[dict[str, tuple[str, str, dict[str, Any]]],
+                                                                     list[str]]:
+    """Both grids by name, and the names ``markets`` picks (all when empty); an unknown name is a usage error."""
+    grid = {g[0]: g for g in GRID + SHOP_GRID}
+    names = [n for n in markets.split(",") if n] or list(grid)
+    unknown = [n for n in names if n not in grid]
+    if unknown:
+        p.error(f"unknown markets {unknown}; the grids have {list(grid)}")
+    return grid, names
+
+
+def by_generator(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The rows of the first generator, then the second's (tabled and averaged apart)."""
+    return [r for r in rows if r["market"] not in SHOP_NAMES], [r for r in rows if r["market"] in SHOP_NAMES]
+
+
 def parser() -> argparse.ArgumentParser:
     """Arguments of ``python -m models.lab.robustness``."""
     p = argparse.ArgumentParser(prog="pricing-robustness", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_version(p)
     p.add_argument("--out", type=Path, default=Path("var/robustness"), help="where each market's runs and the table go")
-    p.add_argument("--markets", default="", help="comma-separated subset of the grids (default: all); names: "
-                                                  f"{', '.join(g[0] for g in GRID)}; second generator: "
-                                                  f"{', '.join(g[0] for g in SHOP_GRID)}")
+    add_markets_arg(p)
     p.add_argument("--quick", action="store_true", help="the default size (2,000 users, 200 items, 8 days)")
     p.add_argument("--large", action="store_true", help="4,000 users, 300 items, 10 days: about twice as long")
     p.add_argument("--seed", type=int, default=0, help="the loops' randomness")
@@ -273,11 +294,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m models.lab.robustness`` (``pricing-robustness``)."""
     args = parser().parse_args(argv)
-    grid = {g[0]: g for g in GRID + SHOP_GRID}
-    names = [n for n in args.markets.split(",") if n] or list(grid)
-    unknown = [n for n in names if n not in grid]
-    if unknown:
-        parser().error(f"unknown markets {unknown}; the grids have {list(grid)}")
+    grid, names = pick_markets(parser(), args.markets)
     size = LARGE if args.large else QUICK
     args.out.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
@@ -295,8 +312,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[robustness] {k + 1}/{len(names)} {n}: efficiency vs per item {e:.2f}, "
               f"no harm {row.get('no_harm')}, {row.get('total_s', 0):.0f} s (elapsed {time.time() - t0:.0f} s)",
               flush=True)
-    what = {g[0]: g[1] for g in GRID + SHOP_GRID}
-    first, second = [r for r in rows if r["market"] not in SHOP_NAMES], [r for r in rows if r["market"] in SHOP_NAMES]
+    what = {n: g[1] for n, g in grid.items()}
+    first, second = by_generator(rows)
     parts = [table(first, what)] if first else []
     if second:  # averaged apart: a different generator, not more rows of the same one
         parts.append("Second generator (models.lab.shop_market: intent x willingness to pay, latent segments; "
