@@ -174,6 +174,7 @@ def train_all(log: EventLog, catalog: Catalog, out: Path, *, market: Market | No
     cfg = price_cfg or pm.PriceModelConfig()
     from_decisions = bool(decisions and decisions.get("matched", 0) > 0)
     frozen_users = 0
+    served_user = data.user  # the features the worker prices on (current at each view), kept through the freeze
     if from_decisions:
         cfg = replace(cfg, **DECISION_LOG_CONFIG)
         if decided is not None and data.row_log is not None:
@@ -211,7 +212,12 @@ def train_all(log: EventLog, catalog: Catalog, out: Path, *, market: Market | No
         metrics["price_model"].update(slope_level(ph["b"], truth_beta[data.row_uid[hold]]))
     metrics["price_model"].update({f"fit_{k}": v for k, v in getattr(price, "calibration", {}).items()})
     if market is not None and hold.any():
-        metrics["policy"] = _policy_check(market, price, data, hold)
+        # judged on the features the worker serves: each view's own, not the frozen ones the model trained on
+        # (the frozen ones are days stale by the held-out day; on them the check missed the loop by 0.25)
+        metrics["policy"] = {**_policy_check(market, price, replace(data, user=served_user), hold),
+                             "user_features": "served"}
+        if frozen_users:
+            metrics["policy_as_trained"] = {**_policy_check(market, price, data, hold), "user_features": "frozen"}
     # the uniform arm's one price per item, from the training exposures under the fitted model
     t0 = time.perf_counter()
     ptr = pm.predict(price, data.user[~hold], data.item[~hold], np.ones(int((~hold).sum())))

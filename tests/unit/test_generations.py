@@ -67,9 +67,14 @@ def test_two_generations_with_and_without_exploration(tmp_path: Path) -> None:
         assert s["data"]["from_decisions"] and not s["price_model_config"]["calibrate_slope"]
         # and every priced row reads its user's features at the first priced view (the arm did not set them)
         assert s["data"]["features_frozen_users"] > 0
+        # the offline check judges the bundle on the features the worker serves, the frozen ones beside it
+        served, trained = s["metrics"]["policy"], s["metrics"]["policy_as_trained"]
+        assert (served["user_features"], trained["user_features"]) == ("served", "frozen")
+        assert served["n_exposures"] == trained["n_exposures"] and served["learned"] != trained["learned"]
     g0 = json.loads((out / "gen0" / "train" / "training_summary.json").read_text())
     assert not g0["data"]["from_decisions"] and g0["price_model_config"]["calibrate_slope"]  # history: as before
     assert g0["data"]["features_frozen_users"] == 0
+    assert g0["metrics"]["policy"]["user_features"] == "served" and "policy_as_trained" not in g0["metrics"]
     import keras
 
     for w in summaries:
