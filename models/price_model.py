@@ -143,6 +143,19 @@ def feature_mask(names: tuple[str, ...], ignore: tuple[str, ...]) -> np.ndarray:
     return np.array([0.0 if n in ignore else 1.0 for n in names], np.float32)
 
 
+def varying(x: np.ndarray) -> np.ndarray:
+    """1 per column of ``x [N, F]`` that takes more than one value, 0 for a constant one.
+
+    A column constant in the training rows is masked in the graph: its standardisation divides by
+    ~0 (the layer's epsilon), so any other value at serving becomes thousands of standard deviations
+    and the towers, which never saw it move, extrapolate without bound. It happens in decision logs:
+    frozen at the user's first priced view, ``session_depth_log`` is the same for every priced row,
+    and one seed in four then priced the served holdout at an efficiency of -4.2 (0.33 for the others).
+    """
+    x = np.asarray(x)
+    return (np.ptp(x, axis=0) > 0).astype(np.float32) if len(x) else np.ones(x.shape[1], np.float32)
+
+
 def slope_columns(names: tuple[str, ...], cfg: PriceModelConfig) -> np.ndarray | None:
     """Column indices of ``cfg.slope_features`` in the user features ``names`` (None: the slope tower
     reads them all). Unknown names and names the model ignores raise."""
@@ -159,13 +172,16 @@ def slope_columns(names: tuple[str, ...], cfg: PriceModelConfig) -> np.ndarray |
 
 def build_price_model(user: np.ndarray, item: np.ndarray, cfg: PriceModelConfig = PriceModelConfig(),
                       u0: float = 0.0, b0: float = 1.0, mask: np.ndarray | None = None,
-                      members: int = 1, slope_select: np.ndarray | None = None) -> keras.Model:
+                      members: int = 1, slope_select: np.ndarray | None = None,
+                      item_mask: np.ndarray | None = None) -> keras.Model:
     """The model with normalisation adapted on ``user [N, U]`` and ``item [N, I]`` rows; ``u0`` and
     ``b0`` are the starting conversion logit at base and slope (output biases). ``mask [U]`` (0/1)
     zeroes user features inside the graph: the model takes the full vector but cannot read them.
     ``members > 1`` builds that many tower pairs (layer names prefixed ``m<k>_``) and averages
     their ``u`` and ``t``: the graph :func:`ensemble` fills with trained members. ``slope_select``
-    (column indices, :func:`slope_columns`) restricts the slope towers to those user features."""
+    (column indices, :func:`slope_columns`) restricts the slope towers to those user features.
+    ``item_mask [I]`` (0/1) zeroes item features on their way into the standardised towers' input (the
+    item's raw slope multiplier ``s`` is read before it)."""
     u_in = keras.Input((user.shape[1],), name="user", dtype="float32")
     i_in = keras.Input((item.shape[1],), name="item", dtype="float32")
     p_in = keras.Input((1,), name="price_ratio", dtype="float32")
@@ -177,10 +193,17 @@ def build_price_model(user: np.ndarray, item: np.ndarray, cfg: PriceModelConfig 
         u_x = u_mask(u_in)
         u_mask.set_weights([np.diag(m)])
         user = np.asarray(user, np.float32) * m
+    i_x = i_in
+    if item_mask is not None and not np.all(item_mask == 1.0):
+        im = np.asarray(item_mask, np.float32).reshape(-1)
+        i_mask = layers.Dense(len(im), use_bias=False, trainable=False, name="item_mask")
+        i_x = i_mask(i_in)
+        i_mask.set_weights([np.diag(im)])
+        item = np.asarray(item, np.float32) * im
     u_norm.adapt(np.asarray(user, np.float32))
     i_norm.adapt(np.asarray(item, np.float32))
     ux = u_norm(u_x)  # one normalisation node, shared by both towers
-    x = layers.Concatenate(name="features")([ux, i_norm(i_in)])  # [B, U + I] standardised
+    x = layers.Concatenate(name="features")([ux, i_norm(i_x)])  # [B, U + I] standardised
     if slope_select is not None:  # a fixed 0/1 selection matrix: the slope towers read those columns only
         sel = layers.Dense(len(slope_select), use_bias=False, trainable=False, name="slope_select")
         xb = sel(ux)
@@ -365,10 +388,12 @@ def calibrate(model: keras.Model, user: np.ndarray, item: np.ndarray, price_rati
 
 
 def ensemble(members: list[keras.Model], user: np.ndarray, item: np.ndarray, cfg: PriceModelConfig,
-             mask: np.ndarray | None = None, slope_select: np.ndarray | None = None) -> keras.Model:
+             mask: np.ndarray | None = None, slope_select: np.ndarray | None = None,
+             item_mask: np.ndarray | None = None) -> keras.Model:
     """One graph averaging trained single models (same ``cfg`` and ``mask``): each member's layers
     are copied into the ``m<k>_`` towers, the shared ones (normalisation, mask) from the first."""
-    merged = build_price_model(user, item, cfg, mask=mask, members=len(members), slope_select=slope_select)
+    merged = build_price_model(user, item, cfg, mask=mask, members=len(members), slope_select=slope_select,
+                               item_mask=item_mask)
     names = {layer.name for layer in merged.layers}
     for k, member in enumerate(members):
         for layer in member.layers:
@@ -394,15 +419,18 @@ def fit_price_model(user: np.ndarray, item: np.ndarray, price_ratio: np.ndarray,
     if (cfg.ignore or cfg.slope_features) and (feature_names is None or len(feature_names) != user.shape[1]):
         raise ValueError("cfg.ignore and cfg.slope_features need the names of the user feature columns")
     names = tuple(feature_names or ())
-    mask = feature_mask(names, cfg.ignore) if cfg.ignore else None
+    read = feature_mask(names, cfg.ignore) if cfg.ignore else np.ones(user.shape[1], np.float32)
+    read = read * varying(user)  # and the features that never moved in these rows (see varying)
+    mask = None if np.all(read == 1.0) else read
+    imask = varying(item)
     sel = slope_columns(names, cfg)
     um = user if mask is None else np.asarray(user, np.float32) * mask
     u0, b0 = pooled_start(um, item, price_ratio, label, seed=cfg.seed) if cfg.pooled_init else (0.0, 1.0)
-    fits = [_fit_member(user, item, price_ratio, label, cfg, cfg.seed + k, u0, b0, mask, validation, verbose, sel)
-            for k in range(cfg.members)]
+    fits = [_fit_member(user, item, price_ratio, label, cfg, cfg.seed + k, u0, b0, mask, validation, verbose, sel,
+                        imask) for k in range(cfg.members)]
     if cfg.members == 1:
         return fits[0]
-    model = ensemble(fits, user, item, cfg, mask, sel)
+    model = ensemble(fits, user, item, cfg, mask, sel, imask)
     infos = [m.calibration for m in fits]
     model.calibration = {k: float(np.mean([i[k] for i in infos])) for k in infos[0]}  # type: ignore[attr-defined]
     model.calibration["members"] = float(cfg.members)  # type: ignore[attr-defined]
@@ -414,10 +442,11 @@ def fit_price_model(user: np.ndarray, item: np.ndarray, price_ratio: np.ndarray,
 def _fit_member(user: np.ndarray, item: np.ndarray, price_ratio: np.ndarray, label: np.ndarray,
                 cfg: PriceModelConfig, seed: int, u0: float, b0: float, mask: np.ndarray | None,
                 validation: tuple[np.ndarray, ...] | None, verbose: int,
-                slope_select: np.ndarray | None = None) -> keras.Model:
+                slope_select: np.ndarray | None = None, item_mask: np.ndarray | None = None) -> keras.Model:
     """One single model: trained from the pooled start with its own seed, stopped and calibrated."""
     keras.utils.set_random_seed(seed)
-    model = build_price_model(user, item, cfg, u0=u0, b0=b0, mask=mask, slope_select=slope_select)
+    model = build_price_model(user, item, cfg, u0=u0, b0=b0, mask=mask, slope_select=slope_select,
+                              item_mask=item_mask)
     # train through a view with only the p_buy head; the weights are shared with `model`
     trainer = keras.Model(model.inputs, model.outputs["p_buy"] if isinstance(model.outputs, dict)
                           else model.get_layer("p_buy").output)
