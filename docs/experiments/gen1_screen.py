@@ -6,7 +6,14 @@ usage: screen.py RUN VARIANT [seed]
   nofreeze    train+val current
   valcur      train frozen, validation (early stopping + u calibration) current
   both        train on frozen and current copies of each row, validation current
-  calslope    shipped + slope calibrated on validation (current)"""
+  calslope    shipped + slope calibrated on validation (current)
+  firstpair   shipped on the first view of each user-item pair only
+  members5    shipped with five members
+  slopefrozen only the slope tower's six features frozen, the rest current
+  recentcur   all frozen but the 1 h and session features
+  urefit      shipped, then the conversion towers refitted on current features with the slope towers fixed
+env: NOMASK=1 turns the constant-feature mask off (the explosion); DIAG=1 prints where the served inputs
+leave the training range."""
 import json, sys, time
 from dataclasses import replace
 from pathlib import Path
@@ -47,7 +54,7 @@ elif variant == "recentcur":
     tr_u = va_u = mix([c for c in FEATURE_NAMES if c not in keep])
 else:
     tr_u = {"nofreeze": cur.user}.get(variant, frz.user)
-    va_u = {"shipped": frz.user}.get(variant, cur.user)
+    va_u = {"shipped": frz.user, "urefit": frz.user}.get(variant, cur.user)
 if variant == "calslope":
     cfg = replace(cfg, calibrate_slope=True)
 if variant == "firstpair":   # the first view of each user-item pair: listed at base in both arms
@@ -69,6 +76,16 @@ else:
     print(json.dumps(res_mask))
 t0 = time.time()
 model = pm.fit_price_model(*X, cfg=cfg, validation=(va_u[val], cur.item[val], P[val], y[val]), feature_names=FEATURE_NAMES)
+if variant == "urefit":   # stage 2: the slope towers fixed, the conversion towers refitted on the served features
+    import re, keras
+    for layer in model.layers:
+        layer.trainable = bool(re.fullmatch(r"(m\d+_)?u_(dense\d+|out)", layer.name))
+    trainer = keras.Model(model.inputs, model.get_layer("p_buy").output)
+    trainer.compile(keras.optimizers.Adam(1e-3), "binary_crossentropy")
+    vx = pm.inputs(cur.user[val], cur.item[val], P[val])
+    trainer.fit(pm.inputs(cur.user[fit], cur.item[fit], P[fit]), y[fit].reshape(-1, 1).astype(np.float32), batch_size=4096,
+                epochs=30, validation_data=(vx, y[val].reshape(-1, 1).astype(np.float32)), verbose=0,
+                callbacks=[keras.callbacks.EarlyStopping(patience=6, restore_best_weights=True)])
 res = {"variant": variant, "seed": seed, "s": round(time.time() - t0)}
 tb = _true_beta(market, cur)
 for name, d in (("served", cur), ("frozen", frz)):
